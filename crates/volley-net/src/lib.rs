@@ -7,10 +7,12 @@
 //! - [`link`]: the sans-IO reliable sequence of a peer link (sequence numbers, acknowledgements,
 //!   retransmission on a new path, in-order delivery without duplicates).
 //! - [`path::PathMonitor`]: the sans-IO liveness and RTT tracker that decides direct or relay.
+//! - [`framing`]: length-prefixed frames on QUIC streams.
 //! - [`endpoint`]: endpoint and transport configuration shared by the node and the SDK.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod endpoint;
+pub mod framing;
 pub mod link;
 pub mod path;
 pub mod socket;

@@ -39,6 +39,21 @@ pub struct RoomInfo {
     pub max_players: u32,
     /// Players connected now.
     pub players: Vec<u64>,
+    /// Each player's last report of its path to each peer.
+    pub paths: Vec<PathInfo>,
+}
+
+/// One player's report of its path to one peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PathInfo {
+    /// The reporting player.
+    pub from: u64,
+    /// The peer.
+    pub to: u64,
+    /// `"direct"` or `"relay"`.
+    pub path: String,
+    /// Smoothed RTT, microseconds.
+    pub rtt_us: u64,
 }
 
 /// `POST /v1/rooms/{id}/join`: ask for a connect ticket.
