@@ -75,7 +75,9 @@ pub enum ProfileError {
         value: f64,
     },
     /// A rate cap without any queue would drop every packet.
-    #[error("link profile has rate_bytes_per_s > 0 but queue_bytes_max = 0, which drops everything")]
+    #[error(
+        "link profile has rate_bytes_per_s > 0 but queue_bytes_max = 0, which drops everything"
+    )]
     ZeroQueue,
 }
 
@@ -399,7 +401,10 @@ mod tests {
         for name in LinkProfile::names() {
             let p = profile(name);
             p.validate().unwrap();
-            assert!(p.jitter_ms <= p.delay_ms, "{name}: jitter above delay skews the mean");
+            assert!(
+                p.jitter_ms <= p.delay_ms,
+                "{name}: jitter above delay skews the mean"
+            );
         }
         assert!(LinkProfile::by_name("dial-up").is_none());
     }
@@ -577,17 +582,19 @@ mod tests {
             prop_oneof![Just(0u64), 1_000u64..10_000_000],
             1_000usize..1_000_000,
         )
-            .prop_map(|(delay_ms, jitter_ms, loss, ge, duplicate, rate, queue)| LinkProfile {
-                delay_ms,
-                jitter_ms,
-                loss,
-                ge_p_good_to_bad: ge.0,
-                ge_p_bad_to_good: ge.1,
-                ge_loss_in_bad: ge.2,
-                reorder: 0.0,
-                duplicate,
-                rate_bytes_per_s: rate,
-                queue_bytes_max: queue,
+            .prop_map(|(delay_ms, jitter_ms, loss, ge, duplicate, rate, queue)| {
+                LinkProfile {
+                    delay_ms,
+                    jitter_ms,
+                    loss,
+                    ge_p_good_to_bad: ge.0,
+                    ge_p_bad_to_good: ge.1,
+                    ge_loss_in_bad: ge.2,
+                    reorder: 0.0,
+                    duplicate,
+                    rate_bytes_per_s: rate,
+                    queue_bytes_max: queue,
+                }
             })
     }
 

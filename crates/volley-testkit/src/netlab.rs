@@ -92,7 +92,10 @@ impl NatKind {
 }
 
 /// Why the lab cannot run on this machine. The message tells the user what to do.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// `Debug` prints the full message too, because a test returning `Result` shows its error with
+/// `Debug`, and in CI that line is the whole explanation.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LabUnavailable {
     /// Namespaces, veth and nftables need root.
     #[error(
@@ -127,6 +130,17 @@ pub enum LabUnavailable {
     },
 }
 
+impl std::fmt::Debug for LabUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            LabUnavailable::NotRoot { .. } => "NotRoot",
+            LabUnavailable::MissingTool { .. } => "MissingTool",
+            LabUnavailable::Probe { .. } => "Probe",
+        };
+        write!(f, "LabUnavailable::{kind}: {self}")
+    }
+}
+
 /// Errors from the lab.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -134,7 +148,9 @@ pub enum LabError {
     #[error(transparent)]
     Unavailable(#[from] LabUnavailable),
     /// The prefix is empty, too long or has characters other than `a-z0-9`.
-    #[error("invalid lab prefix {prefix:?}: use 1 to {PREFIX_LEN_MAX} characters from a-z and 0-9")]
+    #[error(
+        "invalid lab prefix {prefix:?}: use 1 to {PREFIX_LEN_MAX} characters from a-z and 0-9"
+    )]
     InvalidPrefix {
         /// The rejected prefix.
         prefix: String,
@@ -170,7 +186,9 @@ pub enum LabError {
         source: io::Error,
     },
     /// The lab's address plan is exhausted.
-    #[error("lab is full: at most {PUBLIC_HOSTS_MAX} public addresses and {NAT_HOSTS_MAX} NAT hosts")]
+    #[error(
+        "lab is full: at most {PUBLIC_HOSTS_MAX} public addresses and {NAT_HOSTS_MAX} NAT hosts"
+    )]
     Full,
     /// A closure run inside a namespace panicked.
     #[error("the thread running inside namespace {namespace:?} panicked")]
@@ -211,15 +229,17 @@ pub fn lab_available() -> Result<(), LabUnavailable> {
     let steps = (|| {
         probe(
             "create a veth pair",
-            ip(&["-n", &name, "link", "add", "a", "type", "veth", "peer", "name", "b"]),
+            ip(&[
+                "-n", &name, "link", "add", "name", "vx0", "type", "veth", "peer", "name", "vx1",
+            ]),
         )?;
         probe(
             "create a bridge",
-            ip(&["-n", &name, "link", "add", "br0", "type", "bridge"]),
+            ip(&["-n", &name, "link", "add", "name", "br0", "type", "bridge"]),
         )?;
         probe(
             "load an nftables table",
-            nft(&name, "table ip volley_probe { chain c { type nat hook postrouting priority srcnat; } }"),
+            nft(&name, "table ip volley_probe {\n  chain c {\n    type nat hook postrouting priority srcnat; policy accept;\n  }\n}\n"),
         )
     })();
     let _ = ip(&["netns", "del", &name]);
@@ -371,9 +391,10 @@ impl HostHandle {
         if let Some(dir) = cmd.get_current_dir() {
             inside.current_dir(dir);
         }
-        inside
-            .spawn()
-            .map_err(io_error(format!("spawning {:?} in {}", cmd, self.namespace)))
+        inside.spawn().map_err(io_error(format!(
+            "spawning {:?} in {}",
+            cmd, self.namespace
+        )))
     }
 
     /// Runs `program args...` inside the namespace, waits at most [`COMMAND_TIMEOUT`], and
@@ -418,6 +439,11 @@ impl Lab {
     /// Leftovers of earlier runs with the same prefix whose process is gone are removed first.
     pub fn new(name_prefix: &str) -> Result<Self, LabError> {
         validate_prefix(name_prefix)?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        if uid != 0 {
+            return Err(LabUnavailable::NotRoot { uid }.into());
+        }
         require_tool("ip", "iproute2")?;
         require_tool("nft", "nftables")?;
         if let Err(error) = Self::cleanup_stale(name_prefix) {
@@ -435,7 +461,7 @@ impl Lab {
         // From here on, `lab` owns whatever was created, so an error below still cleans up.
         let inet = lab.create_namespace("inet")?;
         let bridge_addr = format!("{INTERNET_BRIDGE_ADDR}/{PUBLIC_PREFIX_LEN}");
-        ip(&["-n", &inet, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &inet, "link", "add", "name", "br0", "type", "bridge"])?;
         ip(&["-n", &inet, "addr", "add", &bridge_addr, "dev", "br0"])?;
         ip(&["-n", &inet, "link", "set", "br0", "up"])?;
         lab.internet = inet;
@@ -485,17 +511,45 @@ impl Lab {
         let router_lan = Ipv4Addr::new(100, 64, n, 1);
         let host_ip = Ipv4Addr::new(100, 64, n, 2);
         ip(&[
-            "link", "add", "lan", "netns", &router, "type", "veth", "peer", "name", "eth0",
+            "link", "add", "name", "lan", "netns", &router, "type", "veth", "peer", "name", "eth0",
             "netns", &host,
         ])?;
-        ip(&["-n", &router, "addr", "add", &format!("{router_lan}/24"), "dev", "lan"])?;
+        ip(&[
+            "-n",
+            &router,
+            "addr",
+            "add",
+            &format!("{router_lan}/24"),
+            "dev",
+            "lan",
+        ])?;
         ip(&["-n", &router, "link", "set", "lan", "up"])?;
-        ip(&["-n", &host, "addr", "add", &format!("{host_ip}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &host,
+            "addr",
+            "add",
+            &format!("{host_ip}/24"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &host, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &host, "route", "add", "default", "via", &router_lan.to_string()])?;
+        ip(&[
+            "-n",
+            &host,
+            "route",
+            "add",
+            "default",
+            "via",
+            &router_lan.to_string(),
+        ])?;
         // Forwarding is per namespace and off in a new one.
         ip(&[
-            "netns", "exec", &router, "sh", "-c",
+            "netns",
+            "exec",
+            &router,
+            "sh",
+            "-c",
             "echo 1 > /proc/sys/net/ipv4/ip_forward",
         ])?;
         if let Some(rules) = nat_ruleset(kind, public_ip) {
@@ -550,8 +604,8 @@ impl Lab {
         let port = format!("v{octet}");
         let addr = Ipv4Addr::new(203, 0, 113, octet);
         ip(&[
-            "link", "add", &port, "netns", inet, "type", "veth", "peer", "name", ifname, "netns",
-            ns,
+            "link", "add", "name", &port, "netns", inet, "type", "veth", "peer", "name", ifname,
+            "netns", ns,
         ])?;
         ip(&["-n", inet, "link", "set", &port, "master", "br0", "up"])?;
         let cidr = format!("{addr}/{PUBLIC_PREFIX_LEN}");
@@ -696,7 +750,11 @@ fn nft(ns: &str, ruleset: &str) -> Result<String, LabError> {
     let nft = require_tool("nft", "nftables")?;
     let nft = nft.to_string_lossy();
     let path = require_tool("ip", "iproute2")?;
-    run_command(&path, &["netns", "exec", ns, &nft, "-f", "-"], Some(ruleset))
+    run_command(
+        &path,
+        &["netns", "exec", ns, &nft, "-f", "-"],
+        Some(ruleset),
+    )
 }
 
 /// Runs a command with an optional stdin, killing it after [`COMMAND_TIMEOUT`].

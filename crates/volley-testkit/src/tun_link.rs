@@ -306,6 +306,9 @@ impl Worker {
                 return;
             }
             if pfd.revents & libc::POLLIN != 0 {
+                // Pick up a profile change made while we slept, so the first packet after
+                // `set_profiles` already gets the new profile.
+                self.take_profile_change();
                 self.read_batch(epoch, &mut buf);
             }
         }
@@ -349,17 +352,26 @@ impl Worker {
         }
         let verdict = self.impairment.on_packet(now, packet.len());
         counters.verdict(&verdict);
-        for at in verdict.delivery_times() {
-            if self.queue.len() >= QUEUE_PACKETS_MAX
-                || self.queued_bytes + packet.len() > QUEUE_BYTES_MAX
-            {
+        let len = packet.len();
+        let mut packet = Some(packet);
+        let mut copies = verdict.delivery_times().peekable();
+        while let Some(at) = copies.next() {
+            // Clone only when a second copy follows; the last copy takes the buffer.
+            let copy = if copies.peek().is_some() {
+                packet.clone()
+            } else {
+                packet.take()
+            };
+            let Some(copy) = copy else {
+                break;
+            };
+            if self.queue.len() >= QUEUE_PACKETS_MAX || self.queued_bytes + len > QUEUE_BYTES_MAX {
                 counters.dropped(EmulatorDrop::Queue);
                 continue;
             }
-            self.queued_bytes += packet.len();
+            self.queued_bytes += len;
             self.next_seq += 1;
-            self.queue
-                .push(Reverse((at, self.next_seq, packet.clone())));
+            self.queue.push(Reverse((at, self.next_seq, copy)));
         }
     }
 
@@ -380,9 +392,8 @@ impl Worker {
                 continue;
             }
             // SAFETY: `packet` is valid for `packet.len()` bytes of reads.
-            let n = unsafe {
-                libc::write(self.dst.as_raw_fd(), packet.as_ptr().cast(), packet.len())
-            };
+            let n =
+                unsafe { libc::write(self.dst.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
             if n < 0 {
                 counters.dropped(EmulatorDrop::Error);
             } else {

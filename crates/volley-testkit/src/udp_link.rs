@@ -396,6 +396,11 @@ impl Forwarder {
     }
 
     fn impair(&mut self, direction: Direction, client: usize, data: Vec<u8>) {
+        // `select!` may pick a packet before a pending profile change; the first packet after
+        // `set_profiles` must already see the new profile.
+        if self.profiles.has_changed().unwrap_or(false) {
+            self.apply_profiles();
+        }
         let now = self.now();
         let (counters, verdict) = {
             let Some(c) = self.clients.get_mut(client) else {

@@ -159,7 +159,9 @@ async fn blackhole_kills_and_restores_the_path() -> TestResult {
     let gap = Duration::from_millis(5);
     let linger = Duration::from_millis(100);
     assert_eq!(
-        ping(&client, link.local_addr(), 10, gap, linger).await?.len(),
+        ping(&client, link.local_addr(), 10, gap, linger)
+            .await?
+            .len(),
         10
     );
 
@@ -171,7 +173,9 @@ async fn blackhole_kills_and_restores_the_path() -> TestResult {
 
     link.set_blackhole(false);
     assert_eq!(
-        ping(&client, link.local_addr(), 10, gap, linger).await?.len(),
+        ping(&client, link.local_addr(), 10, gap, linger)
+            .await?
+            .len(),
         10
     );
     Ok(())
@@ -190,11 +194,25 @@ async fn profiles_change_at_runtime() -> TestResult {
     .await?;
     let client = UdpSocket::bind("127.0.0.1:0").await?;
     let gap = Duration::from_millis(2);
-    let fast = ping(&client, link.local_addr(), 5, gap, Duration::from_millis(50)).await?;
+    let fast = ping(
+        &client,
+        link.local_addr(),
+        5,
+        gap,
+        Duration::from_millis(50),
+    )
+    .await?;
     assert!(fast.iter().all(|rtt| *rtt < Duration::from_millis(30)));
 
     link.set_profiles(one_way(40.0), one_way(40.0))?;
-    let slow = ping(&client, link.local_addr(), 5, gap, Duration::from_millis(300)).await?;
+    let slow = ping(
+        &client,
+        link.local_addr(),
+        5,
+        gap,
+        Duration::from_millis(300),
+    )
+    .await?;
     assert_eq!(slow.len(), 5);
     assert!(slow.iter().all(|rtt| *rtt >= Duration::from_millis(80)));
 
@@ -232,7 +250,11 @@ async fn each_client_gets_its_own_upstream_address() -> TestResult {
     }
     seen.sort();
     seen.dedup();
-    assert_eq!(seen.len(), 3, "clients shared an upstream address: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        3,
+        "clients shared an upstream address: {seen:?}"
+    );
     assert_eq!(link.stats().clients, 3);
     Ok(())
 }
