@@ -85,7 +85,13 @@ impl PathMonitor {
     /// A pong arrived for ping `id` sent at `sent` (as echoed back).
     pub fn on_pong(&mut self, now: Duration, id: u32, sent: Duration) {
         self.on_heard(now);
-        let Some(entry) = self.recent.iter_mut().find(|e| e.0 == id && e.1 == sent) else {
+        // Pings carry their send time in whole microseconds, so compare at that precision.
+        let sent_us = sent.as_micros();
+        let Some(entry) = self
+            .recent
+            .iter_mut()
+            .find(|e| e.0 == id && e.1.as_micros() == sent_us)
+        else {
             return; // unknown or forged pong: no sample
         };
         if entry.2 {

@@ -1,1 +1,143 @@
-fn main() {}
+//! `volley`: the node, a self-contained demo, and benchmarks.
+//!
+//! - `volley serve`: run a node (no configuration needed; TOML file, `VOLLEY_*` environment
+//!   variables and flags override the defaults, in that order).
+//! - `volley demo`: an embedded node plus bot players in one room, with a live per-pair summary.
+//! - `volley bench transport`: round-trip and throughput of raw UDP, raw QUIC, Volley direct and
+//!   Volley relayed, side by side.
+
+mod bench;
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use volley_server::{Node, NodeConfig, RetryPolicy};
+
+#[derive(Parser, Debug)]
+#[command(name = "volley", version, about = "Self-hostable backend for real-time multiplayer games")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a node.
+    Serve(ServeArgs),
+    /// Run an embedded node and bot players in one room; print per-pair path, RTT, loss, bytes.
+    Demo(demo::DemoArgs),
+    /// Benchmarks (results are ratios against a baseline measured in the same run).
+    Bench {
+        #[command(subcommand)]
+        which: bench::BenchCmd,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// TOML config file; missing keys keep their defaults.
+    #[arg(long, env = "VOLLEY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (key and certificate are created there on first run).
+    #[arg(long, env = "VOLLEY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTP API listen address.
+    #[arg(long, env = "VOLLEY_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// QUIC listen address.
+    #[arg(long, env = "VOLLEY_QUIC_ADDR")]
+    quic_addr: Option<SocketAddr>,
+    /// Address players connect to (tickets are bound to it); defaults to the QUIC address.
+    #[arg(long, env = "VOLLEY_PUBLIC_ADDR")]
+    public_addr: Option<SocketAddr>,
+    /// Connect ticket lifetime in milliseconds.
+    #[arg(long, env = "VOLLEY_TICKET_LIFETIME_MS")]
+    ticket_lifetime_ms: Option<u64>,
+    /// When to answer new connections with a QUIC Retry: always | under-load.
+    #[arg(long, env = "VOLLEY_RETRY", value_parser = parse_retry)]
+    retry: Option<RetryPolicy>,
+    /// Most players at once.
+    #[arg(long, env = "VOLLEY_PLAYERS_MAX")]
+    players_max: Option<usize>,
+    /// Most rooms at once.
+    #[arg(long, env = "VOLLEY_ROOMS_MAX")]
+    rooms_max: Option<usize>,
+    /// New connections allowed per source IP per second.
+    #[arg(long, env = "VOLLEY_CONNECTS_PER_IP_PER_S")]
+    connects_per_ip_per_s: Option<f64>,
+    /// Burst of new connections allowed per source IP.
+    #[arg(long, env = "VOLLEY_CONNECTS_PER_IP_BURST")]
+    connects_per_ip_burst: Option<f64>,
+    /// Handshakes in progress beyond which new connections are refused.
+    #[arg(long, env = "VOLLEY_HANDSHAKES_MAX")]
+    handshakes_max: Option<usize>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn parse_retry(s: &str) -> Result<RetryPolicy, String> {
+    match s {
+        "always" => Ok(RetryPolicy::Always),
+        "under-load" => Ok(RetryPolicy::UnderLoad),
+        _ => Err("expected 'always' or 'under-load'".into()),
+    }
+}
+
+impl ServeArgs {
+    fn to_config(&self) -> anyhow::Result<NodeConfig> {
+        let mut c = match &self.config {
+            Some(p) => NodeConfig::from_toml_file(p)?,
+            None => NodeConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        }
+        set!(data_dir, http_addr, quic_addr, ticket_lifetime_ms, retry, players_max, rooms_max,
+             connects_per_ip_per_s, connects_per_ip_burst, handshakes_max);
+        if self.public_addr.is_some() {
+            c.public_addr = self.public_addr;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VOLLEY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve(args) => {
+            init_tracing();
+            let cfg = args.to_config()?;
+            if args.print_config {
+                println!("{}", toml::to_string_pretty(&cfg).context("config to TOML")?);
+                return Ok(());
+            }
+            let node = Node::start(cfg).await?;
+            println!(
+                "volley node: http://{} quic {} fingerprint {}",
+                node.http_addr,
+                node.public_addr(),
+                node.fingerprint().to_hex()
+            );
+            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            node.shutdown().await;
+            Ok(())
+        }
+        Cmd::Demo(args) => demo::run(args).await,
+        Cmd::Bench { which } => bench::run(which).await,
+    }
+}
