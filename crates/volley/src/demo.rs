@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use volley_client::{Api, Client, ClientConfig, Event, PeerStatus, Session};
+use volley_client::{Api, Client, ClientConfig, PeerStatus, Session};
+
+use crate::bot::{self, Outcome, Plan};
 use volley_server::{Node, NodeConfig};
 
 /// Options of `volley demo`.
@@ -63,6 +65,8 @@ struct Report {
     duration_s: f64,
     room_id: u64,
     peers: Vec<PairReport>,
+    /// Reliable events that arrived out of order or after a gap, summed over all bots (must be 0).
+    reliable_faults: u64,
     node: NodeReport,
 }
 
@@ -135,50 +139,24 @@ fn print_table(t: f64, rows: &[PairReport]) {
 async fn bot(
     mut session: Session,
     snaps: Snapshots,
-    rate_hz: u32,
-    send_until: Instant,
-    stop_at: Instant,
+    plan: Plan,
     all_done: Arc<tokio::sync::Barrier>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Outcome> {
     let me = session.me();
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate_hz.max(1))));
-    let mut n: u64 = 0;
-    let mut last_snap = Instant::now();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let now = Instant::now();
-                if now >= stop_at { break; }
-                if now < send_until {
-                    n += 1;
-                    // A 48-byte state update every tick; a reliable game event every third tick.
-                    let mut state = vec![0u8; 48];
-                    state[..8].copy_from_slice(&n.to_be_bytes());
-                    let _ = session.broadcast_unreliable(&state);
-                    if n % 3 == 0 {
-                        let _ = session.broadcast_reliable(format!("event {n} from {me}").as_bytes());
-                    }
-                }
-                if now.duration_since(last_snap) >= Duration::from_millis(250) {
-                    last_snap = now;
-                    if let Ok(mut s) = snaps.lock() { s.insert(me, session.peers()); }
-                }
-            }
-            ev = session.next_event() => match ev {
-                Some(Event::Closed { reason }) => bail!("bot {me}: session closed: {reason}"),
-                None => bail!("bot {me}: session ended"),
-                Some(_) => {}
-            }
+    let out = bot::drive(&mut session, &plan, |peers| {
+        if let Ok(mut s) = snaps.lock() {
+            s.insert(me, peers);
         }
-    }
-    if let Ok(mut s) = snaps.lock() {
-        s.insert(me, session.peers());
-    }
+    })
+    .await;
     // Nobody leaves before everyone took its final snapshot: a peer that left is no longer in
     // the others' peer lists.
     all_done.wait().await;
     session.leave().await;
-    Ok(())
+    if let Some(reason) = &out.closed {
+        bail!("bot {me}: session closed: {reason}");
+    }
+    Ok(out)
 }
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -231,21 +209,20 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let snaps: Snapshots = Arc::new(Mutex::new(HashMap::new()));
     let start = Instant::now();
-    let send_until = start + Duration::from_secs_f64(args.duration_s);
-    // After sending stops, bots keep reading so every reliable message can be acknowledged.
-    let stop_at = send_until + Duration::from_millis(700);
+    let plan = Plan {
+        rate_hz: args.rate_hz,
+        send_for: Duration::from_secs_f64(args.duration_s),
+        // After sending stops, bots keep reading so every reliable message can be acknowledged.
+        drain: Duration::from_millis(700),
+        peers_min: args.bots - 1,
+        wait_max: Duration::from_secs(5),
+    };
+    let stop_at = start + plan.send_for + plan.drain;
     let barrier = Arc::new(tokio::sync::Barrier::new(sessions.len()));
     let handles: Vec<_> = sessions
         .into_iter()
         .map(|s| {
-            tokio::spawn(bot(
-                s,
-                snaps.clone(),
-                args.rate_hz,
-                send_until,
-                stop_at,
-                barrier.clone(),
-            ))
+            tokio::spawn(bot(s, snaps.clone(), plan.clone(), barrier.clone()))
         })
         .collect();
     if !args.json {
@@ -257,8 +234,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             print_table(start.elapsed().as_secs_f64(), &rows);
         }
     }
+    let mut faults = 0;
     for h in handles {
-        h.await.context("bot task")??;
+        let out = h.await.context("bot task")??;
+        faults += out
+            .tracks
+            .values()
+            .map(|t| t.missing + t.out_of_order)
+            .sum::<u64>();
     }
     let rows = snaps.lock().map(|s| pairs(&s)).unwrap_or_default();
     let m = node.metrics();
@@ -267,6 +250,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         duration_s: args.duration_s,
         room_id: room.room_id,
         peers: rows,
+        reliable_faults: faults,
         node: NodeReport {
             admitted: m.admitted.load(std::sync::atomic::Ordering::Relaxed),
             relay_datagrams: m.relay_datagrams.load(std::sync::atomic::Ordering::Relaxed),
@@ -285,7 +269,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .map(|p| p.reliable_sent.saturating_sub(p.reliable_received))
             .sum();
         println!(
-            "reliable messages lost: {lost}; node relayed {} datagrams and {} reliable frames",
+            "reliable messages lost: {lost}; out of order or skipped: {faults}; node relayed {} datagrams and {} reliable frames",
             report.node.relay_datagrams, report.node.relay_frames
         );
     }

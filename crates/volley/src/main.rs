@@ -3,10 +3,12 @@
 //! - `volley serve`: run a node (no configuration needed; TOML file, `VOLLEY_*` environment
 //!   variables and flags override the defaults, in that order).
 //! - `volley demo`: an embedded node plus bot players in one room, with a live per-pair summary.
+//! - `volley bot`: one bot player against any node (used by the NAT lab tests).
 //! - `volley bench transport`: round-trip and throughput of raw UDP, raw QUIC, Volley direct and
 //!   Volley relayed, side by side.
 
 mod bench;
+mod bot;
 mod demo;
 
 use std::net::SocketAddr;
@@ -29,6 +31,8 @@ enum Cmd {
     Serve(ServeArgs),
     /// Run an embedded node and bot players in one room; print per-pair path, RTT, loss, bytes.
     Demo(demo::DemoArgs),
+    /// A bot player that joins a room on a node, exchanges messages, and prints a JSON report.
+    Bot(bot::BotArgs),
     /// Benchmarks (results are ratios against a baseline measured in the same run).
     Bench {
         #[command(subcommand)]
@@ -138,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Demo(args) => demo::run(args).await,
+        Cmd::Bot(args) => bot::run(args).await,
         Cmd::Bench { which } => bench::run(which).await,
     }
 }

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite: setup, formatting, lints, then every test of every crate.
+# Tests that need root and network namespaces run when root; in CI (CI=true) they fail loudly
+# instead of skipping if the lab cannot be built.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked -- --test-threads "${VOLLEY_TEST_THREADS:-4}"
