@@ -249,6 +249,21 @@ impl Client {
     /// Like [`Client::new`] on a socket the caller bound (e.g. inside a network namespace).
     pub fn with_socket(cfg: ClientConfig, socket: std::net::UdpSocket) -> Result<Self, Error> {
         let identity = Identity::generate("volley-player")?;
+        Client::with_socket_and_identity(cfg, socket, identity)
+    }
+
+    /// Like [`Client::new`] with a certificate the game kept (e.g. to reconnect as itself).
+    pub fn with_identity(cfg: ClientConfig, identity: Identity) -> Result<Self, Error> {
+        let socket = std::net::UdpSocket::bind(cfg.bind_addr)
+            .map_err(|e| Error::Endpoint(endpoint::EndpointError::Bind(e)))?;
+        Client::with_socket_and_identity(cfg, socket, identity)
+    }
+
+    fn with_socket_and_identity(
+        cfg: ClientConfig,
+        socket: std::net::UdpSocket,
+        identity: Identity,
+    ) -> Result<Self, Error> {
         let server = endpoint::server_config(&identity, Pin::AnyVerifiedKey, &TransportTuning::direct())?;
         let pe = endpoint::bind_punch_endpoint_on(socket, Some(server))?;
         Ok(Client { cfg, identity, pe })
