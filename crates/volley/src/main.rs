@@ -119,6 +119,16 @@ fn init_tracing() {
         .try_init();
 }
 
+/// Logs for commands whose stdout is a report: warnings only unless `VOLLEY_LOG` says otherwise.
+fn init_tracing_quiet() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VOLLEY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -142,7 +152,10 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Demo(args) => demo::run(args).await,
-        Cmd::Bot(args) => bot::run(args).await,
+        Cmd::Bot(args) => {
+            init_tracing_quiet();
+            bot::run(args).await
+        }
         Cmd::Bench { which } => bench::run(which).await,
     }
 }
