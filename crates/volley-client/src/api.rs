@@ -1,6 +1,8 @@
 //! The node's HTTP API, as the SDK calls it.
 
-use volley_proto::api::{ApiError, CreateRoom, DeviceLogin, JoinRoom, JoinTicket, RoomInfo, Session};
+use volley_proto::api::{
+    ApiError, CreateRoom, DeviceLogin, JoinRoom, JoinTicket, RoomInfo, Session,
+};
 use volley_proto::Fingerprint;
 
 use crate::Error;
@@ -21,6 +23,14 @@ impl Api {
             base: base.into().trim_end_matches('/').to_owned(),
             token: None,
         }
+    }
+
+    /// A plain GET returning the body as text (e.g. `/metrics`).
+    pub async fn raw_get(url: &str) -> Result<String, Error> {
+        let resp = reqwest::get(url)
+            .await
+            .map_err(|e| Error::Http(e.to_string()))?;
+        resp.text().await.map_err(|e| Error::Http(e.to_string()))
     }
 
     /// The session token, once logged in.
@@ -56,9 +66,13 @@ impl Api {
     /// Logs in with a device id (creating the account on first use) and keeps the token.
     pub async fn login_device(&mut self, device_id: &str) -> Result<Session, Error> {
         let s: Session = self
-            .call(self.http.post(format!("{}/v1/auth/device", self.base)).json(&DeviceLogin {
-                device_id: device_id.to_owned(),
-            }))
+            .call(
+                self.http
+                    .post(format!("{}/v1/auth/device", self.base))
+                    .json(&DeviceLogin {
+                        device_id: device_id.to_owned(),
+                    }),
+            )
             .await?;
         self.token = Some(s.token.clone());
         Ok(s)

@@ -45,8 +45,11 @@ pub struct ClientConfig {
     pub bind_addr: SocketAddr,
     /// Try direct paths. When false every peer link uses the relay.
     pub direct: bool,
-    /// Liveness and ping settings for each path.
+    /// Liveness and ping settings for direct paths.
     pub path: PathConfig,
+    /// Ping interval on the relay path. The node connection's own liveness covers the relay, so
+    /// these pings only measure RTT, and they cost node bandwidth: keep them sparse.
+    pub relay_ping_interval: Duration,
     /// How long one punching attempt lasts.
     pub punch_duration: Duration,
     /// Gap between probes while punching.
@@ -70,6 +73,7 @@ impl Default for ClientConfig {
             bind_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             direct: true,
             path: PathConfig::default(),
+            relay_ping_interval: Duration::from_millis(250),
             punch_duration: Duration::from_secs(3),
             probe_interval: Duration::from_millis(20),
             repunch_after: Duration::from_secs(2),
@@ -210,7 +214,6 @@ struct Peer {
 #[derive(Debug, Default)]
 struct State {
     peers: HashMap<PlayerId, Peer>,
-    ticks: u64,
 }
 
 #[derive(Debug)]
@@ -264,7 +267,8 @@ impl Client {
         socket: std::net::UdpSocket,
         identity: Identity,
     ) -> Result<Self, Error> {
-        let server = endpoint::server_config(&identity, Pin::AnyVerifiedKey, &TransportTuning::direct())?;
+        let server =
+            endpoint::server_config(&identity, Pin::AnyVerifiedKey, &TransportTuning::direct())?;
         let pe = endpoint::bind_punch_endpoint_on(socket, Some(server))?;
         Ok(Client { cfg, identity, pe })
     }
@@ -289,7 +293,8 @@ impl Client {
             .map_err(|e| Error::Ticket(format!("node fingerprint: {e}")))?;
         let sealed = volley_proto::from_hex(&ticket.ticket, volley_proto::msg::MAX_TICKET_BYTES)
             .map_err(|e| Error::Ticket(e.to_string()))?;
-        let cc = endpoint::client_config(&self.identity, Pin::One(node_fp), &TransportTuning::node())?;
+        let cc =
+            endpoint::client_config(&self.identity, Pin::One(node_fp), &TransportTuning::node())?;
         let connecting = self
             .pe
             .endpoint
@@ -304,7 +309,10 @@ impl Client {
             .await
             .map_err(|e| Error::Connection(e.to_string()))?;
         let local = self.pe.endpoint.local_addr().ok();
-        let local_addrs = local.filter(|a| !a.ip().is_unspecified()).into_iter().collect();
+        let local_addrs = local
+            .filter(|a| !a.ip().is_unspecified())
+            .into_iter()
+            .collect();
         send.write_all(
             &Up::Hello {
                 ticket: sealed,
@@ -327,7 +335,11 @@ impl Client {
                 ..
             }) => (player_id, room_id, peers),
             Ok(Down::Reject { code, detail }) => return Err(Error::Rejected { code, detail }),
-            Ok(other) => return Err(Error::Connection(format!("unexpected first frame {other:?}"))),
+            Ok(other) => {
+                return Err(Error::Connection(format!(
+                    "unexpected first frame {other:?}"
+                )))
+            }
             Err(e) => return Err(Error::Connection(e.to_string())),
         };
         let (node_tx, node_rx) = mpsc::unbounded_channel();
@@ -483,7 +495,8 @@ impl Session {
         for t in &self.tasks {
             t.abort();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
     }
 
     /// Test hook: drops this side's direct path to `peer` as if the network cut it, without
@@ -575,12 +588,14 @@ impl Shared {
     }
 
     fn emit(&self, e: Event) {
-        self.event_bytes.fetch_add(payload_len(&e), Ordering::Relaxed);
+        self.event_bytes
+            .fetch_add(payload_len(&e), Ordering::Relaxed);
         let _ = self.events.send(e);
     }
 
     fn consumed(&self, e: &Event) {
-        self.event_bytes.fetch_sub(payload_len(e), Ordering::Relaxed);
+        self.event_bytes
+            .fetch_sub(payload_len(e), Ordering::Relaxed);
     }
 
     fn events_full(&self) -> bool {
@@ -607,7 +622,10 @@ impl Shared {
                     receiver: ReliableReceiver::new(link),
                     path: PathKind::Relay,
                     direct: None,
-                    relay_mon: PathMonitor::new(self.cfg.path),
+                    relay_mon: PathMonitor::new(PathConfig {
+                        ping_interval: self.cfg.relay_ping_interval,
+                        ..self.cfg.path
+                    }),
                     punch: None,
                     seen_at: None,
                     dialing: false,
@@ -823,8 +841,6 @@ impl Shared {
         let events_full = self.events_full();
         let mut changes = Vec::new();
         let mut st = self.lock();
-        st.ticks += 1;
-        let slow_tick = st.ticks % 10 == 0;
         for (id, p) in st.peers.iter_mut() {
             let id = *id;
             if let Some(d) = &p.direct {
@@ -862,7 +878,7 @@ impl Shared {
                     let _ = d.conn.send_datagram(ping.encode().into());
                 }
             }
-            if p.path == PathKind::Relay || slow_tick {
+            {
                 if let Some(pid) = p.relay_mon.poll_ping(now) {
                     let ping = PeerDatagram::Ping {
                         id: pid,
@@ -883,8 +899,7 @@ impl Shared {
             }
             self.punch_tick(id, p, now);
             let report_due = p.reported != Some(p.path)
-                || p
-                    .last_report_at
+                || p.last_report_at
                     .is_none_or(|t| now.saturating_sub(t) >= self.cfg.report_interval);
             if report_due {
                 let rtt_us = p.active_mon().rtt().map_or(0, |d| d.as_micros() as u64);
@@ -1045,8 +1060,9 @@ async fn ticker(shared: Arc<Shared>) {
 
 async fn dial(shared: Arc<Shared>, peer: PlayerId, addr: SocketAddr, fp: Fingerprint) {
     let attempt = async {
-        let cc = endpoint::client_config(&shared.identity, Pin::One(fp), &TransportTuning::direct())
-            .map_err(|e| e.to_string())?;
+        let cc =
+            endpoint::client_config(&shared.identity, Pin::One(fp), &TransportTuning::direct())
+                .map_err(|e| e.to_string())?;
         let conn = shared
             .endpoint
             .connect_with(cc, addr, "volley-peer")
@@ -1107,7 +1123,12 @@ async fn accept_direct(shared: Arc<Shared>, incoming: quinn::Incoming) {
     }
 }
 
-async fn direct_reader(shared: Arc<Shared>, peer: PlayerId, sid: usize, mut recv: quinn::RecvStream) {
+async fn direct_reader(
+    shared: Arc<Shared>,
+    peer: PlayerId,
+    sid: usize,
+    mut recv: quinn::RecvStream,
+) {
     let mut buf = Vec::new();
     while read_frame(&mut recv, &mut buf).await.is_ok() {
         shared.on_frame(peer, &buf, Via::Direct(sid));

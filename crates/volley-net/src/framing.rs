@@ -18,10 +18,7 @@ pub enum FrameError {
 }
 
 /// Reads one frame body into `buf` (reused across calls to avoid an allocation per frame).
-pub async fn read_frame(
-    recv: &mut quinn::RecvStream,
-    buf: &mut Vec<u8>,
-) -> Result<(), FrameError> {
+pub async fn read_frame(recv: &mut quinn::RecvStream, buf: &mut Vec<u8>) -> Result<(), FrameError> {
     let mut prefix = [0u8; 4];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}

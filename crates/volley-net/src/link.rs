@@ -202,7 +202,10 @@ mod tests {
         });
         assert!(s.push(vec![0; 10]).is_ok());
         assert!(s.push(vec![0; 10]).is_ok());
-        assert!(matches!(s.push(vec![0; 10]), Err(LinkError::WindowFull { .. })));
+        assert!(matches!(
+            s.push(vec![0; 10]),
+            Err(LinkError::WindowFull { .. })
+        ));
         s.on_ack(1);
         assert_eq!(s.unacked_len(), 1);
         assert!(s.push(vec![0; 10]).is_ok());

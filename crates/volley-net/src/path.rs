@@ -133,7 +133,8 @@ impl PathMonitor {
 
     /// Fraction of recent pings (old enough to have been answered) that got no pong.
     pub fn loss(&self, now: Duration) -> f64 {
-        let grace = self.rtt().unwrap_or(Duration::from_millis(200)) * 2 + Duration::from_millis(50);
+        let grace =
+            self.rtt().unwrap_or(Duration::from_millis(200)) * 2 + Duration::from_millis(50);
         let settled: Vec<_> = self
             .recent
             .iter()

@@ -98,9 +98,11 @@ struct PinVerifier {
 impl PinVerifier {
     fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
         match &self.pin {
-            Pin::One(fp) if Fingerprint::of_der(end_entity) != *fp => Err(
-                rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure),
-            ),
+            Pin::One(fp) if Fingerprint::of_der(end_entity) != *fp => {
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -225,7 +227,8 @@ pub fn client_crypto(
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(vec![me.cert.clone()], me.key_der())?;
     cfg.alpn_protocols = vec![crate::ALPN.to_vec()];
-    quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))
+    quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
+        .map_err(|e| TlsError::Quic(e.to_string()))
 }
 
 /// A QUIC server crypto config that presents `me` and requires a client certificate accepted by
@@ -245,7 +248,8 @@ pub fn server_crypto(
         .with_single_cert(vec![me.cert.clone()], me.key_der())?;
     cfg.alpn_protocols = vec![crate::ALPN.to_vec()];
     cfg.max_early_data_size = 0;
-    quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))
+    quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
+        .map_err(|e| TlsError::Quic(e.to_string()))
 }
 
 /// The fingerprint of the certificate the other side of `conn` presented, if any.

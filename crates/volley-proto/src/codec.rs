@@ -153,6 +153,16 @@ impl<'a> Reader<'a> {
         let ip = match self.u8()? {
             4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)),
             6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)),
+            7 => {
+                // IPv6 with flow info and scope id (link-local addresses need the scope).
+                let ip = Ipv6Addr::from(self.array::<16>()?);
+                let port = self.u16()?;
+                let flowinfo = self.u32()?;
+                let scope_id = self.u32()?;
+                return Ok(SocketAddr::V6(std::net::SocketAddrV6::new(
+                    ip, port, flowinfo, scope_id,
+                )));
+            }
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "address family",
@@ -252,15 +262,23 @@ impl Writer {
 
     /// A socket address as [`Reader::socket_addr`] reads it.
     pub fn socket_addr(&mut self, addr: &SocketAddr) -> &mut Self {
-        match addr.ip() {
-            IpAddr::V4(ip) => self.u8(4).raw(&ip.octets()),
-            IpAddr::V6(ip) => self.u8(6).raw(&ip.octets()),
-        };
-        self.u16(addr.port())
+        match addr {
+            SocketAddr::V4(a) => self.u8(4).raw(&a.ip().octets()).u16(a.port()),
+            SocketAddr::V6(a) if a.flowinfo() == 0 && a.scope_id() == 0 => {
+                self.u8(6).raw(&a.ip().octets()).u16(a.port())
+            }
+            SocketAddr::V6(a) => self
+                .u8(7)
+                .raw(&a.ip().octets())
+                .u16(a.port())
+                .u32(a.flowinfo())
+                .u32(a.scope_id()),
+        }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -307,7 +325,12 @@ mod tests {
 
     #[test]
     fn socket_addr_round_trip() {
-        for addr in ["127.0.0.1:4433", "[::1]:9", "203.0.113.7:65535"] {
+        for addr in [
+            "127.0.0.1:4433",
+            "[::1]:9",
+            "203.0.113.7:65535",
+            "[fe80::1%2]:4433",
+        ] {
             let addr: SocketAddr = addr.parse().unwrap_or_else(|_| unreachable!());
             let mut w = Writer::new();
             w.socket_addr(&addr);

@@ -102,7 +102,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 /// Decodes hex produced by [`to_hex`]; `max_len` bounds the decoded size.
 pub fn from_hex(s: &str, max_len: usize) -> Result<Vec<u8>, DecodeError> {
     let bytes = s.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(DecodeError::Invalid("odd number of hex digits"));
     }
     if bytes.len() / 2 > max_len {
@@ -122,6 +122,7 @@ pub fn from_hex(s: &str, max_len: usize) -> Result<Vec<u8>, DecodeError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

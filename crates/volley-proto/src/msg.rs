@@ -353,7 +353,9 @@ impl Up {
             }
             UP_RELAY => Up::Relay {
                 to: r.u64()?,
-                frame: r.bytes("relayed frame", MAX_RELIABLE_PAYLOAD_BYTES + 16)?.to_vec(),
+                frame: r
+                    .bytes("relayed frame", MAX_RELIABLE_PAYLOAD_BYTES + 16)?
+                    .to_vec(),
             },
             UP_PUNCH_REQUEST => Up::PunchRequest { peer: r.u64()? },
             UP_PATH_REPORT => Up::PathReport {
@@ -449,7 +451,9 @@ impl Down {
             },
             DOWN_RELAYED => Down::Relayed {
                 from: r.u64()?,
-                frame: r.bytes("relayed frame", MAX_RELIABLE_PAYLOAD_BYTES + 16)?.to_vec(),
+                frame: r
+                    .bytes("relayed frame", MAX_RELIABLE_PAYLOAD_BYTES + 16)?
+                    .to_vec(),
             },
             DOWN_PUNCH => Down::Punch(PeerInfo::decode(&mut r)?),
             tag => {
@@ -756,6 +760,7 @@ impl Probe {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -796,7 +801,10 @@ mod tests {
         ];
         for m in msgs {
             let enc = m.encode();
-            assert_eq!(frame_len([enc[0], enc[1], enc[2], enc[3]]), Ok(enc.len() - 4));
+            assert_eq!(
+                frame_len([enc[0], enc[1], enc[2], enc[3]]),
+                Ok(enc.len() - 4)
+            );
             assert_eq!(Up::decode(body(&enc)), Ok(m));
         }
     }

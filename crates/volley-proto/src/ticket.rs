@@ -176,6 +176,7 @@ impl Ticket {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -220,7 +221,11 @@ mod tests {
         for i in HEADER_BYTES..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x80;
-            assert_eq!(Ticket::open(&bad, &key, 0), Err(TicketError::Forged), "byte {i}");
+            assert_eq!(
+                Ticket::open(&bad, &key, 0),
+                Err(TicketError::Forged),
+                "byte {i}"
+            );
         }
         for n in 0..sealed.len() {
             assert!(Ticket::open(&sealed[..n], &key, 0).is_err());

@@ -115,7 +115,9 @@ impl NodeConfig {
         if !(1_000..=600_000).contains(&self.ticket_lifetime_ms) {
             return bad("ticket_lifetime_ms must be 1000..=600000 (tickets are short-lived)");
         }
-        if self.room_players_max < 2 || self.room_players_max as usize > volley_proto::msg::MAX_PEERS {
+        if self.room_players_max < 2
+            || self.room_players_max as usize > volley_proto::msg::MAX_PEERS
+        {
             return bad("room_players_max must be 2..=64");
         }
         if self.room_players_default < 2 || self.room_players_default > self.room_players_max {

@@ -26,7 +26,11 @@ pub(crate) fn server_config(
     identity: &Identity,
     cfg: &NodeConfig,
 ) -> Result<quinn::ServerConfig, tls::TlsError> {
-    let mut sc = volley_net::endpoint::server_config(identity, Pin::AnyVerifiedKey, &TransportTuning::node())?;
+    let mut sc = volley_net::endpoint::server_config(
+        identity,
+        Pin::AnyVerifiedKey,
+        &TransportTuning::node(),
+    )?;
     // The gate decides on Retry itself, per connection.
     sc.max_incoming(cfg.handshakes_max.saturating_mul(2).max(16));
     Ok(sc)
@@ -46,13 +50,19 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) 
         let ip = incoming.remote_address().ip();
         if !shared.allow_connect(ip) {
             // Silence, not a refusal: an answer would be traffic an attacker could aim.
-            shared.metrics.ignored_rate_limited.fetch_add(1, Ordering::Relaxed);
+            shared
+                .metrics
+                .ignored_rate_limited
+                .fetch_add(1, Ordering::Relaxed);
             incoming.ignore();
             continue;
         }
         let in_flight = shared.handshakes.load(Ordering::Relaxed);
         if in_flight >= shared.cfg.handshakes_max {
-            shared.metrics.refused_overload.fetch_add(1, Ordering::Relaxed);
+            shared
+                .metrics
+                .refused_overload
+                .fetch_add(1, Ordering::Relaxed);
             incoming.refuse();
             continue;
         }
@@ -78,14 +88,20 @@ async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, slot: HandshakeS
     let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(_) => {
-            shared.metrics.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            shared
+                .metrics
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
             return;
         }
     };
     let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
         Ok(Ok(c)) => c,
         _ => {
-            shared.metrics.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            shared
+                .metrics
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
             return;
         }
     };
@@ -107,7 +123,10 @@ async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, slot: HandshakeS
     let mut buf = Vec::new();
     let first = tokio::time::timeout(hello_timeout, read_frame(&mut recv, &mut buf)).await;
     let admitted = match first {
-        Err(_) => Err((RejectCode::Timeout, "no hello within the time limit".to_owned())),
+        Err(_) => Err((
+            RejectCode::Timeout,
+            "no hello within the time limit".to_owned(),
+        )),
         Ok(Err(FrameError::Decode(e))) => Err((RejectCode::Malformed, e.to_string())),
         Ok(Err(_)) => return,
         Ok(Ok(())) => admit(&shared, &conn, fingerprint, &buf),
@@ -117,7 +136,9 @@ async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, slot: HandshakeS
         Err((code, detail)) => {
             shared.metrics.reject(code);
             tracing::debug!(remote = %conn.remote_address(), reason = code.as_str(), %detail, "admission rejected");
-            let _ = send.write_all(&Down::Reject { code, detail }.encode()).await;
+            let _ = send
+                .write_all(&Down::Reject { code, detail }.encode())
+                .await;
             let _ = send.finish();
             let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
             conn.close((code as u32).into(), code.as_str().as_bytes());
@@ -162,7 +183,10 @@ fn admit(
     if t.node_addr != shared.public_addr {
         return Err((
             RejectCode::WrongNode,
-            format!("ticket is for {}, this node is {}", t.node_addr, shared.public_addr),
+            format!(
+                "ticket is for {}, this node is {}",
+                t.node_addr, shared.public_addr
+            ),
         ));
     }
     if t.fingerprint != fingerprint {
@@ -172,9 +196,10 @@ fn admit(
         ));
     }
     let remote = conn.remote_address();
-    let room = shared
-        .room(t.room_id)
-        .ok_or((RejectCode::RoomGone, format!("room {} is closed", t.room_id)))?;
+    let room = shared.room(t.room_id).ok_or((
+        RejectCode::RoomGone,
+        format!("room {} is closed", t.room_id),
+    ))?;
     {
         let mut replay = shared
             .replay
@@ -208,7 +233,11 @@ fn admit(
             if candidates.len() >= MAX_CANDIDATES {
                 break;
             }
-            if !a.ip().is_unspecified() && !a.ip().is_multicast() && a.port() != 0 && !candidates.contains(&a) {
+            if !a.ip().is_unspecified()
+                && !a.ip().is_multicast()
+                && a.port() != 0
+                && !candidates.contains(&a)
+            {
                 candidates.push(a);
             }
         }
@@ -280,7 +309,12 @@ async fn serve_member(
         }
         let _ = send.finish();
     });
-    let datagrams = tokio::spawn(relay_datagrams(shared.clone(), room.clone(), id, conn.clone()));
+    let datagrams = tokio::spawn(relay_datagrams(
+        shared.clone(),
+        room.clone(),
+        id,
+        conn.clone(),
+    ));
     let mut buf = Vec::new();
     loop {
         match read_frame(&mut recv, &mut buf).await {
@@ -310,11 +344,16 @@ async fn serve_member(
                 let out = Down::Relayed { from: id, frame }.encode();
                 if target.tx.send_timeout(out, RELAY_QUEUE_WAIT).await.is_err() {
                     shared.metrics.relay_dropped.fetch_add(1, Ordering::Relaxed);
-                    target.conn.close(2u32.into(), b"too slow to receive relayed traffic");
+                    target
+                        .conn
+                        .close(2u32.into(), b"too slow to receive relayed traffic");
                     continue;
                 }
                 shared.metrics.relay_frames.fetch_add(1, Ordering::Relaxed);
-                shared.metrics.relay_frame_bytes.fetch_add(bytes, Ordering::Relaxed);
+                shared
+                    .metrics
+                    .relay_frame_bytes
+                    .fetch_add(bytes, Ordering::Relaxed);
             }
             Up::PunchRequest { peer } => {
                 if let Some(target) = room.member(peer).filter(|_| peer != id) {
@@ -372,8 +411,14 @@ async fn relay_datagrams(shared: Arc<Shared>, room: RoomRef, id: u64, conn: quin
         let out = NodeDatagram::FromPeer { peer: id, payload }.encode();
         match target.send_datagram(out.into()) {
             Ok(()) => {
-                shared.metrics.relay_datagrams.fetch_add(1, Ordering::Relaxed);
-                shared.metrics.relay_datagram_bytes.fetch_add(len, Ordering::Relaxed);
+                shared
+                    .metrics
+                    .relay_datagrams
+                    .fetch_add(1, Ordering::Relaxed);
+                shared
+                    .metrics
+                    .relay_datagram_bytes
+                    .fetch_add(len, Ordering::Relaxed);
             }
             Err(_) => {
                 shared.metrics.relay_dropped.fetch_add(1, Ordering::Relaxed);

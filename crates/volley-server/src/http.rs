@@ -66,14 +66,21 @@ fn authed(api: &Api, headers: &HeaderMap) -> Result<PlayerId, Error> {
 
 pub(crate) async fn serve(api: Api, listener: tokio::net::TcpListener) {
     let app = Router::new()
-        .route("/v1/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/v1/health",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/v1/auth/device", post(login_device))
         .route("/v1/rooms", post(create_room))
         .route("/v1/rooms/{id}", get(get_room))
         .route("/v1/rooms/{id}/join", post(join_room))
         .route("/metrics", get(metrics))
         .fallback(|| async {
-            Error(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into())
+            Error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint".into(),
+            )
         })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(api);
@@ -171,10 +178,13 @@ async fn create_room(
             api.cfg.room_players_max
         )));
     }
-    let mut rooms = api
-        .rooms
-        .lock()
-        .map_err(|_| Error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "internal lock".into()))?;
+    let mut rooms = api.rooms.lock().map_err(|_| {
+        Error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "internal lock".into(),
+        )
+    })?;
     if rooms.len() >= api.cfg.rooms_max {
         return Err(Error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -185,7 +195,9 @@ async fn create_room(
     let id = api.next_room.fetch_add(1, Ordering::Relaxed);
     let room = Arc::new(Room::new(id, max));
     rooms.insert(id, room.clone());
-    api.metrics.rooms.store(rooms.len() as u64, Ordering::Relaxed);
+    api.metrics
+        .rooms
+        .store(rooms.len() as u64, Ordering::Relaxed);
     Ok((StatusCode::CREATED, Json(room_info(&room))))
 }
 
@@ -213,8 +225,8 @@ async fn join_room(
     let player_id = authed(&api, &headers)?;
     let id: u64 = id.parse().map_err(|_| bad("room id must be a number"))?;
     let req: JoinRoom = parse(&body)?;
-    let fingerprint = Fingerprint::from_hex(&req.fingerprint)
-        .map_err(|e| bad(format!("fingerprint: {e}")))?;
+    let fingerprint =
+        Fingerprint::from_hex(&req.fingerprint).map_err(|e| bad(format!("fingerprint: {e}")))?;
     let room = api.room(id).ok_or(Error(
         StatusCode::NOT_FOUND,
         "not_found",

@@ -117,7 +117,10 @@ impl Shared {
         }
         let now = Instant::now();
         let burst = self.cfg.connects_per_ip_burst;
-        let b = buckets.entry(ip).or_insert(Bucket { tokens: burst, at: now });
+        let b = buckets.entry(ip).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
         let refill = now.duration_since(b.at).as_secs_f64() * self.cfg.connects_per_ip_per_s;
         b.tokens = (b.tokens + refill).min(burst);
         b.at = now;
@@ -180,10 +183,11 @@ impl Shared {
         let grace = Duration::from_millis(self.cfg.ticket_lifetime_ms * 2);
         if let Ok(mut rooms) = self.rooms.lock() {
             rooms.retain(|_, r| {
-                r.len() > 0
-                    || (!r.used.load(Ordering::Relaxed) && r.created.elapsed() < grace)
+                r.len() > 0 || (!r.used.load(Ordering::Relaxed) && r.created.elapsed() < grace)
             });
-            self.metrics.rooms.store(rooms.len() as u64, Ordering::Relaxed);
+            self.metrics
+                .rooms
+                .store(rooms.len() as u64, Ordering::Relaxed);
         }
     }
 }
@@ -247,18 +251,20 @@ impl Node {
         cfg.validate()?;
         let stored = store::load_or_create(&cfg.data_dir)?;
         let server_cfg = gate::server_config(&stored.identity, &cfg)?;
-        let socket = std::net::UdpSocket::bind(cfg.quic_addr).map_err(|source| StartError::Bind {
-            addr: cfg.quic_addr,
-            source,
-        })?;
-        let pe = volley_net::endpoint::bind_punch_endpoint_on(socket, Some(server_cfg))
-            .map_err(|e| match e {
+        let socket =
+            std::net::UdpSocket::bind(cfg.quic_addr).map_err(|source| StartError::Bind {
+                addr: cfg.quic_addr,
+                source,
+            })?;
+        let pe = volley_net::endpoint::bind_punch_endpoint_on(socket, Some(server_cfg)).map_err(
+            |e| match e {
                 volley_net::endpoint::EndpointError::Bind(source) => StartError::Bind {
                     addr: cfg.quic_addr,
                     source,
                 },
                 volley_net::endpoint::EndpointError::Tls(t) => StartError::Tls(t),
-            })?;
+            },
+        )?;
         let endpoint = pe.endpoint;
         let quic_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
             addr: cfg.quic_addr,
@@ -289,7 +295,10 @@ impl Node {
             buckets: Mutex::new(HashMap::new()),
         });
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(gate::accept_loop(shared.clone(), endpoint.clone())));
+        tasks.push(tokio::spawn(gate::accept_loop(
+            shared.clone(),
+            endpoint.clone(),
+        )));
         tasks.push(tokio::spawn(http::serve(shared.clone(), listener)));
         let sweeper = shared.clone();
         tasks.push(tokio::spawn(async move {

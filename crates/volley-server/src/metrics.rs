@@ -59,7 +59,10 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let _ = writeln!(out, "# HELP volley_admission_rejected_total Players refused at the QUIC gate, by reason.");
+        let _ = writeln!(
+            out,
+            "# HELP volley_admission_rejected_total Players refused at the QUIC gate, by reason."
+        );
         let _ = writeln!(out, "# TYPE volley_admission_rejected_total counter");
         for code in RejectCode::ALL {
             let _ = writeln!(
@@ -70,25 +73,81 @@ impl Metrics {
             );
         }
         let counters: [(&str, &str, &AtomicU64); 10] = [
-            ("volley_admission_admitted_total", "Players admitted to a room.", &self.admitted),
-            ("volley_quic_retry_total", "New connections answered with a Retry.", &self.retries),
-            ("volley_quic_ignored_total", "New connections dropped by the per-source rate limit.", &self.ignored_rate_limited),
-            ("volley_quic_refused_total", "New connections refused for overload.", &self.refused_overload),
-            ("volley_quic_handshake_failed_total", "QUIC handshakes that failed.", &self.handshake_failures),
-            ("volley_relay_datagrams_total", "Unreliable datagrams relayed.", &self.relay_datagrams),
-            ("volley_relay_datagram_bytes_total", "Payload bytes of relayed datagrams.", &self.relay_datagram_bytes),
-            ("volley_relay_frames_total", "Reliable frames relayed.", &self.relay_frames),
-            ("volley_relay_frame_bytes_total", "Bytes of relayed reliable frames.", &self.relay_frame_bytes),
-            ("volley_relay_dropped_total", "Relay requests dropped.", &self.relay_dropped),
+            (
+                "volley_admission_admitted_total",
+                "Players admitted to a room.",
+                &self.admitted,
+            ),
+            (
+                "volley_quic_retry_total",
+                "New connections answered with a Retry.",
+                &self.retries,
+            ),
+            (
+                "volley_quic_ignored_total",
+                "New connections dropped by the per-source rate limit.",
+                &self.ignored_rate_limited,
+            ),
+            (
+                "volley_quic_refused_total",
+                "New connections refused for overload.",
+                &self.refused_overload,
+            ),
+            (
+                "volley_quic_handshake_failed_total",
+                "QUIC handshakes that failed.",
+                &self.handshake_failures,
+            ),
+            (
+                "volley_relay_datagrams_total",
+                "Unreliable datagrams relayed.",
+                &self.relay_datagrams,
+            ),
+            (
+                "volley_relay_datagram_bytes_total",
+                "Payload bytes of relayed datagrams.",
+                &self.relay_datagram_bytes,
+            ),
+            (
+                "volley_relay_frames_total",
+                "Reliable frames relayed.",
+                &self.relay_frames,
+            ),
+            (
+                "volley_relay_frame_bytes_total",
+                "Bytes of relayed reliable frames.",
+                &self.relay_frame_bytes,
+            ),
+            (
+                "volley_relay_dropped_total",
+                "Relay requests dropped.",
+                &self.relay_dropped,
+            ),
         ];
         for (name, help, c) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", get(c));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                get(c)
+            );
         }
         let _ = writeln!(out, "# HELP volley_players Players connected.\n# TYPE volley_players gauge\nvolley_players {}", get(&self.players));
-        let _ = writeln!(out, "# HELP volley_rooms Rooms open.\n# TYPE volley_rooms gauge\nvolley_rooms {}", get(&self.rooms));
+        let _ = writeln!(
+            out,
+            "# HELP volley_rooms Rooms open.\n# TYPE volley_rooms gauge\nvolley_rooms {}",
+            get(&self.rooms)
+        );
         let _ = writeln!(out, "# HELP volley_peer_paths Peer pairs by path, as last reported by players.\n# TYPE volley_peer_paths gauge");
-        let _ = writeln!(out, "volley_peer_paths{{path=\"direct\"}} {}", get(&self.paths_direct));
-        let _ = writeln!(out, "volley_peer_paths{{path=\"relay\"}} {}", get(&self.paths_relay));
+        let _ = writeln!(
+            out,
+            "volley_peer_paths{{path=\"direct\"}} {}",
+            get(&self.paths_direct)
+        );
+        let _ = writeln!(
+            out,
+            "volley_peer_paths{{path=\"relay\"}} {}",
+            get(&self.paths_relay)
+        );
         out
     }
 }

@@ -55,7 +55,12 @@ impl Room {
     pub(crate) fn others(&self, me: PlayerId) -> Vec<Member> {
         self.members
             .lock()
-            .map(|m| m.values().filter(|x| x.info.player_id != me).cloned().collect())
+            .map(|m| {
+                m.values()
+                    .filter(|x| x.info.player_id != me)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -44,7 +44,10 @@ pub(crate) fn load_or_create(dir: &Path) -> Result<Stored, StartError> {
         let cert = fs::read(&cert_p).map_err(|e| err(&cert_p, e))?;
         let key = fs::read(&key_p).map_err(|e| err(&key_p, e))?;
         if cert.is_empty() || key.is_empty() {
-            return Err(err(dir, "certificate or key file is empty; delete both to regenerate"));
+            return Err(err(
+                dir,
+                "certificate or key file is empty; delete both to regenerate",
+            ));
         }
         Identity::from_der(cert.into(), key.into())
     } else {
@@ -55,9 +58,12 @@ pub(crate) fn load_or_create(dir: &Path) -> Result<Stored, StartError> {
     };
     let ticket_key = if tk_p.exists() {
         let bytes = fs::read(&tk_p).map_err(|e| err(&tk_p, e))?;
-        let arr: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| err(&tk_p, "ticket key must be 32 bytes; delete it to regenerate"))?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| {
+            err(
+                &tk_p,
+                "ticket key must be 32 bytes; delete it to regenerate",
+            )
+        })?;
         TicketKey::from_bytes(arr)
     } else {
         let mut k = [0u8; 32];

@@ -135,8 +135,9 @@ pub(crate) async fn drive(
     }
     let send_until = Instant::now() + plan.send_for;
     let stop_at = send_until + plan.drain;
-    let mut tick =
-        tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(plan.rate_hz.max(1))));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(
+        1.0 / f64::from(plan.rate_hz.max(1)),
+    ));
     let mut n: u64 = 0;
     let mut events_sent: u64 = 0;
     let mut last_snap = start;
@@ -150,7 +151,7 @@ pub(crate) async fn drive(
                     let mut state = vec![0u8; 48];
                     state[..8].copy_from_slice(&n.to_be_bytes());
                     let _ = session.broadcast_unreliable(&state);
-                    if n % 3 == 0 && session.broadcast_reliable(&event_payload(events_sent)).is_ok() {
+                    if n.is_multiple_of(3) && session.broadcast_reliable(&event_payload(events_sent)).is_ok() {
                         events_sent += 1;
                     }
                 }
@@ -241,7 +242,11 @@ pub(crate) async fn run(args: BotArgs) -> anyhow::Result<()> {
     let room_id = match (args.room, args.create_room) {
         (Some(r), _) => r,
         (None, Some(n)) => {
-            let r = api.create_room(Some(n)).await.context("create room")?.room_id;
+            let r = api
+                .create_room(Some(n))
+                .await
+                .context("create room")?
+                .room_id;
             println!("room {r}");
             r
         }
@@ -252,7 +257,10 @@ pub(crate) async fn run(args: BotArgs) -> anyhow::Result<()> {
         direct: !args.relay_only,
         ..Default::default()
     })?;
-    let ticket = api.join(room_id, client.fingerprint()).await.context("join")?;
+    let ticket = api
+        .join(room_id, client.fingerprint())
+        .await
+        .context("join")?;
     let mut session = client.join(&ticket).await.context("connect")?;
     let plan = Plan {
         rate_hz: args.rate_hz,

@@ -185,7 +185,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             node.http_addr,
             node.quic_addr,
             args.bots,
-            if args.relay_only { "relay only" } else { "direct where possible" },
+            if args.relay_only {
+                "relay only"
+            } else {
+                "direct where possible"
+            },
             args.duration_s
         );
     }
@@ -221,9 +225,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let barrier = Arc::new(tokio::sync::Barrier::new(sessions.len()));
     let handles: Vec<_> = sessions
         .into_iter()
-        .map(|s| {
-            tokio::spawn(bot(s, snaps.clone(), plan.clone(), barrier.clone()))
-        })
+        .map(|s| tokio::spawn(bot(s, snaps.clone(), plan.clone(), barrier.clone())))
         .collect();
     if !args.json {
         let mut t = tokio::time::interval(Duration::from_secs(1));

@@ -8,6 +8,7 @@
 //!   Volley relayed, side by side.
 
 mod bench;
+mod bench_node;
 mod bot;
 mod demo;
 
@@ -19,7 +20,11 @@ use clap::{Parser, Subcommand};
 use volley_server::{Node, NodeConfig, RetryPolicy};
 
 #[derive(Parser, Debug)]
-#[command(name = "volley", version, about = "Self-hostable backend for real-time multiplayer games")]
+#[command(
+    name = "volley",
+    version,
+    about = "Self-hostable backend for real-time multiplayer games"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -100,8 +105,18 @@ impl ServeArgs {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
         }
-        set!(data_dir, http_addr, quic_addr, ticket_lifetime_ms, retry, players_max, rooms_max,
-             connects_per_ip_per_s, connects_per_ip_burst, handshakes_max);
+        set!(
+            data_dir,
+            http_addr,
+            quic_addr,
+            ticket_lifetime_ms,
+            retry,
+            players_max,
+            rooms_max,
+            connects_per_ip_per_s,
+            connects_per_ip_burst,
+            handshakes_max
+        );
         if self.public_addr.is_some() {
             c.public_addr = self.public_addr;
         }
@@ -137,7 +152,10 @@ async fn main() -> anyhow::Result<()> {
             init_tracing();
             let cfg = args.to_config()?;
             if args.print_config {
-                println!("{}", toml::to_string_pretty(&cfg).context("config to TOML")?);
+                println!(
+                    "{}",
+                    toml::to_string_pretty(&cfg).context("config to TOML")?
+                );
                 return Ok(());
             }
             let node = Node::start(cfg).await?;
@@ -147,7 +165,9 @@ async fn main() -> anyhow::Result<()> {
                 node.public_addr(),
                 node.fingerprint().to_hex()
             );
-            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+            tokio::signal::ctrl_c()
+                .await
+                .context("waiting for Ctrl-C")?;
             node.shutdown().await;
             Ok(())
         }

@@ -14,11 +14,19 @@ use volley_proto::ticket::{Ticket, TicketKey};
 use volley_proto::Fingerprint;
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
 }
 
 async fn metric(base: &str, line_prefix: &str) -> u64 {
-    let text = reqwest::get(format!("{base}/metrics")).await.expect("metrics").text().await.expect("text");
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     text.lines()
         .find(|l| l.starts_with(line_prefix))
         .and_then(|l| l.rsplit(' ').next())
@@ -61,20 +69,43 @@ async fn every_bad_ticket_is_refused_with_its_reason_and_counted() {
     };
 
     // Expired.
-    let expired = Ticket { expires_at_ms: unix_ms() - 1, ..claims.clone() };
+    let expired = Ticket {
+        expires_at_ms: unix_ms() - 1,
+        ..claims.clone()
+    };
     expect_reject(client, &forge(&good, &expired, &key), RejectCode::Expired).await;
     // Sealed by another node's key.
     let client = Client::new(loopback_config(false)).expect("client");
-    let c = Ticket { fingerprint: client.fingerprint(), ..claims.clone() };
-    expect_reject(client, &forge(&good, &c, &TicketKey::from_bytes([7; 32])), RejectCode::Forged).await;
+    let c = Ticket {
+        fingerprint: client.fingerprint(),
+        ..claims.clone()
+    };
+    expect_reject(
+        client,
+        &forge(&good, &c, &TicketKey::from_bytes([7; 32])),
+        RejectCode::Forged,
+    )
+    .await;
     // For another node address.
     let client = Client::new(loopback_config(false)).expect("client");
-    let c = Ticket { fingerprint: client.fingerprint(), node_addr: "127.0.0.1:9".parse().expect("addr"), ..claims.clone() };
+    let c = Ticket {
+        fingerprint: client.fingerprint(),
+        node_addr: "127.0.0.1:9".parse().expect("addr"),
+        ..claims.clone()
+    };
     expect_reject(client, &forge(&good, &c, &key), RejectCode::WrongNode).await;
     // Bound to another certificate than the one presented.
     let client = Client::new(loopback_config(false)).expect("client");
-    let c = Ticket { fingerprint: Fingerprint([1; 32]), ..claims.clone() };
-    expect_reject(client, &forge(&good, &c, &key), RejectCode::WrongCertificate).await;
+    let c = Ticket {
+        fingerprint: Fingerprint([1; 32]),
+        ..claims.clone()
+    };
+    expect_reject(
+        client,
+        &forge(&good, &c, &key),
+        RejectCode::WrongCertificate,
+    )
+    .await;
     // Garbage bytes.
     let client = Client::new(loopback_config(false)).expect("client");
     let mut garbage = good.clone();
@@ -82,7 +113,11 @@ async fn every_bad_ticket_is_refused_with_its_reason_and_counted() {
     expect_reject(client, &garbage, RejectCode::Malformed).await;
     // A room that does not exist.
     let client = Client::new(loopback_config(false)).expect("client");
-    let c = Ticket { fingerprint: client.fingerprint(), room_id: 999_999, ..claims.clone() };
+    let c = Ticket {
+        fingerprint: client.fingerprint(),
+        room_id: 999_999,
+        ..claims.clone()
+    };
     expect_reject(client, &forge(&good, &c, &key), RejectCode::RoomGone).await;
 
     // Replay: the same ticket from a second endpoint (another address) while the first is in.
@@ -93,7 +128,10 @@ async fn every_bad_ticket_is_refused_with_its_reason_and_counted() {
     // The second endpoint must present the same certificate to get past the fingerprint check,
     // which a thief of the ticket alone cannot do; so this also shows the replay guard holds
     // when the certificate check would not.
-    let c = Ticket { fingerprint: fp, ..claims.clone() };
+    let c = Ticket {
+        fingerprint: fp,
+        ..claims.clone()
+    };
     let replayed_sealed = c.seal(&key, rand::random());
     let client2 = Client::new(loopback_config(false)).expect("client");
     let mut t2 = ticket.clone();
@@ -106,10 +144,16 @@ async fn every_bad_ticket_is_refused_with_its_reason_and_counted() {
     let api3 = login(&t.base, "device-gate-third").await;
     let client3 = Client::new(loopback_config(false)).expect("client");
     match api3.join(room, client3.fingerprint()).await {
-        Err(Error::Api { status: 409, code, .. }) => assert_eq!(code, "room_full"),
+        Err(Error::Api {
+            status: 409, code, ..
+        }) => assert_eq!(code, "room_full"),
         other => panic!("HTTP join of a full room: {other:?}"),
     }
-    let c = Ticket { player_id: 4242, fingerprint: client3.fingerprint(), ..claims.clone() };
+    let c = Ticket {
+        player_id: 4242,
+        fingerprint: client3.fingerprint(),
+        ..claims.clone()
+    };
     expect_reject(client3, &forge(&good, &c, &key), RejectCode::RoomFull).await;
 
     for (code, n) in [
@@ -121,7 +165,14 @@ async fn every_bad_ticket_is_refused_with_its_reason_and_counted() {
         (RejectCode::RoomGone, 1),
         (RejectCode::RoomFull, 1),
     ] {
-        let got = metric(&t.base, &format!("volley_admission_rejected_total{{reason=\"{}\"}}", code.as_str())).await;
+        let got = metric(
+            &t.base,
+            &format!(
+                "volley_admission_rejected_total{{reason=\"{}\"}}",
+                code.as_str()
+            ),
+        )
+        .await;
         assert_eq!(got, n, "count for {}", code.as_str());
     }
     drop(s1);
@@ -142,7 +193,14 @@ async fn a_ticket_is_single_use_per_address() {
     };
     let first = mk(&id).join(&ticket).await.expect("first use admitted");
     expect_reject(mk(&id), &ticket, RejectCode::Replayed).await;
-    assert_eq!(metric(&t.base, "volley_admission_rejected_total{reason=\"replayed\"}").await, 1);
+    assert_eq!(
+        metric(
+            &t.base,
+            "volley_admission_rejected_total{reason=\"replayed\"}"
+        )
+        .await,
+        1
+    );
     drop(first);
     t.node.shutdown().await;
 }
@@ -162,23 +220,113 @@ async fn http_api_answers_bad_requests_with_json_errors() {
         assert_eq!(body["code"], code, "{body}");
         assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
     };
-    check(post("/v1/auth/device", "{not json").send().await.expect("req"), 400, "bad_request").await;
-    check(post("/v1/auth/device", r#"{"device_id":"short"}"#).send().await.expect("req"), 400, "bad_request").await;
-    check(post("/v1/auth/device", r#"{"device_id":"long-enough-id","extra":1}"#).send().await.expect("req"), 400, "bad_request").await;
-    check(post("/v1/rooms", "{}").send().await.expect("req"), 401, "unauthorized").await;
-    check(post("/v1/rooms", "{}").bearer_auth("not-a-token").send().await.expect("req"), 401, "unauthorized").await;
-    check(http.get(format!("{}/v1/nope", t.base)).send().await.expect("req"), 404, "not_found").await;
+    check(
+        post("/v1/auth/device", "{not json")
+            .send()
+            .await
+            .expect("req"),
+        400,
+        "bad_request",
+    )
+    .await;
+    check(
+        post("/v1/auth/device", r#"{"device_id":"short"}"#)
+            .send()
+            .await
+            .expect("req"),
+        400,
+        "bad_request",
+    )
+    .await;
+    check(
+        post(
+            "/v1/auth/device",
+            r#"{"device_id":"long-enough-id","extra":1}"#,
+        )
+        .send()
+        .await
+        .expect("req"),
+        400,
+        "bad_request",
+    )
+    .await;
+    check(
+        post("/v1/rooms", "{}").send().await.expect("req"),
+        401,
+        "unauthorized",
+    )
+    .await;
+    check(
+        post("/v1/rooms", "{}")
+            .bearer_auth("not-a-token")
+            .send()
+            .await
+            .expect("req"),
+        401,
+        "unauthorized",
+    )
+    .await;
+    check(
+        http.get(format!("{}/v1/nope", t.base))
+            .send()
+            .await
+            .expect("req"),
+        404,
+        "not_found",
+    )
+    .await;
     let big = "x".repeat(64 * 1024);
-    let resp = http.post(format!("{}/v1/auth/device", t.base)).body(big).send().await.expect("req");
+    let resp = http
+        .post(format!("{}/v1/auth/device", t.base))
+        .body(big)
+        .send()
+        .await
+        .expect("req");
     assert_eq!(resp.status().as_u16(), 413);
 
     let api = login(&t.base, "device-http-owner").await;
     let token = api.token().expect("token").to_owned();
-    check(post("/v1/rooms", r#"{"max_players": 1000}"#).bearer_auth(&token).send().await.expect("req"), 400, "bad_request").await;
-    check(http.get(format!("{}/v1/rooms/12345", t.base)).bearer_auth(&token).send().await.expect("req"), 404, "not_found").await;
-    check(http.get(format!("{}/v1/rooms/abc", t.base)).bearer_auth(&token).send().await.expect("req"), 400, "bad_request").await;
+    check(
+        post("/v1/rooms", r#"{"max_players": 1000}"#)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("req"),
+        400,
+        "bad_request",
+    )
+    .await;
+    check(
+        http.get(format!("{}/v1/rooms/12345", t.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("req"),
+        404,
+        "not_found",
+    )
+    .await;
+    check(
+        http.get(format!("{}/v1/rooms/abc", t.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("req"),
+        400,
+        "bad_request",
+    )
+    .await;
     let room = api.create_room(None).await.expect("room").room_id;
-    check(post(&format!("/v1/rooms/{room}/join"), r#"{"fingerprint":"zz"}"#).bearer_auth(&token).send().await.expect("req"), 400, "bad_request").await;
+    check(
+        post(&format!("/v1/rooms/{room}/join"), r#"{"fingerprint":"zz"}"#)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("req"),
+        400,
+        "bad_request",
+    )
+    .await;
     t.node.shutdown().await;
 }
 
@@ -192,7 +340,9 @@ async fn junk_floods_do_not_keep_players_out_and_get_no_amplified_reply() {
     let node = t.node.quic_addr;
     // A junk sender counts every byte it sends and every byte it gets back.
     let junk = tokio::spawn(async move {
-        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let mut sent = 0usize;
         let mut recv = 0usize;
         let mut buf = [0u8; 2048];
@@ -207,14 +357,18 @@ async fn junk_floods_do_not_keep_players_out_and_get_no_amplified_reply() {
                 }
             }
             sent += sock.send_to(&pkt, node).await.expect("send");
-            while let Ok(Ok((n, _))) = tokio::time::timeout(Duration::ZERO, sock.recv_from(&mut buf)).await {
+            while let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::ZERO, sock.recv_from(&mut buf)).await
+            {
                 recv += n;
             }
             if i % 100 == 0 {
                 tokio::task::yield_now().await;
             }
         }
-        while let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(300), sock.recv_from(&mut buf)).await {
+        while let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(300), sock.recv_from(&mut buf)).await
+        {
             recv += n;
         }
         (sent, recv)
@@ -239,7 +393,15 @@ async fn junk_floods_do_not_keep_players_out_and_get_no_amplified_reply() {
     let room = owner.create_room(Some(4)).await.expect("room").room_id;
     let mut players = Vec::new();
     for i in 0..4 {
-        players.push(join(&t.base, &format!("device-flood-good-{i}"), room, loopback_config(false)).await);
+        players.push(
+            join(
+                &t.base,
+                &format!("device-flood-good-{i}"),
+                room,
+                loopback_config(false),
+            )
+            .await,
+        );
     }
     let ids: Vec<u64> = players.iter().map(|p| p.me()).collect();
     for p in &players {
@@ -253,12 +415,24 @@ async fn junk_floods_do_not_keep_players_out_and_get_no_amplified_reply() {
             }
         }
     }
-    players[0].send_reliable(ids[1], b"still here".to_vec()).expect("send");
+    players[0]
+        .send_reliable(ids[1], b"still here".to_vec())
+        .expect("send");
     let got = recv_reliable(&mut players[1], ids[0], 1, Duration::from_secs(5)).await;
     assert_eq!(got, vec![b"still here".to_vec()]);
     let (sent, recv) = junk.await.expect("junk");
     assert_eq!(bad.await.expect("bad"), 30, "every bad ticket refused");
-    assert!(recv <= sent, "replies to junk ({recv} B) larger than the junk ({sent} B)");
-    assert!(metric(&t.base, "volley_admission_rejected_total{reason=\"malformed\"}").await >= 30);
+    assert!(
+        recv <= sent,
+        "replies to junk ({recv} B) larger than the junk ({sent} B)"
+    );
+    assert!(
+        metric(
+            &t.base,
+            "volley_admission_rejected_total{reason=\"malformed\"}"
+        )
+        .await
+            >= 30
+    );
     t.node.shutdown().await;
 }

@@ -20,15 +20,37 @@ async fn two_players_go_direct_and_exchange_both_channels() {
     let mut a = join(&t.base, "device-direct-a", room, loopback_config(true)).await;
     let mut b = join(&t.base, "device-direct-b", room, loopback_config(true)).await;
     let (ida, idb) = (a.me(), b.me());
-    assert!(wait_path(&mut a, idb, PathKind::Direct, Duration::from_secs(5), |_| {}).await);
-    assert!(wait_path(&mut b, ida, PathKind::Direct, Duration::from_secs(5), |_| {}).await);
+    assert!(
+        wait_path(
+            &mut a,
+            idb,
+            PathKind::Direct,
+            Duration::from_secs(5),
+            |_| {}
+        )
+        .await
+    );
+    assert!(
+        wait_path(
+            &mut b,
+            ida,
+            PathKind::Direct,
+            Duration::from_secs(5),
+            |_| {}
+        )
+        .await
+    );
 
     for i in 0..2000u64 {
         a.send_reliable(idb, numbered(i)).expect("send");
     }
     let got = recv_reliable(&mut b, ida, 2000, Duration::from_secs(10)).await;
     let numbers: Vec<u64> = got.iter().map(|p| number_of(p)).collect();
-    assert_eq!(numbers, (0..2000).collect::<Vec<_>>(), "in order, exactly once");
+    assert_eq!(
+        numbers,
+        (0..2000).collect::<Vec<_>>(),
+        "in order, exactly once"
+    );
 
     for i in 0..200u64 {
         b.send_unreliable(ida, numbered(i)).expect("send");
@@ -47,11 +69,21 @@ async fn two_players_go_direct_and_exchange_both_channels() {
             }
         }
     }
-    assert!(unreliable >= 190, "loopback lost too much: {unreliable}/200");
+    assert!(
+        unreliable >= 190,
+        "loopback lost too much: {unreliable}/200"
+    );
 
     // Direct traffic does not touch the relay; the node knows both paths are direct.
-    let relayed = t.node.metrics().relay_frames.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(relayed < 10, "reliable frames went through the relay: {relayed}");
+    let relayed = t
+        .node
+        .metrics()
+        .relay_frames
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        relayed < 10,
+        "reliable frames went through the relay: {relayed}"
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
         let info = host.room(room).await.expect("room info");
@@ -59,7 +91,11 @@ async fn two_players_go_direct_and_exchange_both_channels() {
         if direct == 2 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "node did not learn the paths: {:?}", info.paths);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node did not learn the paths: {:?}",
+            info.paths
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     a.leave().await;
@@ -93,8 +129,14 @@ async fn relay_only_delivers_everything_through_the_node() {
     }
     let got_b = recv_reliable(&mut b, ida, 1500, Duration::from_secs(10)).await;
     let got_a = recv_reliable(&mut a, idb, 1500, Duration::from_secs(10)).await;
-    assert_eq!(got_b.iter().map(|p| number_of(p)).collect::<Vec<_>>(), (0..1500).collect::<Vec<_>>());
-    assert_eq!(got_a.iter().map(|p| number_of(p)).collect::<Vec<_>>(), (0..1500).collect::<Vec<_>>());
+    assert_eq!(
+        got_b.iter().map(|p| number_of(p)).collect::<Vec<_>>(),
+        (0..1500).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        got_a.iter().map(|p| number_of(p)).collect::<Vec<_>>(),
+        (0..1500).collect::<Vec<_>>()
+    );
     assert!(a.peers().iter().all(|p| p.path == PathKind::Relay));
     let m = t.node.metrics();
     assert!(m.relay_frames.load(std::sync::atomic::Ordering::Relaxed) >= 3000);
@@ -109,7 +151,16 @@ async fn direct_path_closed_mid_stream_fails_over_without_losing_a_message() {
     let mut a = join(&t.base, "device-cut-a", room, loopback_config(true)).await;
     let mut b = join(&t.base, "device-cut-b", room, loopback_config(true)).await;
     let (ida, idb) = (a.me(), b.me());
-    assert!(wait_path(&mut a, idb, PathKind::Direct, Duration::from_secs(5), |_| {}).await);
+    assert!(
+        wait_path(
+            &mut a,
+            idb,
+            PathKind::Direct,
+            Duration::from_secs(5),
+            |_| {}
+        )
+        .await
+    );
 
     // Stream messages while the direct path is torn down under them.
     let sender = tokio::spawn(async move {
@@ -131,7 +182,14 @@ async fn direct_path_closed_mid_stream_fails_over_without_losing_a_message() {
     // The lost path is punched again and the link goes back to direct.
     let mut a = a;
     assert!(
-        wait_path(&mut a, idb, PathKind::Direct, Duration::from_secs(10), |_| {}).await,
+        wait_path(
+            &mut a,
+            idb,
+            PathKind::Direct,
+            Duration::from_secs(10),
+            |_| {}
+        )
+        .await,
         "relay → direct upgrade after the re-punch"
     );
     t.node.shutdown().await;
@@ -144,9 +202,15 @@ async fn weak_4g_links_lose_no_reliable_message_and_never_disconnect() {
     let mut links = Vec::new();
     for seed in [1u64, 2] {
         links.push(
-            UdpLinkEmulator::start("127.0.0.1:0".parse().expect("addr"), t.node.quic_addr, profile.clone(), profile.clone(), seed)
-                .await
-                .expect("emulator"),
+            UdpLinkEmulator::start(
+                "127.0.0.1:0".parse().expect("addr"),
+                t.node.quic_addr,
+                profile,
+                profile,
+                seed,
+            )
+            .await
+            .expect("emulator"),
         );
     }
     let host = login(&t.base, "device-4g-a").await;
@@ -162,7 +226,10 @@ async fn weak_4g_links_lose_no_reliable_message_and_never_disconnect() {
         ticket.node_addr = link.local_addr().to_string();
         sessions.push(client.join(&ticket).await);
     }
-    assert!(sessions.iter().all(|s| s.is_ok()), "joined through the emulator");
+    assert!(
+        sessions.iter().all(|s| s.is_ok()),
+        "joined through the emulator"
+    );
     let mut b = sessions.pop().expect("b").expect("b");
     let mut a = sessions.pop().expect("a").expect("a");
     let (_ida, idb) = (a.me(), b.me());
@@ -195,12 +262,22 @@ async fn weak_4g_links_lose_no_reliable_message_and_never_disconnect() {
     };
     let a = sender.await.expect("sender");
     assert!(!closed, "no disconnect on weak-4g");
-    assert_eq!(got, (0..300).collect::<Vec<_>>(), "every reliable message, in order");
+    assert_eq!(
+        got,
+        (0..300).collect::<Vec<_>>(),
+        "every reliable message, in order"
+    );
     let st = a.peers();
     let rtt = st[0].rtt_ms_p50.expect("rtt samples");
     // Two impaired legs (player→node→player), each 90 ms RTT: about 180 ms.
-    assert!((120.0..400.0).contains(&rtt), "relay RTT over two weak-4g legs: {rtt} ms");
+    assert!(
+        (120.0..400.0).contains(&rtt),
+        "relay RTT over two weak-4g legs: {rtt} ms"
+    );
     let stats = links[0].stats();
-    assert!(stats.up.dropped_loss + stats.down.dropped_loss > 0, "the emulator did drop packets: {stats:?}");
+    assert!(
+        stats.up.dropped_loss + stats.down.dropped_loss > 0,
+        "the emulator did drop packets: {stats:?}"
+    );
     t.node.shutdown().await;
 }

@@ -1,0 +1,6 @@
+//! Fuzz checks for `volley-proto`'s decoders; see `checks.rs`. The targets in `fuzz_targets/`
+//! are one line each, calling a function re-exported here.
+
+mod checks;
+
+pub use checks::*;
