@@ -15,7 +15,7 @@ mod api;
 mod session;
 
 pub use api::Api;
-pub use session::{Client, ClientConfig, Event, PeerStatus, Session};
+pub use session::{Client, ClientConfig, Event, NodeQuality, PeerStatus, Session};
 
 /// What can go wrong in the SDK.
 #[derive(Debug, thiserror::Error)]

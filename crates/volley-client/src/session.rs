@@ -120,6 +120,23 @@ pub enum Event {
     },
 }
 
+/// The node connection as QUIC sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeQuality {
+    /// Smoothed RTT, milliseconds.
+    pub rtt_ms: f64,
+    /// Congestion window.
+    pub congestion_window_bytes: u64,
+    /// Packets sent.
+    pub sent_packets: u64,
+    /// Packets declared lost.
+    pub lost_packets: u64,
+    /// UDP bytes sent.
+    pub sent_bytes: u64,
+    /// UDP bytes received.
+    pub received_bytes: u64,
+}
+
 /// A peer link's state, cheap to poll every frame.
 #[derive(Debug, Clone)]
 pub struct PeerStatus {
@@ -151,6 +168,10 @@ pub struct PeerStatus {
     pub bytes_received: u64,
     /// Reliable bytes sent but not yet acknowledged (queued).
     pub unacked_bytes: usize,
+    /// Payload bytes sent per second over the last full second.
+    pub send_bytes_per_s: f64,
+    /// Payload bytes received per second over the last full second.
+    pub recv_bytes_per_s: f64,
     /// Path changes so far.
     pub path_changes: u64,
     /// Time from learning of the peer to the first direct path, if one formed.
@@ -187,6 +208,26 @@ struct Stats {
     bytes_received: u64,
     path_changes: u64,
     direct_after: Option<Duration>,
+    /// Start of the current rate window and the byte counters at that moment.
+    window: (Duration, u64, u64),
+    /// Rates measured over the last complete window.
+    rates: (f64, f64),
+}
+
+impl Stats {
+    /// Closes the rate window once a second has passed.
+    fn roll_rates(&mut self, now: Duration) {
+        let (t0, sent0, recv0) = self.window;
+        let span = now.saturating_sub(t0);
+        if span >= Duration::from_secs(1) {
+            let secs = span.as_secs_f64();
+            self.rates = (
+                (self.bytes_sent - sent0) as f64 / secs,
+                (self.bytes_received - recv0) as f64 / secs,
+            );
+            self.window = (now, self.bytes_sent, self.bytes_received);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -468,6 +509,19 @@ impl Session {
         self.shared.node.rtt()
     }
 
+    /// Quality of the connection to the node (which carries every relayed peer link).
+    pub fn node_quality(&self) -> NodeQuality {
+        let s = self.shared.node.stats();
+        NodeQuality {
+            rtt_ms: s.path.rtt.as_secs_f64() * 1000.0,
+            congestion_window_bytes: s.path.cwnd,
+            sent_packets: s.path.sent_packets,
+            lost_packets: s.path.lost_packets,
+            sent_bytes: s.udp_tx.bytes,
+            received_bytes: s.udp_rx.bytes,
+        }
+    }
+
     /// The next event, waiting for one. `None` once the session is over and drained.
     pub async fn next_event(&mut self) -> Option<Event> {
         let e = self.events.recv().await;
@@ -570,6 +624,8 @@ impl Peer {
             bytes_sent: self.stats.bytes_sent,
             bytes_received: self.stats.bytes_received,
             unacked_bytes: self.sender.unacked_bytes(),
+            send_bytes_per_s: self.stats.rates.0,
+            recv_bytes_per_s: self.stats.rates.1,
             path_changes: self.stats.path_changes,
             direct_after_ms: self.stats.direct_after.map(|d| d.as_secs_f64() * 1000.0),
         }
@@ -843,6 +899,7 @@ impl Shared {
         let mut st = self.lock();
         for (id, p) in st.peers.iter_mut() {
             let id = *id;
+            p.stats.roll_rates(now);
             if let Some(d) = &p.direct {
                 if !d.mon.is_alive(now) || d.conn.close_reason().is_some() {
                     d.conn.close(0u32.into(), b"path dead");

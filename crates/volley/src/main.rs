@@ -83,6 +83,21 @@ struct ServeArgs {
     /// Handshakes in progress beyond which new connections are refused.
     #[arg(long, env = "VOLLEY_HANDSHAKES_MAX")]
     handshakes_max: Option<usize>,
+    /// Players per room when the creator does not say.
+    #[arg(long, env = "VOLLEY_ROOM_PLAYERS_DEFAULT")]
+    room_players_default: Option<u32>,
+    /// Most players a room may be created for.
+    #[arg(long, env = "VOLLEY_ROOM_PLAYERS_MAX")]
+    room_players_max: Option<u32>,
+    /// With --retry under-load: handshakes in progress before Retry starts.
+    #[arg(long, env = "VOLLEY_HANDSHAKES_BEFORE_RETRY")]
+    handshakes_before_retry: Option<usize>,
+    /// Milliseconds a connected player has to present its ticket.
+    #[arg(long, env = "VOLLEY_HELLO_TIMEOUT_MS")]
+    hello_timeout_ms: Option<u64>,
+    /// Control frames queued towards one player before its senders are slowed down.
+    #[arg(long, env = "VOLLEY_PLAYER_QUEUE_FRAMES_MAX")]
+    player_queue_frames_max: Option<usize>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,

@@ -274,6 +274,13 @@ async fn weak_4g_links_lose_no_reliable_message_and_never_disconnect() {
         (120.0..400.0).contains(&rtt),
         "relay RTT over two weak-4g legs: {rtt} ms"
     );
+    assert!(
+        st[0].send_bytes_per_s > 500.0,
+        "send rate measured: {:?}",
+        st[0]
+    );
+    let q = a.node_quality();
+    assert!(q.rtt_ms > 50.0 && q.sent_packets > 0, "node quality: {q:?}");
     let stats = links[0].stats();
     assert!(
         stats.up.dropped_loss + stats.down.dropped_loss > 0,
