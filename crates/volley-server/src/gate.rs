@@ -131,7 +131,7 @@ async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, slot: HandshakeS
         Ok(Err(_)) => return,
         Ok(Ok(())) => admit(&shared, &conn, fingerprint, &buf),
     };
-    let (room, me) = match admitted {
+    let (room, me, rx) = match admitted {
         Ok(x) => x,
         Err((code, detail)) => {
             shared.metrics.reject(code);
@@ -146,7 +146,7 @@ async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, slot: HandshakeS
         }
     };
     shared.metrics.admitted.fetch_add(1, Ordering::Relaxed);
-    serve_member(shared, room, me, conn, send, recv).await;
+    serve_member(shared, room, me, rx, conn, send, recv).await;
 }
 
 fn decode_reject(e: DecodeError) -> (RejectCode, String) {
@@ -162,7 +162,7 @@ fn admit(
     conn: &quinn::Connection,
     fingerprint: Fingerprint,
     frame: &[u8],
-) -> Result<(RoomRef, Member), (RejectCode, String)> {
+) -> Result<(RoomRef, Member, mpsc::Receiver<Vec<u8>>), (RejectCode, String)> {
     let (ticket_bytes, local_addrs) = match Up::decode(frame).map_err(decode_reject)? {
         Up::Hello {
             ticket,
@@ -241,7 +241,9 @@ fn admit(
                 candidates.push(a);
             }
         }
-        let (tx, _) = mpsc::channel(1);
+        // The queue exists from the moment the member is visible to others, so a peer relaying
+        // to a player that is still being welcomed waits in line instead of failing.
+        let (tx, rx) = mpsc::channel(shared.cfg.player_queue_frames_max);
         let member = Member {
             info: PeerInfo {
                 player_id: t.player_id,
@@ -252,11 +254,23 @@ fn admit(
             tx,
             nonce: opened.nonce,
         };
+        // Welcome goes first in the queue, before any peer can see (and relay to) the member.
+        let welcome = Down::Welcome {
+            player_id: t.player_id,
+            room_id: room.id,
+            observed_addr: remote,
+            peers: members
+                .values()
+                .filter(|m| m.info.player_id != t.player_id)
+                .map(|m| m.info.clone())
+                .collect(),
+        };
+        let _ = member.tx.try_send(welcome.encode());
         if let Some(old) = members.insert(t.player_id, member.clone()) {
             old.conn.close(0u32.into(), b"replaced by a new connection");
         }
         room.used.store(true, Ordering::Relaxed);
-        Ok((room.clone(), member))
+        Ok((room.clone(), member, rx))
     }
 }
 
@@ -271,30 +285,16 @@ impl Shared {
 async fn serve_member(
     shared: Arc<Shared>,
     room: RoomRef,
-    mut me: Member,
+    me: Member,
+    mut rx: mpsc::Receiver<Vec<u8>>,
     conn: quinn::Connection,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
     let id = me.info.player_id;
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(shared.cfg.player_queue_frames_max);
-    me.tx = tx.clone();
-    if let Ok(mut members) = room.members.lock() {
-        if let Some(m) = members.get_mut(&id) {
-            if m.nonce == me.nonce {
-                m.tx = tx.clone();
-            }
-        }
-    }
+    let tx = me.tx.clone();
     shared.metrics.players.fetch_add(1, Ordering::Relaxed);
     let others = room.others(id);
-    let welcome = Down::Welcome {
-        player_id: id,
-        room_id: room.id,
-        observed_addr: conn.remote_address(),
-        peers: others.iter().map(|m| m.info.clone()).collect(),
-    };
-    let _ = tx.try_send(welcome.encode());
     let joined = Down::PeerJoined(me.info.clone()).encode();
     for o in &others {
         let _ = o.tx.send_timeout(joined.clone(), RELAY_QUEUE_WAIT).await;
