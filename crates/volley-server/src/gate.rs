@@ -156,13 +156,16 @@ fn decode_reject(e: DecodeError) -> (RejectCode, String) {
     }
 }
 
+/// A player let in: its room, its membership, and the queue of frames to write to it.
+type Admitted = (RoomRef, Member, mpsc::Receiver<Vec<u8>>);
+
 /// Checks the hello and its ticket, then enters the player into its room.
 fn admit(
     shared: &Arc<Shared>,
     conn: &quinn::Connection,
     fingerprint: Fingerprint,
     frame: &[u8],
-) -> Result<(RoomRef, Member, mpsc::Receiver<Vec<u8>>), (RejectCode, String)> {
+) -> Result<Admitted, (RejectCode, String)> {
     let (ticket_bytes, local_addrs) = match Up::decode(frame).map_err(decode_reject)? {
         Up::Hello {
             ticket,

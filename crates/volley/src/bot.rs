@@ -269,12 +269,19 @@ pub(crate) async fn run(args: BotArgs) -> anyhow::Result<()> {
         peers_min: args.peers,
         wait_max: Duration::from_secs(15),
     };
-    let mut last = Vec::new();
-    let out = drive(&mut session, &plan, |p| last = p).await;
+    // Latest status per peer: a peer that leaves first disappears from later snapshots, and its
+    // counters must not disappear from the report with it.
+    let mut last = std::collections::BTreeMap::new();
+    let out = drive(&mut session, &plan, |peers| {
+        for s in peers {
+            last.insert(s.player_id, s);
+        }
+    })
+    .await;
     let me = session.me();
     session.leave().await;
     let peers = last
-        .into_iter()
+        .into_values()
         .map(|s| BotPeer {
             player_id: s.player_id,
             path: s.path.as_str(),
