@@ -1,0 +1,1 @@
+//! The demo arena game (being written).

@@ -1,0 +1,61 @@
+//! The game interface: what a game gives Volley's netcode.
+//!
+//! A game is a deterministic state machine: the same state and the same inputs give a
+//! bit-identical next state on every machine. That one property is what rollback (re-simulate
+//! with corrected inputs), the node's referee (simulate confirmed inputs and compare checksums)
+//! and snapshot prediction all stand on.
+
+/// A player's slot in a match: 0..players.
+pub type Slot = u8;
+
+/// A game Volley can run.
+pub trait Game: Clone {
+    /// One player's input for one frame. `Default` is "no input" (what is predicted for a
+    /// player nothing was heard from yet).
+    type Input: Copy + Default + PartialEq + Eq + std::fmt::Debug;
+
+    /// Advances one fixed step. `inputs[slot]` is each player's input for this frame; the slice
+    /// always has one entry per player.
+    fn step(&mut self, inputs: &[Self::Input]);
+
+    /// The frame number of the state (0 before the first step).
+    fn frame(&self) -> u32;
+
+    /// A hash of the whole state. Equal states give equal checksums on every machine.
+    fn checksum(&self) -> u64;
+
+    /// Encodes an input in a fixed small number of bytes.
+    fn encode_input(input: &Self::Input) -> [u8; 4];
+
+    /// Decodes an input; `None` when the bytes cannot be an input (a forged or broken packet).
+    fn decode_input(bytes: [u8; 4]) -> Option<Self::Input>;
+
+    /// The entities as the snapshot codec sees them (authoritative mode), in id order.
+    fn entities(&self) -> Vec<EntityView>;
+}
+
+/// An entity as sent in snapshots: the quantization schema of every Volley snapshot.
+///
+/// Positions are fixed-point game units (1/256 of a world unit) inside the arena; the codec
+/// quantizes them further for the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EntityView {
+    /// Stable entity id (players first, then projectiles).
+    pub id: u16,
+    /// Kind (e.g. player, bullet).
+    pub kind: u8,
+    /// Position, fixed-point 1/256 units.
+    pub x: i32,
+    /// Position, fixed-point 1/256 units.
+    pub y: i32,
+    /// Velocity, fixed-point 1/256 units per frame.
+    pub vx: i32,
+    /// Velocity, fixed-point 1/256 units per frame.
+    pub vy: i32,
+    /// Facing, 256 steps per turn.
+    pub angle: u8,
+    /// Health points (0 = dead).
+    pub health: u8,
+    /// Game-defined flags (firing, respawning...).
+    pub flags: u8,
+}
