@@ -80,10 +80,22 @@ impl Api {
 
     /// Creates a room.
     pub async fn create_room(&self, max_players: Option<u32>) -> Result<RoomInfo, Error> {
+        self.create_room_with_mode(max_players, None).await
+    }
+
+    /// Creates a room that runs the node's game logic `mode` (e.g. `rollback`, `snapshot`).
+    pub async fn create_room_with_mode(
+        &self,
+        max_players: Option<u32>,
+        mode: Option<&str>,
+    ) -> Result<RoomInfo, Error> {
         self.call(
             self.http
                 .post(format!("{}/v1/rooms", self.base))
-                .json(&CreateRoom { max_players }),
+                .json(&CreateRoom {
+                    max_players,
+                    mode: mode.map(str::to_owned),
+                }),
         )
         .await
     }

@@ -113,6 +113,13 @@ pub enum Event {
         /// The game's bytes.
         payload: Vec<u8>,
     },
+    /// A message from the room's game logic on the node.
+    FromNode {
+        /// The game's bytes.
+        payload: Vec<u8>,
+        /// Whether it came on the reliable channel.
+        reliable: bool,
+    },
     /// The node connection ended; the session is over.
     Closed {
         /// Why.
@@ -467,6 +474,29 @@ impl Session {
         Ok(())
     }
 
+    /// Sends a message to the room's game logic on the node: reliable (ordered, on the control
+    /// stream) or unreliable (a datagram; at most the unreliable size limit).
+    pub fn send_to_node(&self, payload: impl Into<Vec<u8>>, reliable: bool) -> Result<(), Error> {
+        let payload = payload.into();
+        if reliable {
+            if payload.len() > volley_proto::msg::MAX_RELIABLE_PAYLOAD_BYTES {
+                return Err(Error::TooLarge(payload.len()));
+            }
+            self.shared
+                .node_tx
+                .send(Up::ToNode { payload }.encode())
+                .map_err(|_| Error::Closed)
+        } else {
+            if payload.len() > MAX_UNRELIABLE_PAYLOAD_BYTES {
+                return Err(Error::TooLarge(payload.len()));
+            }
+            self.shared
+                .node
+                .send_datagram(NodeDatagram::ToNode { payload }.encode().into())
+                .map_err(|e| Error::Connection(e.to_string()))
+        }
+    }
+
     /// Sends reliably to every peer. Tries all; returns the first error.
     pub fn broadcast_reliable(&self, payload: &[u8]) -> Result<(), Error> {
         let mut first = Ok(());
@@ -577,7 +607,9 @@ impl Drop for Session {
 
 fn payload_len(e: &Event) -> usize {
     match e {
-        Event::Reliable { payload, .. } | Event::Unreliable { payload, .. } => payload.len(),
+        Event::Reliable { payload, .. }
+        | Event::Unreliable { payload, .. }
+        | Event::FromNode { payload, .. } => payload.len(),
         _ => 0,
     }
 }
@@ -1041,6 +1073,10 @@ impl Shared {
                 }
             }
             Down::Relayed { from, frame } => self.on_frame(from, &frame, Via::Relay),
+            Down::FromNode { payload } => self.emit(Event::FromNode {
+                payload,
+                reliable: true,
+            }),
             Down::Welcome { .. } | Down::Reject { .. } => {
                 tracing::debug!("unexpected admission frame mid-session ignored");
             }
@@ -1091,8 +1127,17 @@ async fn node_reader(shared: Arc<Shared>, mut recv: quinn::RecvStream) {
 
 async fn node_datagrams(shared: Arc<Shared>) {
     while let Ok(d) = shared.node.read_datagram().await {
-        if let Ok(NodeDatagram::FromPeer { peer, payload }) = NodeDatagram::decode(&d) {
-            shared.on_datagram(peer, &payload, Via::Relay);
+        match NodeDatagram::decode(&d) {
+            Ok(NodeDatagram::FromPeer { peer, payload }) => {
+                shared.on_datagram(peer, &payload, Via::Relay)
+            }
+            Ok(NodeDatagram::FromNode { payload }) if !shared.events_full() => {
+                shared.emit(Event::FromNode {
+                    payload,
+                    reliable: false,
+                })
+            }
+            _ => {}
         }
     }
 }

@@ -28,6 +28,9 @@ pub struct Session {
 pub struct CreateRoom {
     /// Most players; the node's default when absent.
     pub max_players: Option<u32>,
+    /// Game logic the node runs for the room (e.g. `rollback`, `snapshot`); none when absent.
+    #[serde(default)]
+    pub mode: Option<String>,
 }
 
 /// A room as the API shows it.
@@ -41,6 +44,12 @@ pub struct RoomInfo {
     pub players: Vec<u64>,
     /// Each player's last report of its path to each peer.
     pub paths: Vec<PathInfo>,
+    /// The room's game logic, if any.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// The logic's own report (stats, verdicts), refreshed about twice a second.
+    #[serde(default)]
+    pub logic: Option<serde_json::Value>,
 }
 
 /// One player's report of its path to one peer.

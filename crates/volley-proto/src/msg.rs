@@ -193,6 +193,11 @@ pub enum Up {
     },
     /// The player leaves the room.
     Leave,
+    /// A reliable message for the room's game logic on the node (inputs, checksums...).
+    ToNode {
+        /// The game's bytes.
+        payload: Vec<u8>,
+    },
 }
 
 /// Control messages from a node to a player.
@@ -232,6 +237,11 @@ pub enum Down {
     },
     /// Punch towards this peer now (it was told the same about you).
     Punch(PeerInfo),
+    /// A reliable message from the room's game logic on the node.
+    FromNode {
+        /// The game's bytes.
+        payload: Vec<u8>,
+    },
 }
 
 const UP_HELLO: u8 = 1;
@@ -239,6 +249,7 @@ const UP_RELAY: u8 = 2;
 const UP_PUNCH_REQUEST: u8 = 3;
 const UP_PATH_REPORT: u8 = 4;
 const UP_LEAVE: u8 = 5;
+const UP_TO_NODE: u8 = 6;
 
 const DOWN_WELCOME: u8 = 1;
 const DOWN_REJECT: u8 = 2;
@@ -246,6 +257,7 @@ const DOWN_PEER_JOINED: u8 = 3;
 const DOWN_PEER_LEFT: u8 = 4;
 const DOWN_RELAYED: u8 = 5;
 const DOWN_PUNCH: u8 = 6;
+const DOWN_FROM_NODE: u8 = 7;
 
 fn path_tag(p: PathKind) -> u8 {
     match p {
@@ -330,6 +342,9 @@ impl Up {
             Up::Leave => {
                 w.u8(UP_LEAVE);
             }
+            Up::ToNode { payload } => {
+                w.u8(UP_TO_NODE).bytes(payload);
+            }
         }
         framed(w)
     }
@@ -364,6 +379,11 @@ impl Up {
                 rtt_us: r.varint()?,
             },
             UP_LEAVE => Up::Leave,
+            UP_TO_NODE => Up::ToNode {
+                payload: r
+                    .bytes("node message", MAX_RELIABLE_PAYLOAD_BYTES)?
+                    .to_vec(),
+            },
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "up message",
@@ -416,6 +436,9 @@ impl Down {
                 w.u8(DOWN_PUNCH);
                 p.encode(&mut w);
             }
+            Down::FromNode { payload } => {
+                w.u8(DOWN_FROM_NODE).bytes(payload);
+            }
         }
         framed(w)
     }
@@ -456,6 +479,11 @@ impl Down {
                     .to_vec(),
             },
             DOWN_PUNCH => Down::Punch(PeerInfo::decode(&mut r)?),
+            DOWN_FROM_NODE => Down::FromNode {
+                payload: r
+                    .bytes("node message", MAX_RELIABLE_PAYLOAD_BYTES)?
+                    .to_vec(),
+            },
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "down message",
@@ -496,10 +524,22 @@ pub enum NodeDatagram {
         /// Encoded peer datagram.
         payload: Vec<u8>,
     },
+    /// Player → node: an unreliable message for the room's game logic.
+    ToNode {
+        /// The game's bytes.
+        payload: Vec<u8>,
+    },
+    /// Node → player: an unreliable message from the room's game logic (e.g. a snapshot).
+    FromNode {
+        /// The game's bytes.
+        payload: Vec<u8>,
+    },
 }
 
 const DGRAM_TO_PEER: u8 = 0x10;
 const DGRAM_FROM_PEER: u8 = 0x11;
+const DGRAM_TO_NODE: u8 = 0x12;
+const DGRAM_FROM_NODE: u8 = 0x13;
 
 /// Header bytes a relayed datagram adds: tag and peer id.
 pub const NODE_DATAGRAM_OVERHEAD: usize = 9;
@@ -508,12 +548,16 @@ impl NodeDatagram {
     /// Encodes.
     pub fn encode(&self) -> Vec<u8> {
         let (tag, peer, payload) = match self {
-            NodeDatagram::ToPeer { peer, payload } => (DGRAM_TO_PEER, peer, payload),
-            NodeDatagram::FromPeer { peer, payload } => (DGRAM_FROM_PEER, peer, payload),
+            NodeDatagram::ToPeer { peer, payload } => (DGRAM_TO_PEER, Some(peer), payload),
+            NodeDatagram::FromPeer { peer, payload } => (DGRAM_FROM_PEER, Some(peer), payload),
+            NodeDatagram::ToNode { payload } => (DGRAM_TO_NODE, None, payload),
+            NodeDatagram::FromNode { payload } => (DGRAM_FROM_NODE, None, payload),
         };
         let mut out = Vec::with_capacity(payload.len() + NODE_DATAGRAM_OVERHEAD);
         out.push(tag);
-        out.extend_from_slice(&peer.to_be_bytes());
+        if let Some(peer) = peer {
+            out.extend_from_slice(&peer.to_be_bytes());
+        }
         out.extend_from_slice(payload);
         out
     }
@@ -522,7 +566,16 @@ impl NodeDatagram {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let tag = r.u8()?;
-        let peer = r.u64()?;
+        let peer = match tag {
+            DGRAM_TO_PEER | DGRAM_FROM_PEER => Some(r.u64()?),
+            DGRAM_TO_NODE | DGRAM_FROM_NODE => None,
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "node datagram",
+                    tag: u64::from(tag),
+                })
+            }
+        };
         let payload = r.rest();
         if payload.len() > MAX_UNRELIABLE_PAYLOAD_BYTES + 32 {
             return Err(DecodeError::TooLong {
@@ -532,14 +585,12 @@ impl NodeDatagram {
             });
         }
         let payload = payload.to_vec();
-        match tag {
-            DGRAM_TO_PEER => Ok(NodeDatagram::ToPeer { peer, payload }),
-            DGRAM_FROM_PEER => Ok(NodeDatagram::FromPeer { peer, payload }),
-            tag => Err(DecodeError::UnknownTag {
-                what: "node datagram",
-                tag: u64::from(tag),
-            }),
-        }
+        Ok(match (tag, peer) {
+            (DGRAM_TO_PEER, Some(peer)) => NodeDatagram::ToPeer { peer, payload },
+            (DGRAM_FROM_PEER, Some(peer)) => NodeDatagram::FromPeer { peer, payload },
+            (DGRAM_TO_NODE, _) => NodeDatagram::ToNode { payload },
+            _ => NodeDatagram::FromNode { payload },
+        })
     }
 }
 
@@ -829,6 +880,9 @@ mod tests {
                 frame: vec![0; 10],
             },
             Down::Punch(peer(6)),
+            Down::FromNode {
+                payload: vec![1, 2],
+            },
         ];
         for m in msgs {
             let enc = m.encode();
@@ -864,11 +918,24 @@ mod tests {
         ] {
             assert_eq!(PeerDatagram::decode(&d.encode()), Ok(d));
         }
-        let nd = NodeDatagram::ToPeer {
-            peer: 3,
-            payload: vec![9; 20],
-        };
-        assert_eq!(NodeDatagram::decode(&nd.encode()), Ok(nd));
+        for nd in [
+            NodeDatagram::ToPeer {
+                peer: 3,
+                payload: vec![9; 20],
+            },
+            NodeDatagram::FromPeer {
+                peer: 3,
+                payload: vec![],
+            },
+            NodeDatagram::ToNode {
+                payload: vec![1; 30],
+            },
+            NodeDatagram::FromNode {
+                payload: vec![2; 3],
+            },
+        ] {
+            assert_eq!(NodeDatagram::decode(&nd.encode()), Ok(nd));
+        }
         let f = PeerFrame {
             seq: 1 << 40,
             payload: vec![5; 300],

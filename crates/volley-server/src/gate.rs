@@ -297,6 +297,7 @@ async fn serve_member(
     let id = me.info.player_id;
     let tx = me.tx.clone();
     shared.metrics.players.fetch_add(1, Ordering::Relaxed);
+    room.to_logic(crate::logic::LogicEvent::Join(id), &shared.metrics);
     let others = room.others(id);
     let joined = Down::PeerJoined(me.info.clone()).encode();
     for o in &others {
@@ -365,6 +366,14 @@ async fn serve_member(
                 }
             }
             Up::PathReport { peer, path, rtt_us } => room.report_path(id, peer, path, rtt_us),
+            Up::ToNode { payload } => room.to_logic(
+                crate::logic::LogicEvent::Message {
+                    from: id,
+                    payload,
+                    reliable: true,
+                },
+                &shared.metrics,
+            ),
             Up::Leave => break,
             Up::Hello { .. } => {
                 conn.close((RejectCode::Protocol as u32).into(), b"second hello");
@@ -374,6 +383,7 @@ async fn serve_member(
     }
     datagrams.abort();
     if room.remove_if(id, &me.nonce) {
+        room.to_logic(crate::logic::LogicEvent::Leave(id), &shared.metrics);
         let left = Down::PeerLeft { player_id: id }.encode();
         for o in room.others(id) {
             let _ = o.tx.try_send(left.clone());
@@ -392,6 +402,17 @@ async fn relay_datagrams(shared: Arc<Shared>, room: RoomRef, id: u64, conn: quin
     while let Ok(d) = conn.read_datagram().await {
         let (peer, payload) = match NodeDatagram::decode(&d) {
             Ok(NodeDatagram::ToPeer { peer, payload }) if peer != id => (peer, payload),
+            Ok(NodeDatagram::ToNode { payload }) => {
+                room.to_logic(
+                    crate::logic::LogicEvent::Message {
+                        from: id,
+                        payload,
+                        reliable: false,
+                    },
+                    &shared.metrics,
+                );
+                continue;
+            }
             _ => {
                 shared.metrics.relay_dropped.fetch_add(1, Ordering::Relaxed);
                 continue;

@@ -157,6 +157,11 @@ fn room_info(room: &Room) -> RoomInfo {
         max_players: room.max_players,
         players: room.player_ids(),
         paths,
+        mode: room.logic.get().map(|(m, _, _)| m.clone()),
+        logic: room
+            .logic
+            .get()
+            .and_then(|(_, _, r)| r.lock().ok().map(|v| v.clone())),
     }
 }
 
@@ -192,8 +197,23 @@ async fn create_room(
             "this node hosts its maximum number of rooms".into(),
         ));
     }
+    let logic = match (&req.mode, &api.logic) {
+        (None, _) => None,
+        (Some(mode), Some(factory)) => Some(
+            factory
+                .create(mode, max)
+                .map_err(|e| bad(format!("mode {mode:?}: {e}")))?,
+        ),
+        (Some(mode), None) => {
+            return Err(bad(format!("this node runs no game logic (mode {mode:?})")));
+        }
+    };
     let id = api.next_room.fetch_add(1, Ordering::Relaxed);
     let room = Arc::new(Room::new(id, max));
+    if let (Some(logic), Some(mode)) = (logic, &req.mode) {
+        let (tx, report) = crate::logic::spawn(room.clone(), logic, api.metrics.clone());
+        let _ = room.logic.set((mode.clone(), tx, report));
+    }
     rooms.insert(id, room.clone());
     api.metrics
         .rooms

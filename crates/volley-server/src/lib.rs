@@ -9,6 +9,7 @@
 pub mod config;
 mod gate;
 mod http;
+pub mod logic;
 pub mod metrics;
 mod room;
 mod store;
@@ -78,13 +79,13 @@ struct Bucket {
 }
 
 /// State shared by the HTTP API, the gate and the relay.
-#[derive(Debug)]
 struct Shared {
     cfg: NodeConfig,
     public_addr: SocketAddr,
     identity: Identity,
     ticket_key: TicketKey,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
+    logic: Option<Arc<dyn logic::LogicFactory>>,
     accounts: Mutex<Accounts>,
     rooms: Mutex<HashMap<RoomId, RoomRef>>,
     next_room: AtomicU64,
@@ -192,6 +193,14 @@ impl Shared {
     }
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("public_addr", &self.public_addr)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A running node. Dropping it does not stop the node; call [`NodeHandle::shutdown`].
 #[derive(Debug)]
 pub struct NodeHandle {
@@ -248,6 +257,14 @@ impl Node {
     /// Validates `cfg`, prepares the data directory (key and certificate are created on first
     /// run and reused after), binds HTTP and QUIC, and starts serving.
     pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
+        Node::start_with(cfg, None).await
+    }
+
+    /// Like [`Node::start`], with game logic that rooms can ask for by mode.
+    pub async fn start_with(
+        cfg: NodeConfig,
+        logic: Option<Arc<dyn logic::LogicFactory>>,
+    ) -> Result<NodeHandle, StartError> {
         cfg.validate()?;
         let stored = store::load_or_create(&cfg.data_dir)?;
         let server_cfg = gate::server_config(&stored.identity, &cfg)?;
@@ -286,7 +303,8 @@ impl Node {
             public_addr,
             identity: stored.identity,
             ticket_key: stored.ticket_key,
-            metrics: Metrics::default(),
+            metrics: Arc::new(Metrics::default()),
+            logic,
             accounts: Mutex::new(Accounts::default()),
             rooms: Mutex::new(HashMap::new()),
             next_room: AtomicU64::new(1),

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub relay_frame_bytes: AtomicU64,
     /// Relay requests dropped (unknown target, malformed, or target's datagram buffer full).
     pub relay_dropped: AtomicU64,
+    /// Messages between players and room logic dropped (queue full or datagram refused).
+    pub logic_dropped: AtomicU64,
     /// Players connected now.
     pub players: AtomicU64,
     /// Rooms open now.
@@ -72,7 +74,12 @@ impl Metrics {
                 self.rejected(code)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
+            (
+                "volley_logic_dropped_total",
+                "Messages to or from room logic dropped.",
+                &self.logic_dropped,
+            ),
             (
                 "volley_admission_admitted_total",
                 "Players admitted to a room.",

@@ -9,6 +9,8 @@ use volley_proto::msg::{PathKind, PeerInfo};
 use volley_proto::ticket::NONCE_BYTES;
 use volley_proto::{PlayerId, RoomId};
 
+use crate::logic::{LogicEvent, Report};
+
 /// A connected player, as the room sees it.
 #[derive(Debug, Clone)]
 pub(crate) struct Member {
@@ -34,6 +36,8 @@ pub(crate) struct Room {
     /// Whether anyone ever joined (empty rooms that were used are closed at once; never-used
     /// rooms live until the reaper's grace period ends).
     pub(crate) used: std::sync::atomic::AtomicBool,
+    /// The game logic's mode name, queue and report, when the room runs logic.
+    pub(crate) logic: std::sync::OnceLock<(String, mpsc::Sender<LogicEvent>, Report)>,
 }
 
 impl Room {
@@ -45,6 +49,7 @@ impl Room {
             members: Mutex::new(HashMap::new()),
             paths: Mutex::new(HashMap::new()),
             used: std::sync::atomic::AtomicBool::new(false),
+            logic: std::sync::OnceLock::new(),
         }
     }
 
@@ -92,6 +97,17 @@ impl Room {
             return true;
         }
         false
+    }
+
+    /// Hands an event to the room's logic, if it has one; counts it when the queue is full.
+    pub(crate) fn to_logic(&self, ev: LogicEvent, metrics: &crate::Metrics) {
+        if let Some((_, tx, _)) = self.logic.get() {
+            if tx.try_send(ev).is_err() {
+                metrics
+                    .logic_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     pub(crate) fn report_path(&self, from: PlayerId, to: PlayerId, path: PathKind, rtt_us: u64) {

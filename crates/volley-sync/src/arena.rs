@@ -188,7 +188,11 @@ impl Arena {
     }
 
     fn step_player(&mut self, slot: usize, input: ArenaInput) {
-        let spawn = if self.players.get(slot).is_some_and(|p| p.health == 0 && p.respawn <= 1) {
+        let spawn = if self
+            .players
+            .get(slot)
+            .is_some_and(|p| p.health == 0 && p.respawn <= 1)
+        {
             Some(self.spawn_point())
         } else {
             None
@@ -414,7 +418,7 @@ impl Bot {
         let Some(me) = arena.players.get(self.slot) else {
             return ArenaInput::default();
         };
-        if self.rand() % 45 == 0 {
+        if self.rand().is_multiple_of(45) {
             self.strafe = -self.strafe;
         }
         let target = arena
@@ -435,13 +439,16 @@ impl Bot {
         let (mut mx, mut my) = (dx.signum() as i8, dy.signum() as i8);
         if !far {
             // Close enough: circle the target instead of running into it.
-            (mx, my) = (-(dy.signum() as i8) * self.strafe, (dx.signum() as i8) * self.strafe);
+            (mx, my) = (
+                -(dy.signum() as i8) * self.strafe,
+                (dx.signum() as i8) * self.strafe,
+            );
         }
         ArenaInput {
             move_x: mx,
             move_y: my,
             aim,
-            fire: self.rand() % 3 != 0,
+            fire: !self.rand().is_multiple_of(3),
         }
     }
 }
@@ -465,7 +472,10 @@ mod tests {
         for a in 0..=255u8 {
             let (s, c) = (sin256(a), cos256(a));
             let r2 = s * s + c * c;
-            assert!((65536 - 1100..=65536 + 1100).contains(&r2), "angle {a}: {s} {c}");
+            assert!(
+                (65536 - 1100..=65536 + 1100).contains(&r2),
+                "angle {a}: {s} {c}"
+            );
         }
         assert_eq!(angle_of(1, 0), 0);
         assert_eq!(angle_of(0, 1), 64);

@@ -107,7 +107,7 @@ impl Outcome {
                 peer,
             }),
             Event::Closed { reason } => self.closed = Some(reason),
-            Event::Unreliable { .. } => {}
+            Event::Unreliable { .. } | Event::FromNode { .. } => {}
         }
     }
 }
