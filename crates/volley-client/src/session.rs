@@ -554,11 +554,47 @@ impl Session {
 
     /// The next event, waiting for one. `None` once the session is over and drained.
     pub async fn next_event(&mut self) -> Option<Event> {
-        let e = self.events.recv().await;
-        if let Some(e) = &e {
-            self.shared.consumed(e);
+        use std::future::Future;
+        use std::task::Poll;
+        // While the game waits here, it also reads its direct connections' datagrams itself:
+        // handing them over from the background reader would cost a task wake-up on each side
+        // of every exchange. The background readers keep running for when the game is busy.
+        loop {
+            if let Ok(e) = self.events.try_recv() {
+                self.shared.consumed(&e);
+                return Some(e);
+            }
+            let conns = self.shared.direct_conns();
+            let mut reads: Vec<_> = conns
+                .iter()
+                .map(|(peer, conn)| (*peer, conn.stable_id(), Box::pin(conn.read_datagram())))
+                .collect();
+            let events = &mut self.events;
+            let got = std::future::poll_fn(|cx| {
+                if let Poll::Ready(e) = events.poll_recv(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                for (peer, sid, read) in reads.iter_mut() {
+                    if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                        return Poll::Ready(Ok((*peer, *sid, r)));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match got {
+                Err(e) => {
+                    if let Some(e) = &e {
+                        self.shared.consumed(e);
+                    }
+                    return e;
+                }
+                Ok((peer, sid, Ok(d))) => self.shared.on_datagram(peer, &d, Via::Direct(sid)),
+                // A closed connection drops out of `direct_conns` (it has a close reason now);
+                // the ticker fails the link over.
+                Ok((_, _, Err(_))) => {}
+            }
         }
-        e
     }
 
     /// The next event if one is ready.
@@ -688,6 +724,16 @@ impl Shared {
 
     fn events_full(&self) -> bool {
         self.event_bytes.load(Ordering::Relaxed) > EVENT_QUEUE_BYTES_MAX
+    }
+
+    /// Open direct connections, for the game's own `next_event` to read from.
+    fn direct_conns(&self) -> Vec<(PlayerId, quinn::Connection)> {
+        self.lock()
+            .peers
+            .iter()
+            .filter_map(|(id, p)| p.direct.as_ref().map(|d| (*id, d.conn.clone())))
+            .filter(|(_, c)| c.close_reason().is_none())
+            .collect()
     }
 
     fn add_peer(&self, info: PeerInfo) {
