@@ -9,4 +9,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod arena;
+pub mod bits;
 pub mod game;
+pub mod interp;
+pub mod lagcomp;
+pub mod snapshot;

@@ -17,6 +17,8 @@ pub(crate) enum BenchCmd {
     Transport(TransportArgs),
     /// Node CPU per relayed client packet with N clients at a fixed rate, node in its own process.
     Node(NodeArgs),
+    /// Snapshot bytes per changed entity for the arena with bots, next to a naive encoding.
+    Snapshot(crate::bench_sync::SnapshotArgs),
     /// The baseline forwarder `bench node` runs in a child process.
     #[command(hide = true)]
     UdpForwarder,
@@ -403,6 +405,7 @@ pub(crate) async fn run(which: BenchCmd) -> anyhow::Result<()> {
     match which {
         BenchCmd::Transport(args) => transport(args).await,
         BenchCmd::Node(args) => crate::bench_node::run(args).await,
+        BenchCmd::Snapshot(args) => crate::bench_sync::run(args),
         BenchCmd::UdpForwarder => crate::bench_node::udp_forwarder().await,
     }
 }
