@@ -57,7 +57,9 @@ fn run_world(args: &SnapshotArgs, idle: bool) -> anyhow::Result<(Report, f64)> {
     let every = (args.tick_hz / args.snapshot_hz).max(1);
     let ack_lag = (args.ack_delay_ms * args.snapshot_hz).div_ceil(1000) as usize;
     let mut arena = Arena::new(args.players, 11);
-    let mut bots: Vec<Bot> = (0..args.players).map(|s| Bot::new(s, 100 + s as u64)).collect();
+    let mut bots: Vec<Bot> = (0..args.players)
+        .map(|s| Bot::new(s, 100 + s as u64))
+        .collect();
     let mut enc = Encoder::new(SnapshotConfig::default());
     let mut dec = Decoder::new(SnapshotConfig::default());
     let mut acks: VecDeque<u32> = VecDeque::new();
@@ -72,14 +74,15 @@ fn run_world(args: &SnapshotArgs, idle: bool) -> anyhow::Result<(Report, f64)> {
             bots.iter_mut().map(|b| b.input(&arena)).collect()
         };
         arena.step(&inputs);
-        if arena.frame() % every != 0 {
+        if !arena.frame().is_multiple_of(every) {
             continue;
         }
         let snap = Snapshot {
             tick: arena.frame(),
             entities: arena.entities(),
         };
-        let q: HashMap<u16, EntityView> = snap.entities.iter().map(|e| (e.id, quantize(e))).collect();
+        let q: HashMap<u16, EntityView> =
+            snap.entities.iter().map(|e| (e.id, quantize(e))).collect();
         changed += q.iter().filter(|(id, e)| prev.get(id) != Some(e)).count() as u64;
         entities += q.len() as u64;
         naive += q.len() as f64 * NAIVE_ENTITY_BYTES;
@@ -123,7 +126,9 @@ fn run_world(args: &SnapshotArgs, idle: bool) -> anyhow::Result<(Report, f64)> {
 }
 
 pub(crate) fn run(args: SnapshotArgs) -> anyhow::Result<()> {
-    if !(1..=64).contains(&args.players) || args.snapshot_hz == 0 || args.tick_hz < args.snapshot_hz
+    if !(1..=64).contains(&args.players)
+        || args.snapshot_hz == 0
+        || args.tick_hz < args.snapshot_hz
         || !(1..=3600).contains(&args.seconds)
     {
         bail!("--players 1..=64, --snapshot-hz ≥ 1, --tick-hz ≥ --snapshot-hz, --seconds 1..=3600");
