@@ -352,6 +352,25 @@ impl Game for Arena {
         })
     }
 
+    fn predict(e: &EntityView, input: &ArenaInput) -> EntityView {
+        if e.kind != KIND_PLAYER || e.health == 0 {
+            return *e;
+        }
+        // The same integer movement rules as `step_player`.
+        let mx = i32::from(input.move_x.clamp(-1, 1));
+        let my = i32::from(input.move_y.clamp(-1, 1));
+        let vx = (e.vx - e.vx / 8 + mx * ACCEL).clamp(-PLAYER_SPEED_MAX, PLAYER_SPEED_MAX);
+        let vy = (e.vy - e.vy / 8 + my * ACCEL).clamp(-PLAYER_SPEED_MAX, PLAYER_SPEED_MAX);
+        EntityView {
+            x: (e.x + vx).clamp(PLAYER_RADIUS, WORLD - PLAYER_RADIUS),
+            y: (e.y + vy).clamp(PLAYER_RADIUS, WORLD - PLAYER_RADIUS),
+            vx,
+            vy,
+            angle: input.aim,
+            ..*e
+        }
+    }
+
     fn entities(&self) -> Vec<EntityView> {
         let mut out = Vec::with_capacity(self.players.len() + self.bullets.len());
         for (slot, p) in self.players.iter().enumerate() {

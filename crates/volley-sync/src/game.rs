@@ -32,6 +32,14 @@ pub trait Game: Clone {
 
     /// The entities as the snapshot codec sees them (authoritative mode), in id order.
     fn entities(&self) -> Vec<EntityView>;
+
+    /// Client-side prediction in snapshot mode: where `entity` (the player's own) is one frame
+    /// later under `input`, by the same rules the authority applies. The default predicts no
+    /// movement, which is always safe and never smooth.
+    fn predict(entity: &EntityView, input: &Self::Input) -> EntityView {
+        let _ = input;
+        *entity
+    }
 }
 
 /// An entity as sent in snapshots: the quantization schema of every Volley snapshot.

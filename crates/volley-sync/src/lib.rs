@@ -13,4 +13,5 @@ pub mod bits;
 pub mod game;
 pub mod interp;
 pub mod lagcomp;
+pub mod netplay;
 pub mod snapshot;

@@ -1,0 +1,646 @@
+//! Authoritative snapshot mode, both ends, sans-IO: the node's [`SnapshotHost`] simulates at a
+//! fixed tick from the inputs clients send and sends each client snapshots delta-encoded against
+//! what it acknowledged; the client's [`SnapshotClient`] predicts its own entity, reconciles on
+//! every snapshot and interpolates everyone else.
+//!
+//! Wire (inside the node messages of the transport):
+//! - input, client → node, unreliable: `[1][ack_tick u32][first_frame u32][n u8][n × 4-byte input]`
+//!   carrying the last `n` inputs, so single losses cost nothing;
+//! - snapshot, node → client, unreliable: `[2][last_input_frame u32][buffer i8][codec bytes]`;
+//! - start, node → client, reliable: `[3][slot u8][players u8][tick_hz u8][snapshot_every u8]`.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::game::{EntityView, Game, Slot};
+use crate::interp::{InterpConfig, Interpolator};
+use crate::snapshot::{Decoder, Encoder, Snapshot, SnapshotConfig};
+
+/// Inputs in one input packet (the newest and the ones before it).
+pub const INPUT_REDUNDANCY: usize = 8;
+/// How far ahead of the node's frame a client's inputs may be. Further is a speed hack (or a
+/// broken clock) and is refused and counted.
+pub const INPUT_AHEAD_FRAMES_MAX: u32 = 60;
+/// Inputs buffered per client.
+const INPUT_BUFFER_MAX: usize = 128;
+/// Inputs the client keeps for reconciliation.
+const PENDING_INPUTS_MAX: usize = 256;
+/// Distance (fixed-point units) between prediction and authority below which the prediction
+/// stands: positions travel at 1/32 unit (8 units), so smaller differences are rounding.
+const RECONCILE_TOLERANCE: f64 = 16.0;
+/// Snapshot bytes budget per packet (fits one QUIC datagram).
+pub const SNAPSHOT_BYTES_MAX: usize = 1100;
+
+const TAG_INPUT: u8 = 1;
+const TAG_SNAPSHOT: u8 = 2;
+const TAG_START: u8 = 3;
+
+/// Why a netplay packet was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetplayError {
+    /// Too short, unknown tag or bad field.
+    #[error("malformed netplay packet: {0}")]
+    Malformed(&'static str),
+    /// An input for a frame too far ahead of the node.
+    #[error("input for frame {frame} is {ahead} frames ahead of the node (max {INPUT_AHEAD_FRAMES_MAX})")]
+    TooFarAhead {
+        /// The frame.
+        frame: u32,
+        /// How far ahead.
+        ahead: u32,
+    },
+    /// The snapshot codec refused the packet.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+}
+
+fn u32_at(b: &[u8], at: usize) -> Result<u32, NetplayError> {
+    let bytes = b
+        .get(at..at + 4)
+        .ok_or(NetplayError::Malformed("truncated"))?;
+    let mut a = [0u8; 4];
+    a.copy_from_slice(bytes);
+    Ok(u32::from_be_bytes(a))
+}
+
+/// The start message: which slot this client plays and how the match runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    /// The client's slot.
+    pub slot: Slot,
+    /// Players in the match.
+    pub players: u8,
+    /// Simulation rate.
+    pub tick_hz: u8,
+    /// Frames between snapshots.
+    pub snapshot_every: u8,
+}
+
+impl Start {
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        vec![
+            TAG_START,
+            self.slot,
+            self.players,
+            self.tick_hz,
+            self.snapshot_every,
+        ]
+    }
+
+    /// Decodes.
+    pub fn decode(b: &[u8]) -> Result<Self, NetplayError> {
+        match b {
+            [TAG_START, slot, players, tick_hz, every] if *tick_hz > 0 && *every > 0 => Ok(Start {
+                slot: *slot,
+                players: *players,
+                tick_hz: *tick_hz,
+                snapshot_every: *every,
+            }),
+            _ => Err(NetplayError::Malformed("start")),
+        }
+    }
+}
+
+/// What the host tells about its tick cost and clients.
+#[derive(Debug, Clone, Default)]
+pub struct HostStats {
+    /// Frames simulated.
+    pub frames: u64,
+    /// Inputs that arrived too late for their frame (the last input was repeated instead).
+    pub inputs_late: u64,
+    /// Inputs refused as too far ahead (speed hack or broken clock), per slot.
+    pub inputs_ahead: Vec<u64>,
+    /// Snapshot packets sent.
+    pub snapshots: u64,
+    /// Snapshot bytes sent.
+    pub snapshot_bytes: u64,
+}
+
+#[derive(Debug)]
+struct HostClient {
+    encoder: Encoder,
+    inputs: BTreeMap<u32, [u8; 4]>,
+    last_frame: u32,
+}
+
+/// The node's side of snapshot mode.
+#[derive(Debug)]
+pub struct SnapshotHost<G: Game> {
+    game: G,
+    clients: Vec<Option<HostClient>>,
+    last_input: Vec<G::Input>,
+    snapshot_every: u32,
+    stats: HostStats,
+}
+
+impl<G: Game> SnapshotHost<G> {
+    /// A host for `game` with `players` slots, sending a snapshot every `snapshot_every` frames.
+    pub fn new(game: G, players: usize, snapshot_every: u32) -> Self {
+        SnapshotHost {
+            game,
+            clients: (0..players).map(|_| None).collect(),
+            last_input: vec![G::Input::default(); players],
+            snapshot_every: snapshot_every.max(1),
+            stats: HostStats {
+                inputs_ahead: vec![0; players],
+                ..HostStats::default()
+            },
+        }
+    }
+
+    /// The authoritative game.
+    pub fn game(&self) -> &G {
+        &self.game
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &HostStats {
+        &self.stats
+    }
+
+    /// A client takes `slot` (a new encoder: its first snapshot is a full one).
+    pub fn join(&mut self, slot: Slot) {
+        if let Some(c) = self.clients.get_mut(usize::from(slot)) {
+            *c = Some(HostClient {
+                encoder: Encoder::new(SnapshotConfig::default()),
+                inputs: BTreeMap::new(),
+                last_frame: self.game.frame(),
+            });
+        }
+    }
+
+    /// The client in `slot` left; its player stands still.
+    pub fn leave(&mut self, slot: Slot) {
+        if let Some(c) = self.clients.get_mut(usize::from(slot)) {
+            *c = None;
+        }
+        if let Some(i) = self.last_input.get_mut(usize::from(slot)) {
+            *i = G::Input::default();
+        }
+    }
+
+    /// An input packet from the client in `slot` (the transport knows the sender: a client can
+    /// only ever speak for its own slot).
+    pub fn on_input_packet(&mut self, slot: Slot, b: &[u8]) -> Result<(), NetplayError> {
+        let now = self.game.frame();
+        let Some(Some(c)) = self.clients.get_mut(usize::from(slot)) else {
+            return Err(NetplayError::Malformed("no client in that slot"));
+        };
+        if b.first() != Some(&TAG_INPUT) {
+            return Err(NetplayError::Malformed("not an input packet"));
+        }
+        let ack = u32_at(b, 1)?;
+        let first = u32_at(b, 5)?;
+        let n = usize::from(*b.get(9).ok_or(NetplayError::Malformed("truncated"))?);
+        if n > INPUT_REDUNDANCY || b.len() != 10 + 4 * n {
+            return Err(NetplayError::Malformed("input count"));
+        }
+        if ack != u32::MAX {
+            c.encoder.on_ack(ack);
+        }
+        for i in 0..n {
+            let frame = first.wrapping_add(i as u32);
+            let mut raw = [0u8; 4];
+            raw.copy_from_slice(b.get(10 + 4 * i..14 + 4 * i).unwrap_or(&[0; 4]));
+            if G::decode_input(raw).is_none() {
+                return Err(NetplayError::Malformed("input value"));
+            }
+            if frame < now {
+                continue; // already simulated (a redundant copy, or late)
+            }
+            if frame - now > INPUT_AHEAD_FRAMES_MAX {
+                if let Some(x) = self.stats.inputs_ahead.get_mut(usize::from(slot)) {
+                    *x += 1;
+                }
+                return Err(NetplayError::TooFarAhead {
+                    frame,
+                    ahead: frame - now,
+                });
+            }
+            if c.inputs.len() < INPUT_BUFFER_MAX {
+                c.inputs.insert(frame, raw);
+            }
+        }
+        Ok(())
+    }
+
+    /// Simulates one frame; on snapshot frames returns a packet per connected slot.
+    pub fn tick(&mut self) -> Vec<(Slot, Vec<u8>)> {
+        let frame = self.game.frame();
+        let mut inputs = Vec::with_capacity(self.clients.len());
+        for (slot, c) in self.clients.iter_mut().enumerate() {
+            let last = self.last_input.get(slot).copied().unwrap_or_default();
+            let input = match c {
+                Some(c) => {
+                    // Drop anything older than this frame, then take this frame's input.
+                    while let Some((&f, _)) = c.inputs.first_key_value() {
+                        if f >= frame {
+                            break;
+                        }
+                        c.inputs.pop_first();
+                    }
+                    match c.inputs.remove(&frame).and_then(G::decode_input) {
+                        Some(i) => {
+                            c.last_frame = frame;
+                            i
+                        }
+                        None => {
+                            self.stats.inputs_late += 1;
+                            last
+                        }
+                    }
+                }
+                None => G::Input::default(),
+            };
+            if let Some(l) = self.last_input.get_mut(slot) {
+                *l = input;
+            }
+            inputs.push(input);
+        }
+        self.game.step(&inputs);
+        self.stats.frames += 1;
+        let mut out = Vec::new();
+        if !self.game.frame().is_multiple_of(self.snapshot_every) {
+            return out;
+        }
+        let snap = Snapshot {
+            tick: self.game.frame(),
+            entities: self.game.entities(),
+        };
+        let now = self.game.frame();
+        for (slot, c) in self.clients.iter_mut().enumerate() {
+            let Some(c) = c else { continue };
+            let Ok(body) = c.encoder.encode(&snap, SNAPSHOT_BYTES_MAX) else {
+                continue;
+            };
+            // How many frames of input are waiting: the client aims to keep this small and
+            // positive (it speeds up when it is negative, slows down when it is large).
+            let buffer = c
+                .inputs
+                .last_key_value()
+                .map_or(-1, |(f, _)| i64::from(*f) - i64::from(now))
+                .clamp(-127, 127) as i8;
+            let mut p = Vec::with_capacity(body.len() + 6);
+            p.push(TAG_SNAPSHOT);
+            p.extend_from_slice(&c.last_frame.to_be_bytes());
+            p.push(buffer as u8);
+            p.extend_from_slice(&body);
+            self.stats.snapshots += 1;
+            self.stats.snapshot_bytes += p.len() as u64;
+            out.push((slot as Slot, p));
+        }
+        out
+    }
+}
+
+/// What a client measured.
+#[derive(Debug, Clone, Default)]
+pub struct ClientStats {
+    /// Snapshots decoded.
+    pub snapshots: u64,
+    /// Snapshots refused (stale, malformed...).
+    pub refused: u64,
+    /// Reconciliations that moved the predicted entity.
+    pub corrections: u64,
+    /// Sum of correction distances, fixed-point units.
+    pub correction_sum: f64,
+    /// Frames the client skipped to get ahead of the node (its inputs were late).
+    pub speedups: u64,
+    /// Frames the client held back (its inputs were too early).
+    pub slowdowns: u64,
+}
+
+/// The client's side of snapshot mode.
+#[derive(Debug)]
+pub struct SnapshotClient<G: Game> {
+    start: Start,
+    decoder: Decoder,
+    interp: Interpolator,
+    pending: VecDeque<(u32, G::Input)>,
+    next_frame: Option<u32>,
+    predicted: Option<EntityView>,
+    /// Our predicted entity after each pending frame's input.
+    history: VecDeque<(u32, EntityView)>,
+    last_buffer: i8,
+    held: bool,
+    stats: ClientStats,
+}
+
+impl<G: Game> SnapshotClient<G> {
+    /// A client for the match described by `start`.
+    pub fn new(start: Start) -> Self {
+        let tick_ms = 1000.0 / f64::from(start.tick_hz.max(1));
+        SnapshotClient {
+            start,
+            decoder: Decoder::new(SnapshotConfig::default()),
+            interp: Interpolator::new(InterpConfig {
+                tick_ms,
+                ..InterpConfig::default()
+            }),
+            pending: VecDeque::new(),
+            next_frame: None,
+            predicted: None,
+            history: VecDeque::new(),
+            last_buffer: 0,
+            held: false,
+            stats: ClientStats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+
+    /// The interpolation buffer's counters (underruns...).
+    pub fn interp_stats(&self) -> crate::interp::InterpStats {
+        self.interp.stats()
+    }
+
+    /// The predicted own entity.
+    pub fn predicted(&self) -> Option<EntityView> {
+        self.predicted
+    }
+
+    /// A snapshot packet from the node, received at `now_ms`.
+    pub fn on_packet(&mut self, b: &[u8], now_ms: f64) -> Result<(), NetplayError> {
+        if b.first() != Some(&TAG_SNAPSHOT) || b.len() < 6 {
+            return Err(NetplayError::Malformed("not a snapshot packet"));
+        }
+        let last_input = u32_at(b, 1)?;
+        let buffer = b.get(5).map_or(0, |x| *x as i8);
+        let snap = match self.decoder.decode(b.get(6..).unwrap_or(&[])) {
+            Ok(s) => s,
+            Err(e) => {
+                self.stats.refused += 1;
+                return Err(NetplayError::Snapshot(e.to_string()));
+            }
+        };
+        self.stats.snapshots += 1;
+        let me = u16::from(self.start.slot);
+        let own = snap.entities.iter().find(|e| e.id == me).copied();
+        let _ = self.interp.push(snap.tick, now_ms, snap.entities.clone());
+        // Frame pacing: aim for 2 frames of input waiting at the node.
+        match self.next_frame {
+            None => self.next_frame = Some(snap.tick + 4),
+            Some(f) if buffer < 0 => {
+                self.next_frame = Some(f.max(snap.tick) + 1);
+                self.stats.speedups += 1;
+            }
+            _ => {}
+        }
+        // Reconcile: compare what we predicted for the snapshot's frame with what the authority
+        // computed. Within the wire's rounding, keep predicting from our own (unrounded) state;
+        // beyond it, start again from the authority's entity and replay the inputs it has not
+        // applied yet.
+        let _ = last_input;
+        self.last_buffer = buffer;
+        let applied_through = snap.tick.wrapping_sub(1);
+        while self
+            .pending
+            .front()
+            .is_some_and(|(f, _)| *f <= applied_through)
+        {
+            self.pending.pop_front();
+        }
+        let mine = loop {
+            match self.history.front() {
+                Some((f, _)) if *f < applied_through => {
+                    self.history.pop_front();
+                }
+                Some((f, e)) if *f == applied_through => break Some(*e),
+                _ => break None,
+            }
+        };
+        if let Some(server) = own {
+            let error = mine.map(|p| f64::from(p.x - server.x).hypot(f64::from(p.y - server.y)));
+            if error.is_none_or(|d| d > RECONCILE_TOLERANCE) {
+                if let Some(d) = error {
+                    self.stats.corrections += 1;
+                    self.stats.correction_sum += d;
+                }
+                let mut e = server;
+                self.history.clear();
+                for (f, input) in &self.pending {
+                    e = G::predict(&e, input);
+                    self.history.push_back((*f, e));
+                }
+                self.predicted = Some(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the client should skip this frame to let the node catch up (its inputs are
+    /// queued too far ahead). Every other frame at most, so the game never freezes.
+    fn hold(&mut self) -> bool {
+        let hold = self.last_buffer > 6 && !self.held;
+        self.held = hold;
+        if hold {
+            self.stats.slowdowns += 1;
+        }
+        hold
+    }
+
+    /// One client frame with the local `input`: predicts, and returns the input packet to send
+    /// (or `None` before the first snapshot, when the node's frame is unknown).
+    pub fn frame(&mut self, input: G::Input) -> Option<Vec<u8>> {
+        if self.hold() {
+            return None;
+        }
+        let frame = self.next_frame?;
+        self.next_frame = Some(frame + 1);
+        if self.pending.len() == PENDING_INPUTS_MAX {
+            self.pending.pop_front();
+        }
+        self.pending.push_back((frame, input));
+        if let Some(p) = self.predicted {
+            let next = G::predict(&p, &input);
+            self.predicted = Some(next);
+            if self.history.len() == PENDING_INPUTS_MAX {
+                self.history.pop_front();
+            }
+            self.history.push_back((frame, next));
+        }
+        let n = self.pending.len().min(INPUT_REDUNDANCY);
+        let first = self.pending.len() - n;
+        let first_frame = self.pending.get(first).map_or(frame, |(f, _)| *f);
+        let mut p = Vec::with_capacity(10 + 4 * n);
+        p.push(TAG_INPUT);
+        p.extend_from_slice(&self.decoder.newest_tick().unwrap_or(u32::MAX).to_be_bytes());
+        p.extend_from_slice(&first_frame.to_be_bytes());
+        p.push(n as u8);
+        for (_, i) in self.pending.iter().skip(first) {
+            p.extend_from_slice(&G::encode_input(i));
+        }
+        Some(p)
+    }
+
+    /// What to draw at `now_ms`: everyone interpolated, with the own entity predicted.
+    pub fn render(&mut self, now_ms: f64) -> Vec<EntityView> {
+        let me = u16::from(self.start.slot);
+        let mut out = self.interp.sample(now_ms);
+        if let Some(p) = self.predicted {
+            if let Some(e) = out.iter_mut().find(|e| e.id == me) {
+                *e = p;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arena::{Arena, Bot};
+
+    /// A seeded lossy, delayed channel in frames.
+    struct Pipe {
+        q: VecDeque<(u32, Vec<u8>)>,
+        delay: u32,
+        loss_every: u32,
+        n: u32,
+    }
+
+    impl Pipe {
+        fn send(&mut self, now: u32, p: Vec<u8>) {
+            self.n += 1;
+            if self.loss_every > 0 && self.n.is_multiple_of(self.loss_every) {
+                return;
+            }
+            self.q.push_back((now + self.delay, p));
+        }
+        fn recv(&mut self, now: u32) -> Vec<Vec<u8>> {
+            let mut out = Vec::new();
+            while self.q.front().is_some_and(|(t, _)| *t <= now) {
+                if let Some((_, p)) = self.q.pop_front() {
+                    out.push(p);
+                }
+            }
+            out
+        }
+    }
+
+    fn run(players: usize, delay: u32, loss_every: u32) -> (HostStats, Vec<ClientStats>, Vec<f64>) {
+        let mut host = SnapshotHost::new(Arena::new(players, 5), players, 2);
+        let mut clients: Vec<SnapshotClient<Arena>> = (0..players)
+            .map(|s| {
+                host.join(s as Slot);
+                SnapshotClient::new(Start {
+                    slot: s as Slot,
+                    players: players as u8,
+                    tick_hz: 60,
+                    snapshot_every: 2,
+                })
+            })
+            .collect();
+        let mut bots: Vec<Bot> = (0..players).map(|s| Bot::new(s, s as u64)).collect();
+        let pipe = |_: usize| Pipe {
+            q: VecDeque::new(),
+            delay,
+            loss_every,
+            n: 0,
+        };
+        let mut up: Vec<Pipe> = (0..players).map(pipe).collect();
+        let mut down: Vec<Pipe> = (0..players).map(pipe).collect();
+        let mut final_err = vec![0.0; players];
+        for t in 0..1200u32 {
+            for (s, c) in clients.iter_mut().enumerate() {
+                for p in down[s].recv(t) {
+                    let _ = c.on_packet(&p, f64::from(t) * 1000.0 / 60.0);
+                }
+                let input = bots[s].input(host.game());
+                if let Some(p) = c.frame(input) {
+                    up[s].send(t, p);
+                }
+            }
+            for (s, u) in up.iter_mut().enumerate() {
+                for p in u.recv(t) {
+                    let _ = host.on_input_packet(s as Slot, &p);
+                }
+            }
+            for (s, p) in host.tick() {
+                down[usize::from(s)].send(t, p);
+            }
+        }
+        for (s, c) in clients.iter().enumerate() {
+            let truth = host.game().entities()[s];
+            if let Some(p) = c.predicted() {
+                final_err[s] = f64::from(p.x - truth.x).hypot(f64::from(p.y - truth.y));
+            }
+        }
+        (
+            host.stats().clone(),
+            clients.iter().map(|c| c.stats().clone()).collect(),
+            final_err,
+        )
+    }
+
+    #[test]
+    fn clients_track_the_authority_on_a_clean_link() {
+        let (host, clients, err) = run(4, 3, 0);
+        eprintln!("clean: {host:?} {clients:?} final prediction error {err:?}");
+        assert!(host.snapshots > 2000);
+        // Once paced, inputs arrive in time: late inputs are a small fraction of all frames.
+        assert!(
+            host.inputs_late < host.frames * 4 / 10,
+            "late {} of {}",
+            host.inputs_late,
+            host.frames * 4
+        );
+        for c in &clients {
+            assert!(c.snapshots > 500);
+            assert_eq!(c.refused, 0);
+            // Mispredictions are rare events (deaths, respawns, collisions), not every frame.
+            assert!(c.corrections * 20 < c.snapshots, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn lossy_link_still_converges() {
+        let (host, clients, err) = run(4, 6, 17);
+        eprintln!("lossy: {host:?} {clients:?} final prediction error {err:?}");
+        assert!(host.snapshots > 2000);
+        for c in &clients {
+            assert!(c.snapshots > 400, "{c:?}");
+            assert!(c.corrections * 20 < c.snapshots, "{c:?}");
+        }
+        assert!(
+            host.inputs_late * 5 < host.frames * 4,
+            "redundancy covers single losses"
+        );
+    }
+
+    #[test]
+    fn inputs_far_ahead_are_refused_as_speed_hacks() {
+        let mut host = SnapshotHost::new(Arena::new(2, 1), 2, 2);
+        host.join(0);
+        let mut p = vec![TAG_INPUT];
+        p.extend_from_slice(&u32::MAX.to_be_bytes());
+        p.extend_from_slice(&(INPUT_AHEAD_FRAMES_MAX + 10).to_be_bytes());
+        p.push(1);
+        p.extend_from_slice(&[0, 0, 0, 0]);
+        assert!(matches!(
+            host.on_input_packet(0, &p),
+            Err(NetplayError::TooFarAhead { .. })
+        ));
+        assert_eq!(host.stats().inputs_ahead[0], 1);
+        // Malformed packets are refused, never panic.
+        for n in 0..p.len() {
+            let _ = host.on_input_packet(0, &p[..n]);
+        }
+        assert!(host.on_input_packet(1, &p).is_err(), "no client in slot 1");
+        let mut c = SnapshotClient::<Arena>::new(Start {
+            slot: 0,
+            players: 2,
+            tick_hz: 60,
+            snapshot_every: 2,
+        });
+        for n in 0..6 {
+            assert!(c.on_packet(&vec![2u8; n], 0.0).is_err(), "{n} bytes");
+        }
+        for n in 6..64 {
+            let _ = c.on_packet(&vec![2u8; n], 0.0); // refused or accepted, never a panic
+        }
+    }
+}
