@@ -12,6 +12,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod api;
+pub mod netplay;
 mod session;
 
 pub use api::Api;

@@ -14,4 +14,7 @@ pub mod game;
 pub mod interp;
 pub mod lagcomp;
 pub mod netplay;
+pub mod referee;
+pub mod rollback;
+pub mod sim;
 pub mod snapshot;

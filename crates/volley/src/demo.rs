@@ -29,6 +29,14 @@ pub(crate) struct DemoArgs {
     /// Never punch: every pair goes through the node's relay.
     #[arg(long)]
     relay_only: bool,
+    /// `p2p`: bots exchange messages over direct paths and the relay. `snapshot`: the arena
+    /// game, authoritative on the node, with delta snapshots, prediction and interpolation.
+    #[arg(long, default_value = "p2p")]
+    mode: String,
+    /// Link profile between each bot and the node (snapshot mode): perfect, lan, wifi, weak-4g,
+    /// bad-cellular.
+    #[arg(long, default_value = "perfect")]
+    profile: String,
 }
 
 /// One direction of one peer pair.
@@ -160,6 +168,19 @@ async fn bot(
 }
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    match args.mode.as_str() {
+        "p2p" => {}
+        "snapshot" => {
+            return crate::demo_netcode::run_snapshot(
+                args.bots,
+                args.duration_s,
+                &args.profile,
+                args.json,
+            )
+            .await
+        }
+        other => bail!("--mode must be p2p or snapshot, not {other:?}"),
+    }
     if !(2..=16).contains(&args.bots) {
         bail!("--bots must be 2..=16");
     }

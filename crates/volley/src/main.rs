@@ -12,6 +12,8 @@ mod bench_node;
 mod bench_sync;
 mod bot;
 mod demo;
+mod demo_netcode;
+mod modes;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -174,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            let node = Node::start(cfg).await?;
+            let node = Node::start_with(cfg, Some(std::sync::Arc::new(modes::Modes))).await?;
             println!(
                 "volley node: http://{} quic {} fingerprint {}",
                 node.http_addr,

@@ -187,3 +187,44 @@ fn serve_creates_its_data_dir_and_keeps_its_certificate_across_restarts() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn snapshot_demo_on_weak_4g_keeps_every_client_connected_and_fed() {
+    let out = volley()
+        .args([
+            "demo",
+            "--mode",
+            "snapshot",
+            "--bots",
+            "4",
+            "--duration-s",
+            "4",
+            "--profile",
+            "weak-4g",
+            "--json",
+        ])
+        .output()
+        .expect("run demo");
+    assert!(
+        out.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let clients = r["clients"].as_array().expect("clients");
+    assert_eq!(clients.len(), 4);
+    for c in clients {
+        assert_eq!(c["disconnected"], false, "{c}");
+        assert_eq!(c["refused"], 0, "{c}");
+        // 30 Hz snapshots over a link with ~2 % bursty loss.
+        let delivery = c["snapshot_delivery"].as_f64().expect("delivery");
+        assert!((0.85..=1.1).contains(&delivery), "{c}");
+        let rtt = c["rtt_ms"].as_f64().expect("rtt");
+        assert!((60.0..300.0).contains(&rtt), "weak-4g RTT: {c}");
+        // Mispredictions are events (deaths, collisions), not a per-snapshot drift.
+        assert!(c["corrections"].as_u64().expect("corrections") < 30, "{c}");
+    }
+    assert!(r["node"]["frames"].as_u64().expect("frames") > 200);
+    assert!(r["node"]["tick_us_p99"].as_u64().is_some());
+    assert_eq!(r["node"]["refused_packets"], 0);
+}

@@ -1,0 +1,240 @@
+//! `volley demo --mode snapshot`: the arena, authoritative on a real node, with bot players
+//! behind emulated links.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use volley_client::netplay::SnapshotPlayer;
+use volley_client::{Api, Client, ClientConfig};
+use volley_server::{Node, NodeConfig};
+use volley_sync::arena::{angle_of, Arena, ArenaInput, KIND_PLAYER};
+use volley_sync::game::EntityView;
+use volley_testkit::impair::LinkProfile;
+use volley_testkit::udp_link::UdpLinkEmulator;
+
+use crate::modes::{Modes, SNAPSHOT_EVERY, TICK_HZ};
+
+#[derive(Debug, Serialize)]
+struct ClientReport {
+    slot: usize,
+    rtt_ms: f64,
+    snapshots: u64,
+    snapshot_delivery: f64,
+    refused: u64,
+    corrections: u64,
+    correction_mean_units: f64,
+    interp_underruns: u64,
+    up_bytes_per_s: f64,
+    down_bytes_per_s: f64,
+    disconnected: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    mode: &'static str,
+    players: usize,
+    profile: String,
+    duration_s: f64,
+    clients: Vec<ClientReport>,
+    node: serde_json::Value,
+}
+
+/// Input from what the bot sees: run at the nearest other player, aim at it, shoot often.
+fn view_bot(me: u16, view: &[EntityView], n: u64) -> ArenaInput {
+    let Some(mine) = view.iter().find(|e| e.id == me) else {
+        return ArenaInput::default();
+    };
+    let target = view
+        .iter()
+        .filter(|e| e.kind == KIND_PLAYER && e.id != me && e.health > 0)
+        .min_by_key(|e| i64::from(e.x - mine.x).pow(2) + i64::from(e.y - mine.y).pow(2));
+    let Some(t) = target else {
+        return ArenaInput::default();
+    };
+    let (dx, dy) = (t.x - mine.x, t.y - mine.y);
+    ArenaInput {
+        move_x: dx.signum() as i8,
+        move_y: dy.signum() as i8,
+        aim: angle_of(dx, dy),
+        fire: !n.is_multiple_of(3),
+    }
+}
+
+pub(crate) async fn run_snapshot(
+    players: usize,
+    duration_s: f64,
+    profile_name: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    if !(1..=64).contains(&players) || !(0.5..=600.0).contains(&duration_s) {
+        bail!("--bots must be 1..=64 and --duration-s 0.5..=600");
+    }
+    let profile = LinkProfile::by_name(profile_name).with_context(|| {
+        format!(
+            "unknown profile {profile_name:?}; one of {:?}",
+            LinkProfile::names()
+        )
+    })?;
+    let data = tempfile::tempdir()?;
+    let cfg = NodeConfig {
+        data_dir: data.path().to_owned(),
+        http_addr: "127.0.0.1:0".parse()?,
+        quic_addr: "127.0.0.1:0".parse()?,
+        connects_per_ip_burst: 1000.0,
+        ..NodeConfig::default()
+    };
+    let node = Node::start_with(cfg, Some(std::sync::Arc::new(Modes))).await?;
+    let base = format!("http://{}", node.http_addr);
+    let mut owner = Api::new(&base);
+    owner
+        .login_device(&format!("snapshot-demo-owner-{}", std::process::id()))
+        .await?;
+    let room = owner
+        .create_room_with_mode(Some(players as u32), Some("snapshot"))
+        .await?
+        .room_id;
+    let mut links = Vec::new();
+    let mut bots = Vec::new();
+    for i in 0..players {
+        let link = UdpLinkEmulator::start(
+            "127.0.0.1:0".parse()?,
+            node.quic_addr,
+            profile,
+            profile,
+            1000 + i as u64,
+        )
+        .await?;
+        let mut api = Api::new(&base);
+        api.login_device(&format!("snapshot-demo-{i}-{}", std::process::id()))
+            .await?;
+        let client = Client::new(ClientConfig {
+            bind_addr: "127.0.0.1:0".parse()?,
+            direct: false,
+            ..ClientConfig::default()
+        })?;
+        let mut ticket = api.join(room, client.fingerprint()).await?;
+        ticket.node_addr = link.local_addr().to_string();
+        let mut p = SnapshotPlayer::<Arena>::new(client.join(&ticket).await?);
+        p.wait_start(Duration::from_secs(10)).await?;
+        bots.push(p);
+        links.push(link);
+    }
+    // Take in what queued up while the later bots joined, so counting starts clean.
+    for b in bots.iter_mut() {
+        b.poll()?;
+    }
+    let start = Instant::now();
+    let q0: Vec<_> = bots.iter().map(|b| b.session().node_quality()).collect();
+    let snaps0: Vec<u64> = bots
+        .iter()
+        .map(|b| b.stats().map_or(0, |(c, _)| c.snapshots))
+        .collect();
+    let mut frame = tokio::time::interval(Duration::from_secs(1) / u32::from(TICK_HZ));
+    let mut n: u64 = 0;
+    let mut disconnected = vec![false; players];
+    let mut next_print = Duration::from_secs(1);
+    while start.elapsed().as_secs_f64() < duration_s {
+        frame.tick().await;
+        n += 1;
+        for (i, b) in bots.iter_mut().enumerate() {
+            if b.poll().is_err() {
+                disconnected[i] = true;
+                continue;
+            }
+            let view = b.render();
+            let me = view
+                .iter()
+                .find(|e| e.kind == KIND_PLAYER)
+                .map(|_| i as u16);
+            let input = view_bot(me.unwrap_or(i as u16), &view, n + i as u64);
+            let _ = b.frame(input);
+        }
+        if !json && start.elapsed() >= next_print {
+            next_print += Duration::from_secs(1);
+            let s: Vec<String> = bots
+                .iter()
+                .map(|b| {
+                    b.stats().map_or("-".into(), |(c, _)| {
+                        format!("{}/{}", c.snapshots, c.corrections)
+                    })
+                })
+                .collect();
+            println!(
+                "t={:.0}s snapshots/corrections per bot: {}",
+                start.elapsed().as_secs_f64(),
+                s.join(" ")
+            );
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let expected = secs * f64::from(TICK_HZ) / f64::from(SNAPSHOT_EVERY);
+    let mut clients = Vec::new();
+    for (i, b) in bots.iter().enumerate() {
+        let q = b.session().node_quality();
+        let (c, interp) = b.stats().unwrap_or_default();
+        clients.push(ClientReport {
+            slot: i,
+            rtt_ms: q.rtt_ms,
+            snapshots: c.snapshots,
+            snapshot_delivery: (c.snapshots - snaps0[i]) as f64 / expected,
+            refused: c.refused,
+            corrections: c.corrections,
+            correction_mean_units: if c.corrections == 0 {
+                0.0
+            } else {
+                c.correction_sum / c.corrections as f64 / 256.0
+            },
+            interp_underruns: interp.underruns,
+            up_bytes_per_s: (q.sent_bytes - q0[i].sent_bytes) as f64 / secs,
+            down_bytes_per_s: (q.received_bytes - q0[i].received_bytes) as f64 / secs,
+            disconnected: disconnected[i],
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let node_report = owner.room(room).await?.logic.unwrap_or_default();
+    let report = Report {
+        mode: "snapshot",
+        players,
+        profile: profile_name.to_owned(),
+        duration_s: secs,
+        clients,
+        node: node_report,
+    };
+    for b in bots {
+        b.leave().await;
+    }
+    node.shutdown().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "\n{:>4} {:>8} {:>9} {:>9} {:>11} {:>10} {:>9} {:>9} {:>9}",
+            "slot",
+            "rtt ms",
+            "delivery",
+            "corrects",
+            "mean err u",
+            "underruns",
+            "up B/s",
+            "down B/s",
+            "dropped"
+        );
+        for c in &report.clients {
+            println!(
+                "{:>4} {:>8.1} {:>8.1}% {:>9} {:>11.3} {:>10} {:>9.0} {:>9.0} {:>9}",
+                c.slot,
+                c.rtt_ms,
+                c.snapshot_delivery * 100.0,
+                c.corrections,
+                c.correction_mean_units,
+                c.interp_underruns,
+                c.up_bytes_per_s,
+                c.down_bytes_per_s,
+                c.disconnected
+            );
+        }
+        println!("node: {}", report.node);
+    }
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! The game modes `volley serve` and `volley demo` offer rooms: the demo arena under
+//! authoritative snapshots (`snapshot`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use volley_proto::PlayerId;
+use volley_server::logic::{LogicFactory, Outgoing, RoomLogic, Target};
+use volley_sync::arena::Arena;
+use volley_sync::game::Slot;
+use volley_sync::netplay::{SnapshotHost, Start};
+
+/// Simulation rate of the arena on the node.
+pub(crate) const TICK_HZ: u8 = 60;
+/// Frames between snapshots (30 Hz snapshots).
+pub(crate) const SNAPSHOT_EVERY: u8 = 2;
+/// Tick durations kept for percentiles.
+const TICK_SAMPLES_MAX: usize = 4096;
+
+/// The arena, authoritative, with delta snapshots.
+struct SnapshotRoom {
+    host: SnapshotHost<Arena>,
+    slots: HashMap<PlayerId, Slot>,
+    free: Vec<Slot>,
+    players: u8,
+    tick_us: Vec<u64>,
+    tick_pos: usize,
+    refused: u64,
+}
+
+impl SnapshotRoom {
+    fn new(players: u8) -> Self {
+        SnapshotRoom {
+            host: SnapshotHost::new(
+                Arena::new(usize::from(players), 1),
+                usize::from(players),
+                u32::from(SNAPSHOT_EVERY),
+            ),
+            slots: HashMap::new(),
+            free: (0..players).rev().collect(),
+            players,
+            tick_us: Vec::with_capacity(TICK_SAMPLES_MAX),
+            tick_pos: 0,
+            refused: 0,
+        }
+    }
+
+    fn tick_percentile(&self, q: f64) -> Option<u64> {
+        let mut v = self.tick_us.clone();
+        v.sort_unstable();
+        v.get(((v.len().max(1) - 1) as f64 * q).round() as usize)
+            .copied()
+    }
+}
+
+impl RoomLogic for SnapshotRoom {
+    fn on_join(&mut self, player: PlayerId, _now_ms: u64) -> Vec<Outgoing> {
+        let Some(slot) = self.slots.get(&player).copied().or_else(|| self.free.pop()) else {
+            return vec![];
+        };
+        self.slots.insert(player, slot);
+        self.host.join(slot);
+        let start = Start {
+            slot,
+            players: self.players,
+            tick_hz: TICK_HZ,
+            snapshot_every: SNAPSHOT_EVERY,
+        };
+        vec![Outgoing {
+            to: Target::Player(player),
+            payload: start.encode(),
+            reliable: true,
+        }]
+    }
+
+    fn on_leave(&mut self, player: PlayerId, _now_ms: u64) -> Vec<Outgoing> {
+        if let Some(slot) = self.slots.remove(&player) {
+            self.host.leave(slot);
+            self.free.push(slot);
+        }
+        vec![]
+    }
+
+    fn on_message(
+        &mut self,
+        from: PlayerId,
+        payload: &[u8],
+        reliable: bool,
+        _now_ms: u64,
+    ) -> Vec<Outgoing> {
+        // The slot comes from the connection, never from the packet: nobody can send inputs for
+        // another player.
+        match self.slots.get(&from) {
+            Some(slot) if !reliable => {
+                if self.host.on_input_packet(*slot, payload).is_err() {
+                    self.refused += 1;
+                }
+            }
+            _ => self.refused += 1,
+        }
+        vec![]
+    }
+
+    fn tick(&mut self, _now_ms: u64) -> Vec<Outgoing> {
+        let t = Instant::now();
+        let packets = self.host.tick();
+        let us = t.elapsed().as_micros() as u64;
+        if self.tick_us.len() < TICK_SAMPLES_MAX {
+            self.tick_us.push(us);
+        } else if let Some(x) = self.tick_us.get_mut(self.tick_pos % TICK_SAMPLES_MAX) {
+            *x = us;
+        }
+        self.tick_pos += 1;
+        let by_slot: HashMap<Slot, PlayerId> = self.slots.iter().map(|(p, s)| (*s, *p)).collect();
+        packets
+            .into_iter()
+            .filter_map(|(slot, payload)| {
+                by_slot.get(&slot).map(|p| Outgoing {
+                    to: Target::Player(*p),
+                    payload,
+                    reliable: false,
+                })
+            })
+            .collect()
+    }
+
+    fn tick_interval(&self) -> Duration {
+        Duration::from_secs(1) / u32::from(TICK_HZ)
+    }
+
+    fn report(&self) -> serde_json::Value {
+        let s = self.host.stats();
+        serde_json::json!({
+            "mode": "snapshot",
+            "frames": s.frames,
+            "inputs_late": s.inputs_late,
+            "inputs_too_far_ahead": s.inputs_ahead,
+            "snapshots": s.snapshots,
+            "snapshot_bytes": s.snapshot_bytes,
+            "refused_packets": self.refused,
+            "tick_us_p50": self.tick_percentile(0.5),
+            "tick_us_p99": self.tick_percentile(0.99),
+            "players": self.slots.len(),
+        })
+    }
+}
+
+/// The modes this binary's node offers.
+pub(crate) struct Modes;
+
+impl LogicFactory for Modes {
+    fn modes(&self) -> Vec<String> {
+        vec!["snapshot".into()]
+    }
+
+    fn create(&self, mode: &str, max_players: u32) -> Result<Box<dyn RoomLogic>, String> {
+        let players = u8::try_from(max_players).map_err(|_| "too many players".to_owned())?;
+        match mode {
+            "snapshot" => Ok(Box::new(SnapshotRoom::new(players))),
+            other => Err(format!(
+                "unknown mode {other:?}; this node offers: snapshot"
+            )),
+        }
+    }
+}
