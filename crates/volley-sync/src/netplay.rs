@@ -644,3 +644,72 @@ mod tests {
         }
     }
 }
+
+/// Rollback mode messages (inside the transport's node and peer messages).
+///
+/// - start, node → client, reliable: `[0x10][slot][players][tick_hz][seed u64][players × player id u64]`
+/// - final inputs, node → client, reliable: `[0x11][FinalInputs]`
+/// - input batch, client → peers and node, unreliable: `[0x20][InputBatch]`
+/// - checksum report, client → node, reliable: `[0x21][ChecksumReport]`
+pub mod rollback_wire {
+    use super::NetplayError;
+
+    /// Tag of the start message.
+    pub const START: u8 = 0x10;
+    /// Tag of final inputs from the referee.
+    pub const FINAL: u8 = 0x11;
+    /// Tag of an input batch.
+    pub const INPUTS: u8 = 0x20;
+    /// Tag of a checksum report.
+    pub const CHECKSUM: u8 = 0x21;
+
+    /// The rollback match description.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct RollbackStart {
+        /// The receiver's slot.
+        pub slot: u8,
+        /// Simulation rate.
+        pub tick_hz: u8,
+        /// Seed of the initial state.
+        pub seed: u64,
+        /// Player id of each slot, so peers' messages map to slots.
+        pub players: Vec<u64>,
+    }
+
+    impl RollbackStart {
+        /// Encodes.
+        pub fn encode(&self) -> Vec<u8> {
+            let mut p = vec![START, self.slot, self.players.len() as u8, self.tick_hz];
+            p.extend_from_slice(&self.seed.to_be_bytes());
+            for id in &self.players {
+                p.extend_from_slice(&id.to_be_bytes());
+            }
+            p
+        }
+
+        /// Decodes.
+        pub fn decode(b: &[u8]) -> Result<Self, NetplayError> {
+            let (&[START, slot, n, tick_hz], rest) = b
+                .split_first_chunk::<4>()
+                .ok_or(NetplayError::Malformed("start"))?
+            else {
+                return Err(NetplayError::Malformed("start"));
+            };
+            let n = usize::from(n);
+            if rest.len() != 8 + 8 * n || n == 0 || usize::from(slot) >= n || tick_hz == 0 {
+                return Err(NetplayError::Malformed("start"));
+            }
+            let word = |i: usize| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(rest.get(i..i + 8).unwrap_or(&[0; 8]));
+                u64::from_be_bytes(a)
+            };
+            Ok(RollbackStart {
+                slot,
+                tick_hz,
+                seed: word(0),
+                players: (0..n).map(|i| word(8 + 8 * i)).collect(),
+            })
+        }
+    }
+}

@@ -31,10 +31,13 @@ pub(crate) struct DemoArgs {
     relay_only: bool,
     /// `p2p`: bots exchange messages over direct paths and the relay. `snapshot`: the arena
     /// game, authoritative on the node, with delta snapshots, prediction and interpolation.
+    /// `rollback`: the arena with inputs peer to peer, rollback on every client, the node as
+    /// referee.
     #[arg(long, default_value = "p2p")]
     mode: String,
-    /// Link profile between each bot and the node (snapshot mode): perfect, lan, wifi, weak-4g,
-    /// bad-cellular.
+    /// Link profile between each bot and the node (snapshot and rollback modes): perfect, lan,
+    /// wifi, weak-4g, bad-cellular. In rollback mode an impaired profile sends peer inputs
+    /// through the relay so the impairment applies to them too.
     #[arg(long, default_value = "perfect")]
     profile: String,
 }
@@ -179,7 +182,16 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             )
             .await
         }
-        other => bail!("--mode must be p2p or snapshot, not {other:?}"),
+        "rollback" => {
+            return crate::demo_netcode::run_rollback(
+                args.bots,
+                args.duration_s,
+                &args.profile,
+                args.json,
+            )
+            .await
+        }
+        other => bail!("--mode must be p2p, snapshot or rollback, not {other:?}"),
     }
     if !(2..=16).contains(&args.bots) {
         bail!("--bots must be 2..=16");

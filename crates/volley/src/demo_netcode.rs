@@ -238,3 +238,229 @@ pub(crate) async fn run_snapshot(
     }
     Ok(())
 }
+
+#[derive(Debug, Serialize)]
+struct RollbackClientReport {
+    slot: u8,
+    rtt_ms: f64,
+    path_to_peers: Vec<&'static str>,
+    frames: u32,
+    confirmed_frame: u32,
+    rollbacks: u64,
+    rollback_frames_mean: f64,
+    rollback_frames_max: u32,
+    mispredictions: u64,
+    stalls: u64,
+    waits: u64,
+    referee_overrides: u64,
+    refused: u64,
+    up_bytes_per_s: f64,
+    down_bytes_per_s: f64,
+    disconnected: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct RollbackReport {
+    mode: &'static str,
+    players: usize,
+    profile: String,
+    duration_s: f64,
+    /// Every client's checksum equals every other's at a frame all had confirmed.
+    checksums_agree: bool,
+    clients: Vec<RollbackClientReport>,
+    node: serde_json::Value,
+}
+
+/// `volley demo --mode rollback`: inputs peer to peer (direct on a perfect link; through the
+/// relay over emulated links, so the impairment applies to every path), the node referees.
+pub(crate) async fn run_rollback(
+    players: usize,
+    duration_s: f64,
+    profile_name: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    use volley_client::netplay::RollbackPlayer;
+    use volley_sync::arena::Bot;
+    use volley_sync::game::Game;
+    if !(2..=8).contains(&players) || !(0.5..=600.0).contains(&duration_s) {
+        bail!("rollback: --bots must be 2..=8 and --duration-s 0.5..=600");
+    }
+    let profile = LinkProfile::by_name(profile_name).with_context(|| {
+        format!(
+            "unknown profile {profile_name:?}; one of {:?}",
+            LinkProfile::names()
+        )
+    })?;
+    let impaired = profile_name != "perfect";
+    let data = tempfile::tempdir()?;
+    let cfg = NodeConfig {
+        data_dir: data.path().to_owned(),
+        http_addr: "127.0.0.1:0".parse()?,
+        quic_addr: "127.0.0.1:0".parse()?,
+        connects_per_ip_burst: 1000.0,
+        ..NodeConfig::default()
+    };
+    let node = Node::start_with(cfg, Some(std::sync::Arc::new(Modes))).await?;
+    let base = format!("http://{}", node.http_addr);
+    let mut owner = Api::new(&base);
+    owner
+        .login_device(&format!("rollback-demo-owner-{}", std::process::id()))
+        .await?;
+    let room = owner
+        .create_room_with_mode(Some(players as u32), Some("rollback"))
+        .await?
+        .room_id;
+    let mut links = Vec::new();
+    let mut sessions = Vec::new();
+    for i in 0..players {
+        let mut api = Api::new(&base);
+        api.login_device(&format!("rollback-demo-{i}-{}", std::process::id()))
+            .await?;
+        let client = Client::new(ClientConfig {
+            bind_addr: "127.0.0.1:0".parse()?,
+            direct: !impaired,
+            ..ClientConfig::default()
+        })?;
+        let mut ticket = api.join(room, client.fingerprint()).await?;
+        if impaired {
+            let link = UdpLinkEmulator::start(
+                "127.0.0.1:0".parse()?,
+                node.quic_addr,
+                profile,
+                profile,
+                2000 + i as u64,
+            )
+            .await?;
+            ticket.node_addr = link.local_addr().to_string();
+            links.push(link);
+        }
+        sessions.push(client.join(&ticket).await?);
+    }
+    let mut bots: Vec<RollbackPlayer<Arena>> = sessions
+        .into_iter()
+        .map(|s| RollbackPlayer::new(s, Arena::new))
+        .collect();
+    for b in bots.iter_mut() {
+        b.wait_start(Duration::from_secs(10)).await?;
+    }
+    let mut brains: Vec<Bot> = bots
+        .iter()
+        .map(|b| {
+            let slot = usize::from(b.slot().unwrap_or(0));
+            Bot::new(slot, 50 + slot as u64)
+        })
+        .collect();
+    let start = Instant::now();
+    let q0: Vec<_> = bots.iter().map(|b| b.session().node_quality()).collect();
+    let mut frame = tokio::time::interval(Duration::from_secs(1) / u32::from(TICK_HZ));
+    let mut disconnected = vec![false; players];
+    let mut next_print = Duration::from_secs(1);
+    while start.elapsed().as_secs_f64() < duration_s {
+        frame.tick().await;
+        for (i, b) in bots.iter_mut().enumerate() {
+            if b.poll().is_err() {
+                disconnected[i] = true;
+                continue;
+            }
+            let brain = &mut brains[i];
+            let _ = b.frame(|g| brain.input(g));
+        }
+        if !json && start.elapsed() >= next_print {
+            next_print += Duration::from_secs(1);
+            let s: Vec<String> = bots
+                .iter()
+                .map(|b| {
+                    b.stats().map_or("-".into(), |st| {
+                        format!(
+                            "f{} rb{} mp{}",
+                            b.state().map_or(0, |g| g.frame()),
+                            st.rollbacks,
+                            st.mispredictions
+                        )
+                    })
+                })
+                .collect();
+            println!("t={:.0}s {}", start.elapsed().as_secs_f64(), s.join(" | "));
+        }
+    }
+    // Let the last inputs and final inputs arrive, then compare checksums at a frame everyone
+    // confirmed.
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_millis(600) {
+        frame.tick().await;
+        for (i, b) in bots.iter_mut().enumerate() {
+            let _ = b.poll();
+            let brain = &mut brains[i];
+            let _ = b.frame(|g| brain.input(g));
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let common = bots
+        .iter()
+        .filter_map(|b| b.confirmed_frame())
+        .min()
+        .unwrap_or(0);
+    let mut agree = true;
+    let mut probe = common;
+    // The newest common frame may have dropped out of someone's window: look back a little.
+    let mut compared = false;
+    for _ in 0..64 {
+        let sums: Vec<Option<u64>> = bots.iter().map(|b| b.checksum_at(probe)).collect();
+        if sums.iter().all(Option::is_some) {
+            agree = sums.windows(2).all(|w| w[0] == w[1]);
+            compared = true;
+            break;
+        }
+        probe = probe.saturating_sub(1);
+    }
+    let agree = agree && compared;
+    let mut clients = Vec::new();
+    for (i, b) in bots.iter().enumerate() {
+        let q = b.session().node_quality();
+        let st = b.stats().cloned().unwrap_or_default();
+        clients.push(RollbackClientReport {
+            slot: b.slot().unwrap_or(0),
+            rtt_ms: q.rtt_ms,
+            path_to_peers: b
+                .session()
+                .peers()
+                .iter()
+                .map(|p| p.path.as_str())
+                .collect(),
+            frames: b.state().map_or(0, |g| g.frame()),
+            confirmed_frame: b.confirmed_frame().unwrap_or(0),
+            rollbacks: st.rollbacks,
+            rollback_frames_mean: st.rollback_frames_mean(),
+            rollback_frames_max: st.rollback_frames_max,
+            mispredictions: st.mispredictions,
+            stalls: b.stalls,
+            waits: b.waits,
+            referee_overrides: st.referee_overrides,
+            refused: b.refused,
+            up_bytes_per_s: (q.sent_bytes - q0[i].sent_bytes) as f64 / secs,
+            down_bytes_per_s: (q.received_bytes - q0[i].received_bytes) as f64 / secs,
+            disconnected: disconnected[i],
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let node_report = owner.room(room).await?.logic.unwrap_or_default();
+    let report = RollbackReport {
+        mode: "rollback",
+        players,
+        profile: profile_name.to_owned(),
+        duration_s: secs,
+        checksums_agree: agree,
+        clients,
+        node: node_report,
+    };
+    for b in bots {
+        b.leave().await;
+    }
+    node.shutdown().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("\n{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! The game modes `volley serve` and `volley demo` offer rooms: the demo arena under
-//! authoritative snapshots (`snapshot`).
+//! authoritative snapshots (`snapshot`), and under rollback with the node as referee
+//! (`rollback`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -150,16 +151,178 @@ pub(crate) struct Modes;
 
 impl LogicFactory for Modes {
     fn modes(&self) -> Vec<String> {
-        vec!["snapshot".into()]
+        vec!["snapshot".into(), "rollback".into()]
     }
 
     fn create(&self, mode: &str, max_players: u32) -> Result<Box<dyn RoomLogic>, String> {
         let players = u8::try_from(max_players).map_err(|_| "too many players".to_owned())?;
         match mode {
             "snapshot" => Ok(Box::new(SnapshotRoom::new(players))),
+            "rollback" if (2..=16).contains(&players) => Ok(Box::new(RollbackRoom {
+                players,
+                joined: Vec::new(),
+                referee: None,
+                started_ms: 0,
+                refused: 0,
+                tick_us: Vec::new(),
+            })),
+            "rollback" => Err("rollback rooms are for 2-16 players".into()),
             other => Err(format!(
-                "unknown mode {other:?}; this node offers: snapshot"
+                "unknown mode {other:?}; this node offers: snapshot, rollback"
             )),
         }
+    }
+}
+
+/// The arena under rollback: inputs travel peer to peer; the node referees.
+struct RollbackRoom {
+    players: u8,
+    joined: Vec<PlayerId>,
+    referee: Option<volley_sync::referee::Referee<Arena>>,
+    started_ms: u64,
+    refused: u64,
+    tick_us: Vec<u64>,
+}
+
+const ROLLBACK_SEED: u64 = 7;
+
+impl RollbackRoom {
+    fn slot_of(&self, p: PlayerId) -> Option<Slot> {
+        self.joined.iter().position(|x| *x == p).map(|s| s as Slot)
+    }
+}
+
+impl RoomLogic for RollbackRoom {
+    fn on_join(&mut self, player: PlayerId, now_ms: u64) -> Vec<Outgoing> {
+        if self.referee.is_some() || self.joined.contains(&player) {
+            return vec![];
+        }
+        self.joined.push(player);
+        if self.joined.len() < usize::from(self.players) {
+            return vec![];
+        }
+        // Everyone is here: the match starts now, on the node's clock.
+        let cfg = volley_sync::referee::RefereeConfig {
+            tick_hz: u32::from(TICK_HZ),
+            ..Default::default()
+        };
+        match volley_sync::referee::Referee::new(
+            Arena::new(usize::from(self.players), ROLLBACK_SEED),
+            usize::from(self.players),
+            cfg,
+        ) {
+            Ok(r) => self.referee = Some(r),
+            Err(_) => return vec![],
+        }
+        self.started_ms = now_ms;
+        self.joined
+            .iter()
+            .enumerate()
+            .map(|(slot, p)| Outgoing {
+                to: Target::Player(*p),
+                payload: volley_sync::netplay::rollback_wire::RollbackStart {
+                    slot: slot as u8,
+                    tick_hz: TICK_HZ,
+                    seed: ROLLBACK_SEED,
+                    players: self.joined.clone(),
+                }
+                .encode(),
+                reliable: true,
+            })
+            .collect()
+    }
+
+    fn on_leave(&mut self, player: PlayerId, _now_ms: u64) -> Vec<Outgoing> {
+        if let (Some(slot), Some(r)) = (self.slot_of(player), self.referee.as_mut()) {
+            // A player who left is expelled: the referee fills its inputs from now on.
+            r.expel(slot);
+        }
+        vec![]
+    }
+
+    fn on_message(
+        &mut self,
+        from: PlayerId,
+        payload: &[u8],
+        _reliable: bool,
+        now_ms: u64,
+    ) -> Vec<Outgoing> {
+        use volley_sync::netplay::rollback_wire::{CHECKSUM, INPUTS};
+        use volley_sync::rollback::{ChecksumReport, InputBatch};
+        let (Some(slot), Some(r)) = (self.slot_of(from), self.referee.as_mut()) else {
+            self.refused += 1;
+            return vec![];
+        };
+        let now = now_ms.saturating_sub(self.started_ms);
+        let ok = match payload.split_first() {
+            Some((&INPUTS, rest)) => InputBatch::decode::<Arena>(rest)
+                .ok()
+                .map(|b| r.on_inputs(slot, &b, now).is_ok()),
+            Some((&CHECKSUM, rest)) => ChecksumReport::decode(rest)
+                .ok()
+                .map(|c| r.on_checksum(slot, c, now).is_ok()),
+            _ => None,
+        };
+        if ok != Some(true) {
+            self.refused += 1;
+        }
+        vec![]
+    }
+
+    fn tick(&mut self, now_ms: u64) -> Vec<Outgoing> {
+        let Some(r) = self.referee.as_mut() else {
+            return vec![];
+        };
+        let t = Instant::now();
+        r.tick(now_ms.saturating_sub(self.started_ms));
+        let out = r
+            .take_broadcasts()
+            .into_iter()
+            .map(|f| {
+                let mut p = vec![volley_sync::netplay::rollback_wire::FINAL];
+                p.extend_from_slice(&f.encode::<Arena>());
+                Outgoing {
+                    to: Target::All,
+                    payload: p,
+                    reliable: true,
+                }
+            })
+            .collect();
+        if self.tick_us.len() < TICK_SAMPLES_MAX {
+            self.tick_us.push(t.elapsed().as_micros() as u64);
+        }
+        out
+    }
+
+    fn tick_interval(&self) -> Duration {
+        Duration::from_secs(1) / u32::from(TICK_HZ)
+    }
+
+    fn report(&self) -> serde_json::Value {
+        let mut v = self.tick_us.clone();
+        v.sort_unstable();
+        let pct = |q: f64| {
+            v.get(((v.len().max(1) - 1) as f64 * q).round() as usize)
+                .copied()
+        };
+        let Some(r) = self.referee.as_ref() else {
+            return serde_json::json!({"mode": "rollback", "started": false, "joined": self.joined.len()});
+        };
+        let s = r.stats();
+        serde_json::json!({
+            "mode": "rollback",
+            "started": true,
+            "frame": r.frame(),
+            "frames_filled": s.frames_filled,
+            "inputs_filled": s.inputs_filled,
+            "reports_matched": s.reports_matched,
+            "forged_messages": s.forged_messages,
+            "refused_packets": self.refused,
+            "verdicts": r.verdicts().iter().map(|v| serde_json::json!({
+                "slot": v.slot, "frame": v.frame, "kind": format!("{:?}", v.kind), "node_frame": v.node_frame
+            })).collect::<Vec<_>>(),
+            "tick_us_p50": pct(0.5),
+            "tick_us_p99": pct(0.99),
+        })
     }
 }

@@ -228,3 +228,76 @@ fn snapshot_demo_on_weak_4g_keeps_every_client_connected_and_fed() {
     assert!(r["node"]["tick_us_p99"].as_u64().is_some());
     assert_eq!(r["node"]["refused_packets"], 0);
 }
+
+#[test]
+fn rollback_demo_on_weak_4g_agrees_with_the_referee_and_loses_no_input() {
+    let out = volley()
+        .args([
+            "demo",
+            "--mode",
+            "rollback",
+            "--bots",
+            "3",
+            "--duration-s",
+            "4",
+            "--profile",
+            "weak-4g",
+            "--json",
+        ])
+        .output()
+        .expect("run demo");
+    assert!(
+        out.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(r["checksums_agree"], true, "{r}");
+    let node = &r["node"];
+    assert_eq!(
+        node["verdicts"],
+        serde_json::json!([]),
+        "no honest player is accused: {node}"
+    );
+    assert_eq!(node["inputs_filled"], 0, "no input was lost: {node}");
+    assert!(
+        node["reports_matched"].as_u64().expect("reports") > 20,
+        "{node}"
+    );
+    for c in r["clients"].as_array().expect("clients") {
+        assert_eq!(c["disconnected"], false, "{c}");
+        assert_eq!(c["refused"], 0, "{c}");
+        assert!(c["frames"].as_u64().expect("frames") > 200, "{c}");
+        // weak-4g through the relay is two impaired legs: prediction must cover it.
+        assert!(c["rollbacks"].as_u64().expect("rollbacks") > 0, "{c}");
+        assert!(c["rollback_frames_max"].as_u64().expect("max") <= 8, "{c}");
+    }
+}
+
+#[test]
+fn rollback_demo_on_a_perfect_link_goes_direct() {
+    let out = volley()
+        .args([
+            "demo",
+            "--mode",
+            "rollback",
+            "--bots",
+            "2",
+            "--duration-s",
+            "2",
+            "--json",
+        ])
+        .output()
+        .expect("run demo");
+    assert!(
+        out.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(r["checksums_agree"], true, "{r}");
+    for c in r["clients"].as_array().expect("clients") {
+        assert_eq!(c["path_to_peers"], serde_json::json!(["direct"]), "{c}");
+    }
+    assert_eq!(r["node"]["verdicts"], serde_json::json!([]));
+}
