@@ -193,6 +193,18 @@ impl<G: Game> RollbackPlayer<G> {
         self.rb.as_ref().and_then(|r| r.checksum_at(frame))
     }
 
+    /// Alters this player's own state behind the referee's back: a cheat, for tests and demos
+    /// that show the referee catching and resyncing it.
+    pub fn cheat_alter_state(&mut self, alter: impl FnOnce(&mut G)) -> bool {
+        let Some(rb) = self.rb.as_mut() else {
+            return false;
+        };
+        let mut s = rb.state().clone();
+        alter(&mut s);
+        let frame = rb.current_frame();
+        rb.adopt_state(frame, s).is_ok()
+    }
+
     /// This player's slot, once the match started.
     pub fn slot(&self) -> Option<u8> {
         self.start.as_ref().map(|s| s.slot)
@@ -220,6 +232,18 @@ impl<G: Game> RollbackPlayer<G> {
                             let game = (self.make)(s.players.len(), s.seed);
                             self.rb = Rollback::new(game, s.players.len(), s.slot, cfg).ok();
                             self.start = Some(s);
+                        }
+                    }
+                    Some(&rollback_wire::RESYNC) => {
+                        let ok = payload
+                            .get(1..5)
+                            .and_then(|f| <[u8; 4]>::try_from(f).ok())
+                            .map(u32::from_be_bytes)
+                            .zip(payload.get(5..).and_then(G::decode_state))
+                            .zip(self.rb.as_mut())
+                            .map(|((frame, state), rb)| rb.adopt_state(frame, state).is_ok());
+                        if ok != Some(true) {
+                            self.refused += 1;
                         }
                     }
                     Some(&rollback_wire::FINAL) => {

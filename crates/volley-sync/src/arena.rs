@@ -276,6 +276,17 @@ impl Arena {
     }
 }
 
+/// Reads fixed-size fields from a state encoding, front to back.
+struct StateReader<'a>(&'a [u8]);
+
+impl StateReader<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+}
+
 /// FNV-1a over a sequence of integers: stable across machines and versions of Rust.
 struct Fnv(u64);
 
@@ -369,6 +380,89 @@ impl Game for Arena {
             angle: input.aim,
             ..*e
         }
+    }
+
+    fn encode_state(&self) -> Vec<u8> {
+        let mut w = Vec::with_capacity(16 + self.players.len() * 24 + self.bullets.len() * 20);
+        w.extend_from_slice(&self.frame.to_be_bytes());
+        w.extend_from_slice(&self.rng.to_be_bytes());
+        w.extend_from_slice(&self.next_bullet.to_be_bytes());
+        w.push(self.players.len() as u8);
+        for p in &self.players {
+            for v in [p.x, p.y, p.vx, p.vy] {
+                w.extend_from_slice(&v.to_be_bytes());
+            }
+            w.extend_from_slice(&[p.angle, p.health, p.cooldown, p.respawn, u8::from(p.fired)]);
+            w.extend_from_slice(&p.score.to_be_bytes());
+        }
+        w.extend_from_slice(&(self.bullets.len() as u16).to_be_bytes());
+        for b in &self.bullets {
+            w.extend_from_slice(&b.id.to_be_bytes());
+            w.push(b.owner);
+            for v in [b.x, b.y, b.vx, b.vy] {
+                w.extend_from_slice(&v.to_be_bytes());
+            }
+            w.push(b.ttl);
+        }
+        w
+    }
+
+    fn decode_state(bytes: &[u8]) -> Option<Self> {
+        let mut r = StateReader(bytes);
+        let frame = u32::from_be_bytes(r.take()?);
+        let rng = u64::from_be_bytes(r.take()?);
+        let next_bullet = u16::from_be_bytes(r.take()?);
+        let [n] = r.take::<1>()?;
+        if usize::from(n) > MAX_PLAYERS || n == 0 {
+            return None;
+        }
+        let mut players = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            let [x, y, vx, vy] = [0; 4].map(|_| r.take().map(i32::from_be_bytes));
+            let [angle, health, cooldown, respawn, fired] = r.take::<5>()?;
+            players.push(Player {
+                x: x?,
+                y: y?,
+                vx: vx?,
+                vy: vy?,
+                angle,
+                health,
+                cooldown,
+                respawn,
+                score: u16::from_be_bytes(r.take()?),
+                fired: fired == 1,
+            });
+        }
+        let nb = usize::from(u16::from_be_bytes(r.take()?));
+        if nb > MAX_BULLETS {
+            return None;
+        }
+        let mut bullets = Vec::with_capacity(nb);
+        for _ in 0..nb {
+            let id = u16::from_be_bytes(r.take()?);
+            let [owner] = r.take::<1>()?;
+            let [x, y, vx, vy] = [0; 4].map(|_| r.take().map(i32::from_be_bytes));
+            let [ttl] = r.take::<1>()?;
+            bullets.push(Bullet {
+                id,
+                owner,
+                x: x?,
+                y: y?,
+                vx: vx?,
+                vy: vy?,
+                ttl,
+            });
+        }
+        if !r.0.is_empty() {
+            return None;
+        }
+        Some(Arena {
+            frame,
+            rng,
+            next_bullet,
+            players,
+            bullets,
+        })
     }
 
     fn entities(&self) -> Vec<EntityView> {
@@ -547,6 +641,19 @@ mod tests {
         assert_eq!(e.len(), a.players.len() + a.bullets.len());
         assert!(e.iter().take(4).all(|v| v.kind == KIND_PLAYER));
         assert!(e.iter().skip(4).all(|v| v.kind == KIND_BULLET));
+    }
+
+    #[test]
+    fn state_round_trips_and_garbage_is_refused() {
+        let a = run(300, 6, 9);
+        let bytes = a.encode_state();
+        assert_eq!(Arena::decode_state(&bytes), Some(a.clone()));
+        for n in 0..bytes.len() {
+            assert_eq!(Arena::decode_state(&bytes[..n]), None, "truncated at {n}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(Arena::decode_state(&longer), None);
     }
 
     /// A frozen checksum: if this changes, the game's rules changed, and replays and clients of

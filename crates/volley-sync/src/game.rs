@@ -40,6 +40,18 @@ pub trait Game: Clone {
         let _ = input;
         *entity
     }
+
+    /// The whole state as bytes, for the referee to resync a client that diverged. The
+    /// default (empty) means the game cannot be resynced over the wire.
+    fn encode_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Decodes [`Game::encode_state`]; `None` for bytes that are not a valid state.
+    fn decode_state(bytes: &[u8]) -> Option<Self> {
+        let _ = bytes;
+        None
+    }
 }
 
 /// An entity as sent in snapshots: the quantization schema of every Volley snapshot.

@@ -651,6 +651,7 @@ mod tests {
 /// - final inputs, node → client, reliable: `[0x11][FinalInputs]`
 /// - input batch, client → peers and node, unreliable: `[0x20][InputBatch]`
 /// - checksum report, client → node, reliable: `[0x21][ChecksumReport]`
+/// - resync, node → one client, reliable: `[0x12][frame u32][Game::encode_state]`
 pub mod rollback_wire {
     use super::NetplayError;
 
@@ -662,6 +663,8 @@ pub mod rollback_wire {
     pub const INPUTS: u8 = 0x20;
     /// Tag of a checksum report.
     pub const CHECKSUM: u8 = 0x21;
+    /// Tag of an authoritative state for a client that diverged: `[0x12][frame u32][state]`.
+    pub const RESYNC: u8 = 0x12;
 
     /// The rollback match description.
     #[derive(Debug, Clone, PartialEq, Eq)]

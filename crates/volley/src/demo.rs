@@ -40,6 +40,10 @@ pub(crate) struct DemoArgs {
     /// through the relay so the impairment applies to them too.
     #[arg(long, default_value = "perfect")]
     profile: String,
+    /// Rollback mode: the first bot alters its game state 1.5 s in, to show the referee naming
+    /// and resyncing it.
+    #[arg(long)]
+    cheat: bool,
 }
 
 /// One direction of one peer pair.
@@ -188,6 +192,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 args.duration_s,
                 &args.profile,
                 args.json,
+                args.cheat,
             )
             .await
         }

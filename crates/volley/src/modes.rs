@@ -165,6 +165,8 @@ impl LogicFactory for Modes {
                 started_ms: 0,
                 refused: 0,
                 tick_us: Vec::new(),
+                verdicts_seen: 0,
+                resyncs_sent: 0,
             })),
             "rollback" => Err("rollback rooms are for 2-16 players".into()),
             other => Err(format!(
@@ -182,6 +184,9 @@ struct RollbackRoom {
     started_ms: u64,
     refused: u64,
     tick_us: Vec<u64>,
+    /// Verdicts already acted on.
+    verdicts_seen: usize,
+    resyncs_sent: u64,
 }
 
 const ROLLBACK_SEED: u64 = 7;
@@ -275,7 +280,32 @@ impl RoomLogic for RollbackRoom {
         };
         let t = Instant::now();
         r.tick(now_ms.saturating_sub(self.started_ms));
-        let out = r
+        // A client that diverged gets the authoritative state; the verdict stays on record.
+        let mut resyncs = Vec::new();
+        let fresh: Vec<_> = r
+            .verdicts()
+            .get(self.verdicts_seen..)
+            .unwrap_or(&[])
+            .to_vec();
+        self.verdicts_seen += fresh.len();
+        for v in fresh {
+            if v.kind != volley_sync::referee::VerdictKind::Desync {
+                continue;
+            }
+            let (frame, state) = r.resync_state(v.slot);
+            if let Some(player) = self.joined.get(usize::from(v.slot)) {
+                let mut p = vec![volley_sync::netplay::rollback_wire::RESYNC];
+                p.extend_from_slice(&frame.to_be_bytes());
+                p.extend_from_slice(&volley_sync::game::Game::encode_state(&state));
+                resyncs.push(Outgoing {
+                    to: Target::Player(*player),
+                    payload: p,
+                    reliable: true,
+                });
+                self.resyncs_sent += 1;
+            }
+        }
+        let mut out: Vec<Outgoing> = r
             .take_broadcasts()
             .into_iter()
             .map(|f| {
@@ -288,6 +318,7 @@ impl RoomLogic for RollbackRoom {
                 }
             })
             .collect();
+        out.extend(resyncs);
         if self.tick_us.len() < TICK_SAMPLES_MAX {
             self.tick_us.push(t.elapsed().as_micros() as u64);
         }
@@ -318,6 +349,7 @@ impl RoomLogic for RollbackRoom {
             "reports_matched": s.reports_matched,
             "forged_messages": s.forged_messages,
             "refused_packets": self.refused,
+            "resyncs_sent": self.resyncs_sent,
             "verdicts": r.verdicts().iter().map(|v| serde_json::json!({
                 "slot": v.slot, "frame": v.frame, "kind": format!("{:?}", v.kind), "node_frame": v.node_frame
             })).collect::<Vec<_>>(),

@@ -301,3 +301,41 @@ fn rollback_demo_on_a_perfect_link_goes_direct() {
     }
     assert_eq!(r["node"]["verdicts"], serde_json::json!([]));
 }
+
+#[test]
+fn rollback_referee_names_a_cheater_and_resyncs_it() {
+    let out = volley()
+        .args([
+            "demo",
+            "--mode",
+            "rollback",
+            "--bots",
+            "3",
+            "--duration-s",
+            "4",
+            "--cheat",
+            "--json",
+        ])
+        .output()
+        .expect("run demo");
+    assert!(
+        out.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let node = &r["node"];
+    let verdicts = node["verdicts"].as_array().expect("verdicts");
+    assert!(!verdicts.is_empty(), "the cheat was caught: {node}");
+    let cheater = r["clients"][0]["slot"].clone();
+    for v in verdicts {
+        assert_eq!(v["kind"], "Desync", "{v}");
+        assert_eq!(v["slot"], cheater, "only the cheater is named: {v}");
+    }
+    assert!(
+        node["resyncs_sent"].as_u64().expect("resyncs") >= 1,
+        "{node}"
+    );
+    // After the resync everyone agrees again.
+    assert_eq!(r["checksums_agree"], true, "{r}");
+}
