@@ -2,5 +2,7 @@
 //! are one line each, calling a function re-exported here.
 
 mod checks;
+mod sync_checks;
 
 pub use checks::*;
+pub use sync_checks::*;
