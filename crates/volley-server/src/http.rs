@@ -211,7 +211,7 @@ async fn create_room(
     let id = api.next_room.fetch_add(1, Ordering::Relaxed);
     let room = Arc::new(Room::new(id, max));
     if let (Some(logic), Some(mode)) = (logic, &req.mode) {
-        let (tx, report) = crate::logic::spawn(room.clone(), logic, api.metrics.clone());
+        let (tx, report) = crate::logic::spawn(&room, logic, api.metrics.clone());
         let _ = room.logic.set((mode.clone(), tx, report));
     }
     rooms.insert(id, room.clone());

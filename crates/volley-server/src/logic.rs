@@ -90,13 +90,16 @@ pub(crate) enum LogicEvent {
 pub(crate) type Report = Arc<std::sync::Mutex<serde_json::Value>>;
 
 pub(crate) fn spawn(
-    room: Arc<Room>,
+    room: &Arc<Room>,
     mut logic: Box<dyn RoomLogic>,
     metrics: Arc<Metrics>,
 ) -> (mpsc::Sender<LogicEvent>, Report) {
     let (tx, mut rx) = mpsc::channel::<LogicEvent>(LOGIC_QUEUE_MAX);
     let report: Report = Arc::new(std::sync::Mutex::new(logic.report()));
     let out_report = report.clone();
+    // The task holds the room weakly: the room owns the task's queue, and a strong reference
+    // here would keep a closed room (and its task) alive forever.
+    let room = Arc::downgrade(room);
     tokio::spawn(async move {
         let start = Instant::now();
         let mut tick = tokio::time::interval(logic.tick_interval());
@@ -125,6 +128,9 @@ pub(crate) fn spawn(
                     }
                     out
                 }
+            };
+            let Some(room) = room.upgrade() else {
+                break;
             };
             deliver(&room, &metrics, out);
         }

@@ -10,12 +10,21 @@ use common::*;
 use volley_client::Event;
 use volley_server::logic::{LogicFactory, Outgoing, RoomLogic, Target};
 
+/// Set when an `Echo` is dropped: a closed room must not keep its logic alive.
+static ECHO_DROPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Echoes reliable messages to their sender, broadcasts unreliable ones, counts what it saw.
 struct Echo {
     joined: Vec<u64>,
     left: Vec<u64>,
     ticks: u64,
     messages: u64,
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        ECHO_DROPPED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl RoomLogic for Echo {
@@ -136,6 +145,19 @@ async fn room_logic_hears_players_and_answers_them() {
     assert_eq!(report["left"], serde_json::json!([ida]));
     assert!(report["ticks"].as_u64().expect("ticks") > 10);
     assert_eq!(report["messages"], 2);
-    drop(b);
+    // The last player leaves: the room closes and its logic goes with it.
+    b.leave().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !ECHO_DROPPED.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "room logic outlived its room"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    match api.room(room.room_id).await {
+        Err(volley_client::Error::Api { status: 404, .. }) => {}
+        other => panic!("closed room still listed: {other:?}"),
+    }
     node.shutdown().await;
 }
