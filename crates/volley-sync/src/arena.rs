@@ -420,6 +420,9 @@ impl Game for Arena {
         for _ in 0..n {
             let [x, y, vx, vy] = [0; 4].map(|_| r.take().map(i32::from_be_bytes));
             let [angle, health, cooldown, respawn, fired] = r.take::<5>()?;
+            if fired > 1 {
+                return None;
+            }
             players.push(Player {
                 x: x?,
                 y: y?,

@@ -382,9 +382,9 @@ impl<G: Game> SnapshotClient<G> {
         let _ = self.interp.push(snap.tick, now_ms, snap.entities.clone());
         // Frame pacing: aim for 2 frames of input waiting at the node.
         match self.next_frame {
-            None => self.next_frame = Some(snap.tick + 4),
+            None => self.next_frame = Some(snap.tick.saturating_add(4)),
             Some(f) if buffer < 0 => {
-                self.next_frame = Some(f.max(snap.tick) + 1);
+                self.next_frame = Some(f.max(snap.tick).saturating_add(1));
                 self.stats.speedups += 1;
             }
             _ => {}
@@ -449,7 +449,7 @@ impl<G: Game> SnapshotClient<G> {
             return None;
         }
         let frame = self.next_frame?;
-        self.next_frame = Some(frame + 1);
+        self.next_frame = Some(frame.saturating_add(1));
         if self.pending.len() == PENDING_INPUTS_MAX {
             self.pending.pop_front();
         }
