@@ -15,6 +15,67 @@ use volley_testkit::udp_link::UdpLinkEmulator;
 
 use crate::modes::{Modes, SNAPSHOT_EVERY, TICK_HZ};
 
+/// An embedded node offering the arena modes, with one room of `mode` and its owner's login.
+struct DemoRoom {
+    node: volley_server::NodeHandle,
+    base: String,
+    owner: Api,
+    room: u64,
+    _data: tempfile::TempDir,
+}
+
+impl DemoRoom {
+    async fn start(mode: &str, players: usize) -> anyhow::Result<Self> {
+        let data = tempfile::tempdir()?;
+        let cfg = NodeConfig {
+            data_dir: data.path().to_owned(),
+            http_addr: "127.0.0.1:0".parse()?,
+            quic_addr: "127.0.0.1:0".parse()?,
+            connects_per_ip_burst: 1000.0,
+            ..NodeConfig::default()
+        };
+        let node = Node::start_with(cfg, Some(std::sync::Arc::new(Modes))).await?;
+        let base = format!("http://{}", node.http_addr);
+        let mut owner = Api::new(&base);
+        owner
+            .login_device(&format!("{mode}-demo-owner-{}", std::process::id()))
+            .await?;
+        let room = owner
+            .create_room_with_mode(Some(players as u32), Some(mode))
+            .await?
+            .room_id;
+        Ok(DemoRoom {
+            node,
+            base,
+            owner,
+            room,
+            _data: data,
+        })
+    }
+
+    /// Bot `i` logs in and joins, through `link` when given (the ticket still names the node).
+    async fn join(
+        &self,
+        i: usize,
+        direct: bool,
+        link: Option<&UdpLinkEmulator>,
+    ) -> anyhow::Result<volley_client::Session> {
+        let mut api = Api::new(&self.base);
+        api.login_device(&format!("demo-bot-{i}-{}", std::process::id()))
+            .await?;
+        let client = Client::new(ClientConfig {
+            bind_addr: "127.0.0.1:0".parse()?,
+            direct,
+            ..ClientConfig::default()
+        })?;
+        let mut ticket = api.join(self.room, client.fingerprint()).await?;
+        if let Some(link) = link {
+            ticket.node_addr = link.local_addr().to_string();
+        }
+        Ok(client.join(&ticket).await?)
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct ClientReport {
     slot: usize,
@@ -76,24 +137,8 @@ pub(crate) async fn run_snapshot(
             LinkProfile::names()
         )
     })?;
-    let data = tempfile::tempdir()?;
-    let cfg = NodeConfig {
-        data_dir: data.path().to_owned(),
-        http_addr: "127.0.0.1:0".parse()?,
-        quic_addr: "127.0.0.1:0".parse()?,
-        connects_per_ip_burst: 1000.0,
-        ..NodeConfig::default()
-    };
-    let node = Node::start_with(cfg, Some(std::sync::Arc::new(Modes))).await?;
-    let base = format!("http://{}", node.http_addr);
-    let mut owner = Api::new(&base);
-    owner
-        .login_device(&format!("snapshot-demo-owner-{}", std::process::id()))
-        .await?;
-    let room = owner
-        .create_room_with_mode(Some(players as u32), Some("snapshot"))
-        .await?
-        .room_id;
+    let demo = DemoRoom::start("snapshot", players).await?;
+    let (node, owner, room) = (&demo.node, &demo.owner, demo.room);
     let mut links = Vec::new();
     let mut bots = Vec::new();
     for i in 0..players {
@@ -105,17 +150,7 @@ pub(crate) async fn run_snapshot(
             1000 + i as u64,
         )
         .await?;
-        let mut api = Api::new(&base);
-        api.login_device(&format!("snapshot-demo-{i}-{}", std::process::id()))
-            .await?;
-        let client = Client::new(ClientConfig {
-            bind_addr: "127.0.0.1:0".parse()?,
-            direct: false,
-            ..ClientConfig::default()
-        })?;
-        let mut ticket = api.join(room, client.fingerprint()).await?;
-        ticket.node_addr = link.local_addr().to_string();
-        let mut p = SnapshotPlayer::<Arena>::new(client.join(&ticket).await?);
+        let mut p = SnapshotPlayer::<Arena>::new(demo.join(i, false, Some(&link)).await?);
         p.wait_start(Duration::from_secs(10)).await?;
         bots.push(p);
         links.push(link);
@@ -204,7 +239,7 @@ pub(crate) async fn run_snapshot(
     for b in bots {
         b.leave().await;
     }
-    node.shutdown().await;
+    demo.node.shutdown().await;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -293,49 +328,27 @@ pub(crate) async fn run_rollback(
         )
     })?;
     let impaired = profile_name != "perfect";
-    let data = tempfile::tempdir()?;
-    let cfg = NodeConfig {
-        data_dir: data.path().to_owned(),
-        http_addr: "127.0.0.1:0".parse()?,
-        quic_addr: "127.0.0.1:0".parse()?,
-        connects_per_ip_burst: 1000.0,
-        ..NodeConfig::default()
-    };
-    let node = Node::start_with(cfg, Some(std::sync::Arc::new(Modes))).await?;
-    let base = format!("http://{}", node.http_addr);
-    let mut owner = Api::new(&base);
-    owner
-        .login_device(&format!("rollback-demo-owner-{}", std::process::id()))
-        .await?;
-    let room = owner
-        .create_room_with_mode(Some(players as u32), Some("rollback"))
-        .await?
-        .room_id;
+    let demo = DemoRoom::start("rollback", players).await?;
+    let (node, owner, room) = (&demo.node, &demo.owner, demo.room);
     let mut links = Vec::new();
     let mut sessions = Vec::new();
     for i in 0..players {
-        let mut api = Api::new(&base);
-        api.login_device(&format!("rollback-demo-{i}-{}", std::process::id()))
-            .await?;
-        let client = Client::new(ClientConfig {
-            bind_addr: "127.0.0.1:0".parse()?,
-            direct: !impaired,
-            ..ClientConfig::default()
-        })?;
-        let mut ticket = api.join(room, client.fingerprint()).await?;
-        if impaired {
-            let link = UdpLinkEmulator::start(
-                "127.0.0.1:0".parse()?,
-                node.quic_addr,
-                profile,
-                profile,
-                2000 + i as u64,
+        let link = if impaired {
+            Some(
+                UdpLinkEmulator::start(
+                    "127.0.0.1:0".parse()?,
+                    node.quic_addr,
+                    profile,
+                    profile,
+                    2000 + i as u64,
+                )
+                .await?,
             )
-            .await?;
-            ticket.node_addr = link.local_addr().to_string();
-            links.push(link);
-        }
-        sessions.push(client.join(&ticket).await?);
+        } else {
+            None
+        };
+        sessions.push(demo.join(i, !impaired, link.as_ref()).await?);
+        links.extend(link);
     }
     let mut bots: Vec<RollbackPlayer<Arena>> = sessions
         .into_iter()
@@ -468,7 +481,7 @@ pub(crate) async fn run_rollback(
     for b in bots {
         b.leave().await;
     }
-    node.shutdown().await;
+    demo.node.shutdown().await;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
