@@ -1,0 +1,247 @@
+//! The schema and its migrations, for both backends.
+//!
+//! Each migration is written once; three tokens stand for what the backends spell differently:
+//! `{ID}` (an auto-increment 64-bit primary key), `{REAL}` (a double) and `{BLOB}` (bytes).
+//! Applied migrations are recorded in `volley_migrations`; on PostgreSQL a transaction-scoped
+//! advisory lock keeps two nodes starting at once from migrating twice.
+
+use sqlx::Row;
+
+use crate::{Backend, Db, StoreError};
+
+/// One schema step.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Strictly increasing version.
+    pub version: i64,
+    /// What it adds.
+    pub name: &'static str,
+    /// Statements separated by `;`, with the `{ID}`/`{REAL}`/`{BLOB}` tokens.
+    pub sql: &'static str,
+}
+
+/// Every migration, in order.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "players: accounts, sessions, social, chat, presence, matchmaking",
+    sql: r#"
+CREATE TABLE accounts (
+    id {ID},
+    display_name TEXT NOT NULL,
+    status BIGINT NOT NULL DEFAULT 0,
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL
+);
+CREATE TABLE auth_ids (
+    kind TEXT NOT NULL,
+    external_id TEXT NOT NULL,
+    account_id BIGINT NOT NULL REFERENCES accounts(id),
+    secret TEXT,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (kind, external_id)
+);
+CREATE INDEX auth_ids_account ON auth_ids (account_id);
+CREATE TABLE sessions (
+    token_hash TEXT PRIMARY KEY,
+    account_id BIGINT NOT NULL REFERENCES accounts(id),
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    revoked BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX sessions_account ON sessions (account_id);
+CREATE TABLE refresh_families (
+    family TEXT PRIMARY KEY,
+    account_id BIGINT NOT NULL REFERENCES accounts(id),
+    revoked BIGINT NOT NULL DEFAULT 0,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX refresh_families_account ON refresh_families (account_id);
+CREATE TABLE refresh_tokens (
+    token_hash TEXT PRIMARY KEY,
+    family TEXT NOT NULL REFERENCES refresh_families(family),
+    account_id BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    used_ms BIGINT,
+    successor TEXT
+);
+CREATE TABLE login_limits (
+    key TEXT PRIMARY KEY,
+    failures BIGINT NOT NULL,
+    window_start_ms BIGINT NOT NULL,
+    locked_until_ms BIGINT NOT NULL
+);
+CREATE TABLE friends (
+    account_id BIGINT NOT NULL REFERENCES accounts(id),
+    other_id BIGINT NOT NULL REFERENCES accounts(id),
+    state BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (account_id, other_id)
+);
+CREATE TABLE lobbies (
+    id {ID},
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    owner_id BIGINT NOT NULL,
+    max_members BIGINT NOT NULL,
+    open BIGINT NOT NULL,
+    attrs TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX lobbies_kind ON lobbies (kind, open);
+CREATE TABLE lobby_members (
+    lobby_id BIGINT NOT NULL REFERENCES lobbies(id),
+    account_id BIGINT NOT NULL REFERENCES accounts(id),
+    role BIGINT NOT NULL,
+    joined_ms BIGINT NOT NULL,
+    PRIMARY KEY (lobby_id, account_id)
+);
+CREATE INDEX lobby_members_account ON lobby_members (account_id);
+CREATE TABLE lobby_invites (
+    lobby_id BIGINT NOT NULL REFERENCES lobbies(id),
+    account_id BIGINT NOT NULL REFERENCES accounts(id),
+    inviter_id BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (lobby_id, account_id)
+);
+CREATE TABLE chat_messages (
+    id {ID},
+    channel TEXT NOT NULL,
+    sender_id BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX chat_messages_channel ON chat_messages (channel, id);
+CREATE TABLE presence (
+    account_id BIGINT NOT NULL,
+    node_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (account_id, node_id)
+);
+CREATE TABLE ratings (
+    account_id BIGINT NOT NULL REFERENCES accounts(id),
+    pool TEXT NOT NULL,
+    rating {REAL} NOT NULL,
+    deviation {REAL} NOT NULL,
+    volatility {REAL} NOT NULL,
+    games BIGINT NOT NULL,
+    PRIMARY KEY (account_id, pool)
+);
+CREATE TABLE mm_tickets (
+    id TEXT PRIMARY KEY,
+    owner_id BIGINT NOT NULL,
+    pool TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    state BIGINT NOT NULL,
+    match_id TEXT
+);
+CREATE INDEX mm_tickets_state ON mm_tickets (state);
+CREATE TABLE matches (
+    id TEXT PRIMARY KEY,
+    room_id BIGINT NOT NULL,
+    node_id TEXT NOT NULL,
+    pool TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    result_ms BIGINT
+);
+CREATE TABLE match_members (
+    match_id TEXT NOT NULL REFERENCES matches(id),
+    account_id BIGINT NOT NULL,
+    PRIMARY KEY (match_id, account_id)
+);
+CREATE INDEX match_members_account ON match_members (account_id)
+"#,
+}];
+
+fn render(sql: &str, backend: Backend) -> String {
+    let (id, real, blob) = match backend {
+        Backend::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "REAL", "BLOB"),
+        Backend::Postgres => (
+            "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+            "DOUBLE PRECISION",
+            "BYTEA",
+        ),
+    };
+    sql.replace("{ID}", id)
+        .replace("{REAL}", real)
+        .replace("{BLOB}", blob)
+}
+
+/// Applies every migration not yet applied, each in its own transaction.
+pub async fn migrate(db: &Db) -> Result<(), StoreError> {
+    let w = db.writer();
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS volley_migrations (version BIGINT PRIMARY KEY, \
+         name TEXT NOT NULL, applied_ms BIGINT NOT NULL)",
+    )
+    .execute(w)
+    .await
+    .or_else(|e| {
+        // Two PostgreSQL nodes racing on CREATE TABLE IF NOT EXISTS can collide on the catalog.
+        if db.backend() == Backend::Postgres && is_unique_violation(&e) {
+            Ok(Default::default())
+        } else {
+            Err(e)
+        }
+    })?;
+    for m in MIGRATIONS {
+        let mut tx = w.begin().await?;
+        if db.backend() == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7301455)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let done = sqlx::query("SELECT version FROM volley_migrations WHERE version = $1")
+            .bind(m.version)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if done.is_some() {
+            tx.commit().await?;
+            continue;
+        }
+        for stmt in render(m.sql, db.backend()).split(';') {
+            if stmt.trim().is_empty() {
+                continue;
+            }
+            sqlx::query(stmt).execute(&mut *tx).await.map_err(|e| {
+                StoreError::Migration(format!("migration {} ({}): {e}", m.version, m.name))
+            })?;
+        }
+        sqlx::query(
+            "INSERT INTO volley_migrations (version, name, applied_ms) VALUES ($1, $2, $3)",
+        )
+        .bind(m.version)
+        .bind(m.name)
+        .bind(crate::unix_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            backend = db.backend().name(),
+            "migrated"
+        );
+    }
+    Ok(())
+}
+
+/// The highest applied migration.
+pub async fn version(db: &Db) -> Result<i64, StoreError> {
+    let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM volley_migrations")
+        .fetch_one(db.reader())
+        .await?;
+    Ok(row.try_get::<i64, _>("v")?)
+}
+
+/// Whether a sqlx error is a unique-constraint violation.
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d.is_unique_violation(),
+        _ => false,
+    }
+}
