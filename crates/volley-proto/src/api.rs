@@ -11,7 +11,7 @@ pub struct DeviceLogin {
     pub device_id: String,
 }
 
-/// A session, returned by login.
+/// A session, returned by every login and by refresh.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
     /// Opaque bearer token for `Authorization: Bearer ...`.
@@ -20,6 +20,79 @@ pub struct Session {
     pub player_id: u64,
     /// Whether this login created the account.
     pub created: bool,
+    /// Single-use token for `POST /v1/auth/refresh`; each use returns a new one.
+    #[serde(default)]
+    pub refresh_token: String,
+    /// Milliseconds until `token` expires.
+    #[serde(default)]
+    pub expires_in_ms: u64,
+}
+
+/// `POST /v1/auth/email/register`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailRegister {
+    /// The address (case-insensitive).
+    pub email: String,
+    /// 8-128 characters.
+    pub password: String,
+    /// Shown to other players; defaults to `player-<id>`.
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// `POST /v1/auth/email`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailLogin {
+    /// The address.
+    pub email: String,
+    /// The password.
+    pub password: String,
+}
+
+/// `POST /v1/auth/custom` (server key required): a studio's backend logs its player in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomLogin {
+    /// The studio's own id for the player, 1-128 printable ASCII characters.
+    pub custom_id: String,
+}
+
+/// `POST /v1/auth/refresh` and `POST /v1/auth/logout`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    /// The refresh token from the last [`Session`].
+    pub refresh_token: String,
+}
+
+/// `POST /v1/account/link` and `/unlink`: attach or detach a login method.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRequest {
+    /// `device`, `email` or `custom` (custom needs the server key).
+    pub kind: String,
+    /// The device id, address or custom id.
+    pub id: String,
+    /// For `email` links: the password to set.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// `GET /v1/account`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountInfo {
+    /// The player's id.
+    pub player_id: u64,
+    /// Display name.
+    pub display_name: String,
+    /// `active`, `banned` or `deleted`.
+    pub status: String,
+    /// Creation time, Unix ms.
+    pub created_ms: i64,
+    /// Login methods attached, as `(kind, id)`; emails and custom ids shown, device ids too.
+    pub links: Vec<(String, String)>,
 }
 
 /// `POST /v1/rooms`: create a room.
@@ -97,4 +170,264 @@ pub struct ApiError {
     pub code: String,
     /// What went wrong and what to do.
     pub message: String,
+}
+
+/// A friend as `GET /v1/friends` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Friend {
+    /// The other player.
+    pub player_id: u64,
+    /// `friend`, `invite_sent`, `invite_received` or `blocked`.
+    pub state: String,
+}
+
+/// `POST /v1/lobbies`: create a party or a lobby.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLobby {
+    /// `party` (small, invite-based, enters matchmaking as one ticket) or `lobby` (searchable).
+    pub kind: String,
+    /// A name, 1-64 characters.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Most members, 1-256.
+    pub max_members: u32,
+    /// Whether anyone may join without an invite.
+    #[serde(default)]
+    pub open: bool,
+    /// Searchable attributes: up to 16 string keys with string or number values.
+    #[serde(default)]
+    pub attrs: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A party or lobby.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LobbyInfo {
+    /// Its id.
+    pub lobby_id: u64,
+    /// `party` or `lobby`.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// The leader.
+    pub leader: u64,
+    /// Members, in join order.
+    pub members: Vec<u64>,
+    /// Most members.
+    pub max_members: u32,
+    /// Open to anyone.
+    pub open: bool,
+    /// Attributes.
+    pub attrs: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `POST /v1/lobbies/{id}/invite|kick|promote`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRequest {
+    /// The player concerned.
+    pub player_id: u64,
+}
+
+/// `PATCH /v1/lobbies/{id}`: change attributes or openness (leader only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateLobby {
+    /// New attributes (replacing the old ones).
+    #[serde(default)]
+    pub attrs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// New openness.
+    #[serde(default)]
+    pub open: Option<bool>,
+}
+
+/// `POST /v1/chat/{channel}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendChat {
+    /// The text, at most the node's limit (2 KiB by default).
+    pub body: String,
+}
+
+/// A chat message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// Increasing id within the node's database; pages use it as the cursor.
+    pub id: i64,
+    /// The channel: `lobby.<id>`, `dm.<a>.<b>` (a < b) or `room.<id>`.
+    pub channel: String,
+    /// The sender.
+    pub sender: u64,
+    /// The text.
+    pub body: String,
+    /// Unix ms.
+    pub created_ms: i64,
+}
+
+/// A page of chat history, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatPage {
+    /// Messages, newest first.
+    pub messages: Vec<ChatMessage>,
+    /// Pass as `before` for the next (older) page; absent at the end.
+    pub next_before: Option<i64>,
+}
+
+/// A player's presence.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Presence {
+    /// The player.
+    pub player_id: u64,
+    /// Online anywhere in the cluster.
+    pub online: bool,
+    /// The status text the player set (`"in match"`...), if online.
+    pub status: Option<String>,
+}
+
+/// Real-time events, one JSON object per WebSocket text message (`GET /v1/events`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The connection is ready: events from now on reach it.
+    Ready {
+        /// The player.
+        player_id: u64,
+    },
+    /// A chat message in a channel the player is in.
+    Chat {
+        /// The message.
+        message: ChatMessage,
+    },
+    /// A friend's presence changed.
+    Presence {
+        /// The new presence.
+        presence: Presence,
+    },
+    /// Something happened in a party or lobby the player is in (or was invited to).
+    Lobby {
+        /// The lobby.
+        lobby_id: u64,
+        /// `invited`, `joined`, `left`, `kicked`, `promoted`, `updated`.
+        what: String,
+        /// The player it happened to.
+        player_id: u64,
+    },
+    /// A friend request, acceptance or removal.
+    Friend {
+        /// The other player.
+        player_id: u64,
+        /// The new state seen from the receiver: `invite_received`, `friend`, `removed`.
+        state: String,
+    },
+    /// A matchmaking ticket found a match.
+    MatchFound {
+        /// The match.
+        found: MatchFound,
+    },
+}
+
+/// `POST /v1/matchmaker/tickets`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TicketRequest {
+    /// The pool (game mode), e.g. `duel`; the node configures its sizes.
+    pub pool: String,
+    /// Enter as this party (the caller must lead it); all members share the ticket.
+    #[serde(default)]
+    pub party_id: Option<u64>,
+    /// String properties others' queries can test.
+    #[serde(default)]
+    pub string_props: std::collections::BTreeMap<String, String>,
+    /// Numeric properties others' queries can test.
+    #[serde(default)]
+    pub numeric_props: std::collections::BTreeMap<String, f64>,
+    /// Clauses every other ticket in the match must satisfy.
+    #[serde(default)]
+    pub must: Vec<Clause>,
+    /// Clauses no other ticket in the match may satisfy.
+    #[serde(default)]
+    pub must_not: Vec<Clause>,
+    /// Measured round-trip times to each region, ms.
+    #[serde(default)]
+    pub latencies: std::collections::BTreeMap<String, u32>,
+    /// How long the ticket may wait, ms (default 5 minutes, at most 1 hour).
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+}
+
+/// One query clause.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Clause {
+    /// The string property `key` equals `value`.
+    Eq {
+        /// Property.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// The numeric property `key` lies in `[min, max]` (either bound optional).
+    Range {
+        /// Property.
+        key: String,
+        /// Lower bound.
+        #[serde(default)]
+        min: Option<f64>,
+        /// Upper bound.
+        #[serde(default)]
+        max: Option<f64>,
+    },
+}
+
+/// A ticket's state as `GET /v1/matchmaker/tickets/{id}` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TicketStatus {
+    /// The ticket id.
+    pub ticket_id: String,
+    /// `queued`, `matched`, `expired` or `cancelled`.
+    pub state: String,
+    /// The match, once found.
+    pub found: Option<MatchFound>,
+}
+
+/// A match.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MatchFound {
+    /// The match id (report results under it).
+    pub match_id: String,
+    /// The room made for it; join with `POST /v1/rooms/{room_id}/join`.
+    pub room_id: u64,
+    /// Its pool.
+    pub pool: String,
+    /// The region chosen.
+    pub region: Option<String>,
+    /// Every player in the match.
+    pub players: Vec<u64>,
+    /// Quality: skill spread (rating points), worst latency, longest wait.
+    pub skill_spread: f64,
+    /// Worst member latency to the region, ms.
+    pub max_latency_ms: u32,
+    /// Longest wait of a ticket in the match, ms.
+    pub max_wait_ms: u64,
+}
+
+/// `POST /v1/matches/{id}/result` (server key): placements decide rating changes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchResult {
+    /// `(player, placement)`; 0 is first, equal placements draw.
+    pub placements: Vec<(u64, u32)>,
+}
+
+/// A skill rating (Glicko-2, Glicko scale).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct RatingInfo {
+    /// Rating (1500 at start).
+    pub rating: f64,
+    /// Rating deviation.
+    pub deviation: f64,
+    /// Volatility.
+    pub volatility: f64,
+    /// Rated matches played.
+    pub games: u64,
 }

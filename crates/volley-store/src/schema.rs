@@ -84,6 +84,7 @@ CREATE TABLE lobbies (
     name TEXT NOT NULL,
     owner_id BIGINT NOT NULL,
     max_members BIGINT NOT NULL,
+    member_count BIGINT NOT NULL DEFAULT 0,
     open BIGINT NOT NULL,
     attrs TEXT NOT NULL,
     created_ms BIGINT NOT NULL

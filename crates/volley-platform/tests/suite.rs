@@ -1,0 +1,694 @@
+//! The backend-generic suite: every test here runs once on SQLite and once on PostgreSQL (a
+//! fresh database each), through the services' real interface and a real bus.
+
+use std::time::Duration;
+
+use volley_platform::{ErrorKind, Platform, PlatformConfig};
+use volley_proto::api::{CreateLobby, Event, UpdateLobby};
+use volley_store::testing::TestDb;
+use volley_store::{Backend, Bus};
+
+async fn platform(backend: Backend, cfg: PlatformConfig) -> (Platform, TestDb) {
+    let t = TestDb::new(backend).await.expect("test database");
+    (Platform::new(t.db.clone(), Bus::local(), cfg), t)
+}
+
+fn cfg() -> PlatformConfig {
+    PlatformConfig {
+        server_key: "studio-secret".into(),
+        ..PlatformConfig::default()
+    }
+}
+
+async fn next_event(s: &mut volley_platform::events::EventStream) -> Event {
+    tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .expect("an event within 5 s")
+        .expect("stream open")
+}
+
+async fn device_login_and_tokens(b: Backend) {
+    let (p, _t) = platform(b, cfg()).await;
+    let s1 = p.login_device("device-aaaa-1").await.unwrap();
+    assert!(s1.created);
+    let s2 = p.login_device("device-aaaa-1").await.unwrap();
+    assert!(!s2.created);
+    assert_eq!(s1.player_id, s2.player_id);
+    assert_ne!(s1.token, s2.token);
+    assert_eq!(p.authenticate(&s1.token).await.unwrap(), s1.player_id);
+    assert_eq!(p.authenticate(&s2.token).await.unwrap(), s1.player_id);
+    let other = p.login_device("device-bbbb-2").await.unwrap();
+    assert_ne!(other.player_id, s1.player_id);
+    for bad in ["", "x", &"f".repeat(64), &format!("{}0", s1.token)] {
+        assert_eq!(
+            p.authenticate(bad).await.unwrap_err().kind,
+            ErrorKind::Unauthorized
+        );
+    }
+    assert_eq!(
+        p.login_device("short").await.unwrap_err().code,
+        "bad_device_id"
+    );
+    // The database never holds a token in the clear.
+    let row: (String,) = sqlx::query_as("SELECT token_hash FROM sessions LIMIT 1")
+        .fetch_one(p.db().reader())
+        .await
+        .unwrap();
+    assert_ne!(row.0, s1.token);
+    p.logout(&s1.token, Some(&s1.refresh_token)).await.unwrap();
+    assert!(p.authenticate(&s1.token).await.is_err());
+    assert!(p.authenticate(&s2.token).await.is_ok());
+    assert!(p.refresh(&s1.refresh_token).await.is_err());
+}
+
+async fn email_register_and_login(b: Backend) {
+    let (p, _t) = platform(b, cfg()).await;
+    let s = p
+        .register_email("Ann@Example.com", "correct horse", Some("Ann"))
+        .await
+        .unwrap();
+    let again = p
+        .register_email("ann@example.com", "whatever123", None)
+        .await;
+    assert_eq!(again.unwrap_err().kind, ErrorKind::Conflict);
+    let l = p
+        .login_email("ANN@example.com", "correct horse")
+        .await
+        .unwrap();
+    assert_eq!(l.player_id, s.player_id);
+    let e = p
+        .login_email("ann@example.com", "wrong horse")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "invalid_credentials");
+    let e = p
+        .login_email("nobody@example.com", "correct horse")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code, "invalid_credentials",
+        "unknown email looks the same"
+    );
+    assert_eq!(
+        p.register_email("not-an-email", "correct horse", None)
+            .await
+            .unwrap_err()
+            .code,
+        "bad_email"
+    );
+    assert_eq!(
+        p.register_email("b@example.com", "short", None)
+            .await
+            .unwrap_err()
+            .code,
+        "bad_password"
+    );
+    let info = p.account(s.player_id).await.unwrap();
+    assert_eq!(info.display_name, "Ann");
+    assert_eq!(
+        info.links,
+        vec![("email".to_owned(), "ann@example.com".to_owned())]
+    );
+    // The stored secret is an Argon2id PHC string with the configured cost.
+    let (secret,): (String,) = sqlx::query_as("SELECT secret FROM auth_ids WHERE kind = 'email'")
+        .fetch_one(p.db().reader())
+        .await
+        .unwrap();
+    assert!(
+        secret.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{secret}"
+    );
+}
+
+async fn refresh_rotates_and_reuse_revokes_the_family(b: Backend) {
+    let (p, _t) = platform(
+        b,
+        PlatformConfig {
+            refresh_grace_ms: 0,
+            ..cfg()
+        },
+    )
+    .await;
+    let s0 = p.login_device("device-refresh-1").await.unwrap();
+    let other_login = p.login_device("device-refresh-1").await.unwrap();
+    let s1 = p.refresh(&s0.refresh_token).await.unwrap();
+    assert_eq!(s1.player_id, s0.player_id);
+    assert_ne!(s1.refresh_token, s0.refresh_token);
+    let s2 = p.refresh(&s1.refresh_token).await.unwrap();
+    assert!(p.authenticate(&s2.token).await.is_ok());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // s0's refresh token was stolen and is replayed: the family dies.
+    let e = p.refresh(&s0.refresh_token).await.unwrap_err();
+    assert_eq!(e.code, "refresh_reused");
+    assert!(
+        p.refresh(&s2.refresh_token).await.is_err(),
+        "the newest token of the family is dead too"
+    );
+    assert!(
+        p.authenticate(&s2.token).await.is_err(),
+        "and so are the sessions"
+    );
+    // Another login's family is a different family, but its sessions were ended as well.
+    assert!(p.authenticate(&other_login.token).await.is_err());
+    assert!(
+        p.refresh(&other_login.refresh_token).await.is_ok(),
+        "other family survives"
+    );
+    assert!(p.refresh("junk").await.is_err());
+}
+
+async fn refresh_race_within_grace_is_benign(b: Backend) {
+    let (p, _t) = platform(b, cfg()).await;
+    let s0 = p.login_device("device-grace-1").await.unwrap();
+    let a = p.refresh(&s0.refresh_token).await.unwrap();
+    let b2 = p.refresh(&s0.refresh_token).await.unwrap();
+    assert!(p.authenticate(&a.token).await.is_ok());
+    assert!(p.authenticate(&b2.token).await.is_ok());
+    assert!(p.refresh(&a.refresh_token).await.is_ok());
+}
+
+async fn brute_force_is_slowed_then_capped(b: Backend) {
+    let (p, _t) = platform(
+        b,
+        PlatformConfig {
+            login_free_failures: 2,
+            login_max_failures: 5,
+            login_window_ms: 3_600_000,
+            ..cfg()
+        },
+    )
+    .await;
+    p.register_email("victim@example.com", "right password", None)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let e = p
+            .login_email("victim@example.com", "guess")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "invalid_credentials");
+    }
+    // Third failure locks for 1 s.
+    assert_eq!(
+        p.login_email("victim@example.com", "guess")
+            .await
+            .unwrap_err()
+            .code,
+        "invalid_credentials"
+    );
+    let e = p
+        .login_email("victim@example.com", "right password")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.kind, ErrorKind::TooMany(ms) if ms <= 1000),
+        "{e:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Fourth failure locks for 2 s.
+    assert_eq!(
+        p.login_email("victim@example.com", "guess")
+            .await
+            .unwrap_err()
+            .code,
+        "invalid_credentials"
+    );
+    let e = p
+        .login_email("victim@example.com", "guess")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.kind, ErrorKind::TooMany(ms) if ms > 1000 && ms <= 2000),
+        "{e:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Fifth failure reaches the cap: locked for the rest of the hour, even the right password.
+    assert_eq!(
+        p.login_email("victim@example.com", "guess")
+            .await
+            .unwrap_err()
+            .code,
+        "invalid_credentials"
+    );
+    let e = p
+        .login_email("victim@example.com", "right password")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.kind, ErrorKind::TooMany(ms) if ms > 3_000_000),
+        "{e:?}"
+    );
+    // Another account is unaffected.
+    p.register_email("bystander@example.com", "right password", None)
+        .await
+        .unwrap();
+    assert!(p
+        .login_email("bystander@example.com", "right password")
+        .await
+        .is_ok());
+}
+
+async fn ban_and_delete_end_sessions_at_once(b: Backend) {
+    let (p, _t) = platform(b, cfg()).await;
+    let s = p.login_device("device-ban-0001").await.unwrap();
+    assert!(p.authenticate(&s.token).await.is_ok());
+    p.set_banned(s.player_id, true).await.unwrap();
+    assert_eq!(
+        p.authenticate(&s.token).await.unwrap_err().kind,
+        ErrorKind::Unauthorized
+    );
+    assert_eq!(
+        p.login_device("device-ban-0001").await.unwrap_err().kind,
+        ErrorKind::Forbidden
+    );
+    assert!(p.refresh(&s.refresh_token).await.is_err());
+    p.set_banned(s.player_id, false).await.unwrap();
+    let s2 = p.login_device("device-ban-0001").await.unwrap();
+    assert_eq!(s2.player_id, s.player_id);
+    assert!(
+        p.authenticate(&s.token).await.is_err(),
+        "a ban's revocation outlives the unban"
+    );
+
+    p.delete_account(s2.player_id).await.unwrap();
+    assert!(p.authenticate(&s2.token).await.is_err());
+    let fresh = p.login_device("device-ban-0001").await.unwrap();
+    assert!(fresh.created);
+    assert_ne!(fresh.player_id, s2.player_id);
+    assert_eq!(p.account(s2.player_id).await.unwrap().status, "deleted");
+}
+
+async fn link_and_unlink(b: Backend) {
+    use volley_platform::accounts::AuthKind;
+    let (p, _t) = platform(b, cfg()).await;
+    let s = p.login_device("device-link-001").await.unwrap();
+    p.link(
+        s.player_id,
+        AuthKind::Email,
+        "linked@example.com",
+        Some("a password"),
+    )
+    .await
+    .unwrap();
+    let via_email = p
+        .login_email("linked@example.com", "a password")
+        .await
+        .unwrap();
+    assert_eq!(via_email.player_id, s.player_id);
+    let other = p.login_device("device-link-002").await.unwrap();
+    let e = p
+        .link(other.player_id, AuthKind::Device, "device-link-001", None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "already_linked");
+    p.unlink(s.player_id, AuthKind::Device, "device-link-001")
+        .await
+        .unwrap();
+    let e = p
+        .unlink(s.player_id, AuthKind::Email, "linked@example.com")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "last_link");
+    assert!(
+        p.login_email("linked@example.com", "a password")
+            .await
+            .is_ok(),
+        "refused unlink kept the link"
+    );
+    let c = p.login_custom("studio-player-9").await.unwrap();
+    assert!(c.created);
+    assert_eq!(
+        p.login_custom("studio-player-9").await.unwrap().player_id,
+        c.player_id
+    );
+    assert!(p.check_server_key("studio-secret"));
+    assert!(!p.check_server_key("studio-secreT"));
+    assert!(!p.check_server_key(""));
+}
+
+async fn friends_requests_and_blocks(b: Backend) {
+    let (p, _t) = platform(b, cfg()).await;
+    let a = p.login_device("device-friend-a").await.unwrap().player_id;
+    let c = p.login_device("device-friend-c").await.unwrap().player_id;
+    let d = p.login_device("device-friend-d").await.unwrap().player_id;
+    let mut c_events = p.events(c).await.unwrap();
+    assert_eq!(p.add_friend(a, c).await.unwrap().state, "invite_sent");
+    assert_eq!(
+        next_event(&mut c_events).await,
+        Event::Friend {
+            player_id: a,
+            state: "invite_received".into()
+        }
+    );
+    assert_eq!(p.friends(c).await.unwrap()[0].state, "invite_received");
+    assert_eq!(p.add_friend(c, a).await.unwrap().state, "friend");
+    assert_eq!(p.friend_ids(a).await.unwrap(), vec![c]);
+    assert_eq!(p.friend_ids(c).await.unwrap(), vec![a]);
+    // d is blocked by c: d's request looks sent but c never sees it.
+    p.block(c, d).await.unwrap();
+    assert_eq!(p.add_friend(d, c).await.unwrap().state, "invite_sent");
+    assert!(p.friends(d).await.unwrap().is_empty());
+    assert!(p.blocks(c, d).await.unwrap());
+    assert_eq!(p.add_friend(a, a).await.unwrap_err().code, "self");
+    assert_eq!(
+        p.add_friend(a, 999_999).await.unwrap_err().kind,
+        ErrorKind::NotFound
+    );
+    p.remove_friend(a, c).await.unwrap();
+    assert!(p.friend_ids(c).await.unwrap().is_empty());
+}
+
+async fn parties_and_lobbies(b: Backend) {
+    let (p, _t) = platform(b, cfg()).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(
+            p.login_device(&format!("device-lobby-{i:02}"))
+                .await
+                .unwrap()
+                .player_id,
+        );
+    }
+    let party = p
+        .create_lobby(
+            ids[0],
+            &CreateLobby {
+                kind: "party".into(),
+                name: None,
+                max_members: 3,
+                open: false,
+                attrs: Default::default(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(party.leader, ids[0]);
+    let pid = party.lobby_id;
+    assert_eq!(
+        p.join_lobby(ids[1], pid).await.unwrap_err().kind,
+        ErrorKind::Forbidden,
+        "closed party needs an invite"
+    );
+    let mut ev1 = p.events(ids[1]).await.unwrap();
+    p.invite(ids[0], pid, ids[1]).await.unwrap();
+    assert!(matches!(next_event(&mut ev1).await, Event::Lobby { what, .. } if what == "invited"));
+    p.join_lobby(ids[1], pid).await.unwrap();
+    p.invite(ids[1], pid, ids[2]).await.unwrap();
+    p.invite(ids[1], pid, ids[3]).await.unwrap();
+    p.join_lobby(ids[2], pid).await.unwrap();
+    assert_eq!(
+        p.join_lobby(ids[3], pid).await.unwrap_err().code,
+        "lobby_full"
+    );
+    // A player is in one party at a time.
+    let e = p
+        .create_lobby(
+            ids[1],
+            &CreateLobby {
+                kind: "party".into(),
+                name: None,
+                max_members: 2,
+                open: true,
+                attrs: Default::default(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "already_in_party");
+    assert_eq!(
+        p.kick(ids[1], pid, ids[2]).await.unwrap_err().kind,
+        ErrorKind::Forbidden,
+        "only the leader kicks"
+    );
+    p.kick(ids[0], pid, ids[2]).await.unwrap();
+    p.promote(ids[0], pid, ids[1]).await.unwrap();
+    assert_eq!(p.lobby(pid).await.unwrap().leader, ids[1]);
+    p.leave_lobby(ids[1], pid).await.unwrap();
+    let l = p.lobby(pid).await.unwrap();
+    assert_eq!(
+        (l.leader, l.members.clone()),
+        (ids[0], vec![ids[0]]),
+        "leadership passes on"
+    );
+    p.leave_lobby(ids[0], pid).await.unwrap();
+    assert_eq!(
+        p.lobby(pid).await.unwrap_err().kind,
+        ErrorKind::NotFound,
+        "empty party closes"
+    );
+
+    // An open lobby with attributes: search, and capacity under concurrent joins.
+    let mut attrs = serde_json::Map::new();
+    attrs.insert("map".into(), "docks".into());
+    attrs.insert("ranked".into(), true.into());
+    let lobby = p
+        .create_lobby(
+            ids[0],
+            &CreateLobby {
+                kind: "lobby".into(),
+                name: Some("Docks".into()),
+                max_members: 4,
+                open: true,
+                attrs,
+            },
+        )
+        .await
+        .unwrap();
+    let found = p
+        .search_lobbies(
+            &[
+                ("map".into(), "docks".into()),
+                ("ranked".into(), "true".into()),
+            ],
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        found.iter().map(|l| l.lobby_id).collect::<Vec<_>>(),
+        vec![lobby.lobby_id]
+    );
+    assert!(p
+        .search_lobbies(&[("map".into(), "pier".into())], 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let joins = ids[1..].iter().map(|id| {
+        let p = p.clone();
+        let id = *id;
+        tokio::spawn(async move { p.join_lobby(id, lobby.lobby_id).await })
+    });
+    let results = futures_join(joins).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 3, "exactly the free seats were taken");
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| e.code == "lobby_full"));
+    let l = p.lobby(lobby.lobby_id).await.unwrap();
+    assert_eq!(l.members.len(), 4);
+    assert!(
+        p.search_lobbies(&[("map".into(), "docks".into())], 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "full lobbies are not listed"
+    );
+    let upd = p
+        .update_lobby(
+            ids[0],
+            lobby.lobby_id,
+            &UpdateLobby {
+                attrs: None,
+                open: Some(false),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!upd.open);
+    let mut bad = serde_json::Map::new();
+    bad.insert("nested".into(), serde_json::json!({"a": 1}));
+    let e = p
+        .create_lobby(
+            ids[7],
+            &CreateLobby {
+                kind: "lobby".into(),
+                name: None,
+                max_members: 4,
+                open: true,
+                attrs: bad,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "bad_attrs");
+}
+
+async fn futures_join<T: Send + 'static>(
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for t in tasks.collect::<Vec<_>>() {
+        out.push(t.await.expect("task"));
+    }
+    out
+}
+
+async fn chat_history_limits_and_delivery(b: Backend) {
+    let (p, _t) = platform(
+        b,
+        PlatformConfig {
+            chat_per_s: 1000.0,
+            chat_burst: 1000.0,
+            ..cfg()
+        },
+    )
+    .await;
+    let a = p.login_device("device-chat-aa").await.unwrap().player_id;
+    let c = p.login_device("device-chat-cc").await.unwrap().player_id;
+    let outsider = p.login_device("device-chat-zz").await.unwrap().player_id;
+    let dm = volley_platform::chat::Channel::direct(a, c).name();
+    let mut c_events = p.events(c).await.unwrap();
+    for i in 0..25 {
+        p.send_chat(a, &dm, &format!("msg {i}")).await.unwrap();
+    }
+    for i in 0..25 {
+        match next_event(&mut c_events).await {
+            Event::Chat { message } => assert_eq!(message.body, format!("msg {i}")),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Paging: newest first, 10 at a time, nothing lost or repeated.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = p.chat_history(c, &dm, before, 10).await.unwrap();
+        seen.extend(page.messages.iter().map(|m| m.body.clone()));
+        match page.next_before {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..25).rev().map(|i| format!("msg {i}")).collect();
+    assert_eq!(seen, want);
+    assert_eq!(
+        p.chat_history(outsider, &dm, None, 10)
+            .await
+            .unwrap_err()
+            .kind,
+        ErrorKind::Forbidden
+    );
+    assert_eq!(
+        p.send_chat(outsider, &dm, "hi").await.unwrap_err().kind,
+        ErrorKind::Forbidden
+    );
+    assert_eq!(
+        p.send_chat(a, &dm, &"x".repeat(2049))
+            .await
+            .unwrap_err()
+            .code,
+        "bad_body"
+    );
+    assert_eq!(p.send_chat(a, &dm, "").await.unwrap_err().code, "bad_body");
+    assert_eq!(
+        p.send_chat(a, "dm.5.3", "hi").await.unwrap_err().code,
+        "bad_channel"
+    );
+    p.block(c, a).await.unwrap();
+    assert_eq!(
+        p.send_chat(a, &dm, "hello?").await.unwrap_err().kind,
+        ErrorKind::Forbidden
+    );
+}
+
+async fn chat_rate_limit(b: Backend) {
+    let (p, _t) = platform(
+        b,
+        PlatformConfig {
+            chat_per_s: 1.0,
+            chat_burst: 3.0,
+            ..cfg()
+        },
+    )
+    .await;
+    let a = p.login_device("device-rate-aa").await.unwrap().player_id;
+    let party = p
+        .create_lobby(
+            a,
+            &CreateLobby {
+                kind: "party".into(),
+                name: None,
+                max_members: 2,
+                open: false,
+                attrs: Default::default(),
+            },
+        )
+        .await
+        .unwrap();
+    let ch = format!("lobby.{}", party.lobby_id);
+    for _ in 0..3 {
+        p.send_chat(a, &ch, "spam").await.unwrap();
+    }
+    let e = p.send_chat(a, &ch, "spam").await.unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::TooMany(_)), "{e:?}");
+    assert_eq!(
+        p.chat_history(a, &ch, None, 100)
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        3
+    );
+}
+
+async fn presence_reaches_friends(b: Backend) {
+    let (p, _t) = platform(b, cfg()).await;
+    let a = p.login_device("device-pres-aa").await.unwrap().player_id;
+    let c = p.login_device("device-pres-cc").await.unwrap().player_id;
+    p.add_friend(a, c).await.unwrap();
+    p.add_friend(c, a).await.unwrap();
+    let mut c_events = p.events(c).await.unwrap();
+    p.set_online(a, "in menu").await.unwrap();
+    match next_event(&mut c_events).await {
+        Event::Presence { presence } => {
+            assert_eq!((presence.player_id, presence.online), (a, true));
+            assert_eq!(presence.status.as_deref(), Some("in menu"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(p.presence(a).await.unwrap().online);
+    p.set_offline(a).await.unwrap();
+    match next_event(&mut c_events).await {
+        Event::Presence { presence } => assert!(!presence.online),
+        other => panic!("{other:?}"),
+    }
+    assert!(!p.presence(a).await.unwrap().online);
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(volley_store::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(volley_store::Backend::Postgres).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    device_login_and_tokens,
+    email_register_and_login,
+    refresh_rotates_and_reuse_revokes_the_family,
+    refresh_race_within_grace_is_benign,
+    brute_force_is_slowed_then_capped,
+    ban_and_delete_end_sessions_at_once,
+    link_and_unlink,
+    friends_requests_and_blocks,
+    parties_and_lobbies,
+    chat_history_limits_and_delivery,
+    chat_rate_limit,
+    presence_reaches_friends,
+);
