@@ -1,7 +1,10 @@
 //! The node's HTTP API, as the SDK calls it.
 
 use volley_proto::api::{
-    ApiError, CreateRoom, DeviceLogin, JoinRoom, JoinTicket, RoomInfo, Session,
+    AccountInfo, ApiError, ChatMessage, ChatPage, CreateLobby, CreateRoom, CustomLogin,
+    DeviceLogin, EmailLogin, EmailRegister, Event, Friend, JoinRoom, JoinTicket, LobbyInfo,
+    MemberRequest, Presence, RatingInfo, RefreshRequest, RoomInfo, SendChat, Session,
+    TicketRequest, TicketStatus,
 };
 use volley_proto::Fingerprint;
 
@@ -38,10 +41,29 @@ impl Api {
         self.token.as_deref()
     }
 
+    /// The node's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Uses `token` for later calls (e.g. a session restored from storage).
+    pub fn set_token(&mut self, token: impl Into<String>) {
+        self.token = Some(token.into());
+    }
+
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<T, Error> {
+        let bytes = self.send(req).await?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Http(format!("bad response body: {e}")))
+    }
+
+    async fn call_empty(&self, req: reqwest::RequestBuilder) -> Result<(), Error> {
+        self.send(req).await.map(|_| ())
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, Error> {
         let req = match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
@@ -60,7 +82,218 @@ impl Api {
                 message: err.message,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| Error::Http(format!("bad response body: {e}")))
+        Ok(bytes.to_vec())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn login_with(
+        &mut self,
+        path: &str,
+        body: impl serde::Serialize,
+    ) -> Result<Session, Error> {
+        let s: Session = self
+            .call(self.http.post(self.url(path)).json(&body))
+            .await?;
+        self.token = Some(s.token.clone());
+        Ok(s)
+    }
+
+    /// Signs up with email and password and keeps the session.
+    pub async fn register_email(
+        &mut self,
+        email: &str,
+        password: &str,
+        display_name: Option<&str>,
+    ) -> Result<Session, Error> {
+        let body = EmailRegister {
+            email: email.into(),
+            password: password.into(),
+            display_name: display_name.map(str::to_owned),
+        };
+        self.login_with("/v1/auth/email/register", body).await
+    }
+
+    /// Logs in with email and password and keeps the session.
+    pub async fn login_email(&mut self, email: &str, password: &str) -> Result<Session, Error> {
+        let body = EmailLogin {
+            email: email.into(),
+            password: password.into(),
+        };
+        self.login_with("/v1/auth/email", body).await
+    }
+
+    /// Server-to-server: logs a studio's player in by custom id with the node's server key.
+    pub async fn login_custom(
+        &mut self,
+        server_key: &str,
+        custom_id: &str,
+    ) -> Result<Session, Error> {
+        let req = self
+            .http
+            .post(self.url("/v1/auth/custom"))
+            .header("x-volley-server-key", server_key)
+            .json(&CustomLogin {
+                custom_id: custom_id.into(),
+            });
+        let s: Session = self.call(req).await?;
+        self.token = Some(s.token.clone());
+        Ok(s)
+    }
+
+    /// Exchanges a refresh token for a new session (and refresh token) and keeps it.
+    pub async fn refresh(&mut self, refresh_token: &str) -> Result<Session, Error> {
+        let body = RefreshRequest {
+            refresh_token: refresh_token.into(),
+        };
+        self.login_with("/v1/auth/refresh", body).await
+    }
+
+    /// Ends the session (and its refresh family).
+    pub async fn logout(&mut self, refresh_token: Option<&str>) -> Result<(), Error> {
+        let mut req = self.http.post(self.url("/v1/auth/logout"));
+        if let Some(r) = refresh_token {
+            req = req.json(&RefreshRequest {
+                refresh_token: r.into(),
+            });
+        }
+        self.call_empty(req).await?;
+        self.token = None;
+        Ok(())
+    }
+
+    /// The caller's account.
+    pub async fn account(&self) -> Result<AccountInfo, Error> {
+        self.call(self.http.get(self.url("/v1/account"))).await
+    }
+
+    /// Friends, requests and blocks.
+    pub async fn friends(&self) -> Result<Vec<Friend>, Error> {
+        self.call(self.http.get(self.url("/v1/friends"))).await
+    }
+
+    /// Sends or accepts a friend request.
+    pub async fn add_friend(&self, player: u64) -> Result<Friend, Error> {
+        self.call(self.http.post(self.url(&format!("/v1/friends/{player}"))))
+            .await
+    }
+
+    /// A player's presence.
+    pub async fn presence(&self, player: u64) -> Result<Presence, Error> {
+        self.call(self.http.get(self.url(&format!("/v1/presence/{player}"))))
+            .await
+    }
+
+    /// Creates a party or lobby.
+    pub async fn create_lobby(&self, req: &CreateLobby) -> Result<LobbyInfo, Error> {
+        self.call(self.http.post(self.url("/v1/lobbies")).json(req))
+            .await
+    }
+
+    /// A party or lobby.
+    pub async fn lobby(&self, id: u64) -> Result<LobbyInfo, Error> {
+        self.call(self.http.get(self.url(&format!("/v1/lobbies/{id}"))))
+            .await
+    }
+
+    /// Joins a party or lobby.
+    pub async fn join_lobby(&self, id: u64) -> Result<LobbyInfo, Error> {
+        self.call(self.http.post(self.url(&format!("/v1/lobbies/{id}/join"))))
+            .await
+    }
+
+    /// Leaves a party or lobby.
+    pub async fn leave_lobby(&self, id: u64) -> Result<(), Error> {
+        self.call_empty(self.http.post(self.url(&format!("/v1/lobbies/{id}/leave"))))
+            .await
+    }
+
+    /// Invites a player into a party or lobby.
+    pub async fn invite(&self, id: u64, player: u64) -> Result<(), Error> {
+        self.call_empty(
+            self.http
+                .post(self.url(&format!("/v1/lobbies/{id}/invite")))
+                .json(&MemberRequest { player_id: player }),
+        )
+        .await
+    }
+
+    /// Sends a chat message.
+    pub async fn send_chat(&self, channel: &str, body: &str) -> Result<ChatMessage, Error> {
+        self.call(
+            self.http
+                .post(self.url(&format!("/v1/chat/{channel}")))
+                .json(&SendChat { body: body.into() }),
+        )
+        .await
+    }
+
+    /// A page of chat history, newest first.
+    pub async fn chat_history(
+        &self,
+        channel: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<ChatPage, Error> {
+        let mut q = vec![("limit", limit.to_string())];
+        if let Some(b) = before {
+            q.push(("before", b.to_string()));
+        }
+        self.call(
+            self.http
+                .get(self.url(&format!("/v1/chat/{channel}")))
+                .query(&q),
+        )
+        .await
+    }
+
+    /// Queues a matchmaking ticket.
+    pub async fn submit_ticket(&self, req: &TicketRequest) -> Result<TicketStatus, Error> {
+        self.call(self.http.post(self.url("/v1/matchmaker/tickets")).json(req))
+            .await
+    }
+
+    /// A ticket's state (and its match once found).
+    pub async fn ticket(&self, id: &str) -> Result<TicketStatus, Error> {
+        self.call(
+            self.http
+                .get(self.url(&format!("/v1/matchmaker/tickets/{id}"))),
+        )
+        .await
+    }
+
+    /// Cancels a queued ticket.
+    pub async fn cancel_ticket(&self, id: &str) -> Result<(), Error> {
+        self.call_empty(
+            self.http
+                .delete(self.url(&format!("/v1/matchmaker/tickets/{id}"))),
+        )
+        .await
+    }
+
+    /// The caller's rating in `pool`.
+    pub async fn rating(&self, pool: &str) -> Result<RatingInfo, Error> {
+        self.call(self.http.get(self.url(&format!("/v1/ratings/{pool}"))))
+            .await
+    }
+
+    /// Opens the real-time event stream (WebSocket). The first event is [`Event::Ready`].
+    pub async fn events(&self) -> Result<Events, Error> {
+        let token = self
+            .token
+            .as_deref()
+            .ok_or_else(|| Error::Http("log in before opening events".into()))?;
+        let ws_base = self
+            .base
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1);
+        let url = format!("{ws_base}/v1/events?token={token}");
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|e| Error::Http(format!("events: {e}")))?;
+        Ok(Events { ws })
     }
 
     /// Logs in with a device id (creating the account on first use) and keeps the token.
@@ -116,5 +349,36 @@ impl Api {
                 }),
         )
         .await
+    }
+}
+
+/// A player's real-time events.
+#[derive(Debug)]
+pub struct Events {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Events {
+    /// The next event; `None` once the node closed the stream.
+    pub async fn next(&mut self) -> Option<Event> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match self.ws.next().await? {
+                Ok(Message::Text(t)) => match serde_json::from_str(t.as_str()) {
+                    Ok(e) => return Some(e),
+                    Err(e) => tracing::warn!(error = %e, "undecodable event"),
+                },
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Closes the stream.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
     }
 }

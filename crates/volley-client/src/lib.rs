@@ -15,7 +15,7 @@ mod api;
 pub mod netplay;
 mod session;
 
-pub use api::Api;
+pub use api::{Api, Events};
 pub use session::{Client, ClientConfig, Event, NodeQuality, PeerStatus, Session};
 
 /// What can go wrong in the SDK.

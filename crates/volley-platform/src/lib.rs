@@ -75,6 +75,8 @@ pub struct PlatformConfig {
     pub chat_per_s: f64,
     /// Burst of the above.
     pub chat_burst: f64,
+    /// Matchmaker pools and limits.
+    pub matchmaker: volley_match::MatchmakerConfig,
 }
 
 impl Default for PlatformConfig {
@@ -97,6 +99,10 @@ impl Default for PlatformConfig {
             chat_max_bytes: 2048,
             chat_per_s: 2.0,
             chat_burst: 10.0,
+            matchmaker: volley_match::MatchmakerConfig {
+                default_pool: Some(volley_match::PoolConfig::new(2, 2)),
+                ..volley_match::MatchmakerConfig::default()
+            },
         }
     }
 }
@@ -120,8 +126,8 @@ struct Inner {
 }
 
 impl Platform {
-    /// Services over `db` and `bus`.
-    pub fn new(db: Db, bus: Bus, cfg: PlatformConfig) -> Platform {
+    /// Services over `db` and `bus`; fails only on an invalid matchmaker configuration.
+    pub fn new(db: Db, bus: Bus, cfg: PlatformConfig) -> Result<Platform, PlatformError> {
         let hasher = hasher::Hasher::new(
             cfg.argon2_m_kib,
             cfg.argon2_t,
@@ -130,7 +136,8 @@ impl Platform {
         );
         let ip_limits = limits::KeyedBuckets::new(cfg.login_per_ip_per_s, cfg.login_per_ip_burst);
         let chat_limits = limits::KeyedBuckets::new(cfg.chat_per_s, cfg.chat_burst);
-        Platform {
+        let matchmaker = matchmaking::Engine::new(cfg.matchmaker.clone())?;
+        Ok(Platform {
             inner: Arc::new(Inner {
                 db,
                 bus,
@@ -138,10 +145,10 @@ impl Platform {
                 hasher,
                 ip_limits,
                 chat_limits,
-                matchmaker: matchmaking::Engine::default(),
+                matchmaker,
                 rooms: std::sync::OnceLock::new(),
             }),
-        }
+        })
     }
 
     /// The database.

@@ -59,6 +59,7 @@ impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -454,7 +454,7 @@ impl Platform {
             let hit = filter.iter().all(|(k, v)| {
                 attrs.get(k).is_some_and(|a| match a {
                     serde_json::Value::String(s) => s == v,
-                    other => other.to_string() == *v,
+                    other => v.as_str() == other.to_string().as_str(),
                 })
             });
             if hit {

@@ -10,7 +10,10 @@ use volley_store::{Backend, Bus};
 
 async fn platform(backend: Backend, cfg: PlatformConfig) -> (Platform, TestDb) {
     let t = TestDb::new(backend).await.expect("test database");
-    (Platform::new(t.db.clone(), Bus::local(), cfg), t)
+    (
+        Platform::new(t.db.clone(), Bus::local(), cfg).expect("platform"),
+        t,
+    )
 }
 
 fn cfg() -> PlatformConfig {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/auth/device`: log in (or sign up) with a device id.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceLogin {
     /// A stable id the game generated for this device; 8-128 printable ASCII characters.
@@ -12,7 +12,7 @@ pub struct DeviceLogin {
 }
 
 /// A session, returned by every login and by refresh.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 pub struct Session {
     /// Opaque bearer token for `Authorization: Bearer ...`.
     pub token: String,
@@ -29,7 +29,7 @@ pub struct Session {
 }
 
 /// `POST /v1/auth/email/register`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailRegister {
     /// The address (case-insensitive).
@@ -42,7 +42,7 @@ pub struct EmailRegister {
 }
 
 /// `POST /v1/auth/email`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailLogin {
     /// The address.
@@ -52,7 +52,7 @@ pub struct EmailLogin {
 }
 
 /// `POST /v1/auth/custom` (server key required): a studio's backend logs its player in.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustomLogin {
     /// The studio's own id for the player, 1-128 printable ASCII characters.
@@ -60,7 +60,7 @@ pub struct CustomLogin {
 }
 
 /// `POST /v1/auth/refresh` and `POST /v1/auth/logout`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     /// The refresh token from the last [`Session`].
@@ -68,7 +68,7 @@ pub struct RefreshRequest {
 }
 
 /// `POST /v1/account/link` and `/unlink`: attach or detach a login method.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkRequest {
     /// `device`, `email` or `custom` (custom needs the server key).
@@ -81,7 +81,7 @@ pub struct LinkRequest {
 }
 
 /// `GET /v1/account`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 pub struct AccountInfo {
     /// The player's id.
     pub player_id: u64,
@@ -96,7 +96,7 @@ pub struct AccountInfo {
 }
 
 /// `POST /v1/rooms`: create a room.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRoom {
     /// Most players; the node's default when absent.
@@ -107,7 +107,7 @@ pub struct CreateRoom {
 }
 
 /// A room as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 pub struct RoomInfo {
     /// The room's id.
     pub room_id: u64,
@@ -126,7 +126,7 @@ pub struct RoomInfo {
 }
 
 /// One player's report of its path to one peer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 pub struct PathInfo {
     /// The reporting player.
     pub from: u64,
@@ -139,7 +139,7 @@ pub struct PathInfo {
 }
 
 /// `POST /v1/rooms/{id}/join`: ask for a connect ticket.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRoom {
     /// Hex SHA-256 of the certificate the player's QUIC endpoint will present.
@@ -147,7 +147,7 @@ pub struct JoinRoom {
 }
 
 /// A connect ticket and where to use it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 pub struct JoinTicket {
     /// The room.
     pub room_id: u64,
@@ -164,7 +164,7 @@ pub struct JoinTicket {
 }
 
 /// Every error body: a stable machine-readable code and a message for humans.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 pub struct ApiError {
     /// Stable code, e.g. `unauthorized`, `bad_request`, `not_found`, `room_full`.
     pub code: String,
@@ -173,7 +173,7 @@ pub struct ApiError {
 }
 
 /// A friend as `GET /v1/friends` lists it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Friend {
     /// The other player.
     pub player_id: u64,
@@ -182,7 +182,7 @@ pub struct Friend {
 }
 
 /// `POST /v1/lobbies`: create a party or a lobby.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateLobby {
     /// `party` (small, invite-based, enters matchmaking as one ticket) or `lobby` (searchable).
@@ -201,7 +201,7 @@ pub struct CreateLobby {
 }
 
 /// A party or lobby.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 pub struct LobbyInfo {
     /// Its id.
     pub lobby_id: u64,
@@ -222,7 +222,7 @@ pub struct LobbyInfo {
 }
 
 /// `POST /v1/lobbies/{id}/invite|kick|promote`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemberRequest {
     /// The player concerned.
@@ -230,7 +230,7 @@ pub struct MemberRequest {
 }
 
 /// `PATCH /v1/lobbies/{id}`: change attributes or openness (leader only).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateLobby {
     /// New attributes (replacing the old ones).
@@ -242,7 +242,7 @@ pub struct UpdateLobby {
 }
 
 /// `POST /v1/chat/{channel}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendChat {
     /// The text, at most the node's limit (2 KiB by default).
@@ -250,7 +250,7 @@ pub struct SendChat {
 }
 
 /// A chat message.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChatMessage {
     /// Increasing id within the node's database; pages use it as the cursor.
     pub id: i64,
@@ -265,7 +265,7 @@ pub struct ChatMessage {
 }
 
 /// A page of chat history, newest first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 pub struct ChatPage {
     /// Messages, newest first.
     pub messages: Vec<ChatMessage>,
@@ -274,7 +274,7 @@ pub struct ChatPage {
 }
 
 /// A player's presence.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Presence {
     /// The player.
     pub player_id: u64,
@@ -285,7 +285,7 @@ pub struct Presence {
 }
 
 /// Real-time events, one JSON object per WebSocket text message (`GET /v1/events`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// The connection is ready: events from now on reach it.
@@ -327,7 +327,7 @@ pub enum Event {
 }
 
 /// `POST /v1/matchmaker/tickets`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TicketRequest {
     /// The pool (game mode), e.g. `duel`; the node configures its sizes.
@@ -356,7 +356,7 @@ pub struct TicketRequest {
 }
 
 /// One query clause.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Clause {
     /// The string property `key` equals `value`.
@@ -380,7 +380,7 @@ pub enum Clause {
 }
 
 /// A ticket's state as `GET /v1/matchmaker/tickets/{id}` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize, PartialEq)]
 pub struct TicketStatus {
     /// The ticket id.
     pub ticket_id: String,
@@ -391,7 +391,7 @@ pub struct TicketStatus {
 }
 
 /// A match.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize, PartialEq)]
 pub struct MatchFound {
     /// The match id (report results under it).
     pub match_id: String,
@@ -412,7 +412,7 @@ pub struct MatchFound {
 }
 
 /// `POST /v1/matches/{id}/result` (server key): placements decide rating changes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatchResult {
     /// `(player, placement)`; 0 is first, equal placements draw.
@@ -420,7 +420,7 @@ pub struct MatchResult {
 }
 
 /// A skill rating (Glicko-2, Glicko scale).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, schemars::JsonSchema, Copy, Serialize, Deserialize, PartialEq)]
 pub struct RatingInfo {
     /// Rating (1500 at start).
     pub rating: f64,

@@ -55,6 +55,31 @@ pub struct NodeConfig {
     pub hello_timeout_ms: u64,
     /// Control frames queued towards one player before the sender is slowed down.
     pub player_queue_frames_max: usize,
+    /// Database URL: `sqlite://path` or `postgres://user@host:port/db`. Default: SQLite file
+    /// `volley.db` in `data_dir`.
+    pub database: Option<String>,
+    /// NATS URL (`nats://host:4222`) for events between nodes; in-process when absent.
+    pub nats: Option<String>,
+    /// This node's name in the cluster (presence, matches); unique per node.
+    pub node_id: String,
+    /// Key a studio's backend presents (`x-volley-server-key`) for server-to-server calls:
+    /// custom-id login, match results, bans. Those calls are disabled when absent.
+    pub server_key: Option<String>,
+    /// Session token lifetime.
+    pub session_ttl_ms: u64,
+    /// Argon2id memory cost, KiB (OWASP minimum 19456).
+    pub argon2_m_kib: u32,
+    /// Argon2id passes (OWASP: 2 at 19 MiB).
+    pub argon2_t: u32,
+    /// Login, register and refresh calls allowed per client address per second.
+    pub logins_per_ip_per_s: f64,
+    /// Burst of the above.
+    pub logins_per_ip_burst: f64,
+    /// Matchmaker pools by name (sizes, fill wait, widening); a pool not named here matches
+    /// pairs (2 players) with the default widening.
+    pub pools: std::collections::BTreeMap<String, volley_match::PoolConfig>,
+    /// Room logic (`mode`) for matchmade rooms, by pool.
+    pub pool_modes: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for NodeConfig {
@@ -76,6 +101,17 @@ impl Default for NodeConfig {
             connects_per_ip_burst: 40.0,
             hello_timeout_ms: 5_000,
             player_queue_frames_max: 4096,
+            database: None,
+            nats: None,
+            node_id: "node-1".into(),
+            server_key: None,
+            session_ttl_ms: 3_600_000,
+            argon2_m_kib: 19_456,
+            argon2_t: 2,
+            logins_per_ip_per_s: 5.0,
+            logins_per_ip_burst: 20.0,
+            pools: Default::default(),
+            pool_modes: Default::default(),
         }
     }
 }
@@ -128,6 +164,35 @@ impl NodeConfig {
         }
         if self.rooms_max == 0 || self.players_max == 0 || self.handshakes_max == 0 {
             return bad("rooms_max, players_max and handshakes_max must be > 0");
+        }
+        if self.node_id.is_empty()
+            || self.node_id.len() > 64
+            || !self
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return bad("node_id must be 1-64 characters of [A-Za-z0-9_-]");
+        }
+        if self.server_key.as_ref().is_some_and(|k| k.len() < 16) {
+            return bad("server_key must be at least 16 characters");
+        }
+        if !(60_000..=30 * 86_400_000).contains(&self.session_ttl_ms) {
+            return bad("session_ttl_ms must be 60000..=2592000000");
+        }
+        if self.logins_per_ip_per_s <= 0.0 || self.logins_per_ip_burst < 1.0 {
+            return bad("logins_per_ip_per_s must be > 0 and logins_per_ip_burst >= 1");
+        }
+        for (name, pool) in &self.pools {
+            if pool.max_players > self.room_players_max || pool.min_players < 1 {
+                return Err(ConfigError::Invalid(format!(
+                    "pool {name:?}: players must be 1..=room_players_max ({})",
+                    self.room_players_max
+                )));
+            }
+        }
+        if self.argon2_m_kib < 8 || self.argon2_t == 0 {
+            return bad("argon2_m_kib must be >= 8 and argon2_t >= 1");
         }
         if self.player_queue_frames_max < 16 {
             return bad("player_queue_frames_max must be >= 16");

@@ -14,9 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use rand::RngCore;
 use serde::de::DeserializeOwned;
-use volley_proto::api::{
-    ApiError, CreateRoom, DeviceLogin, JoinRoom, JoinTicket, PathInfo, RoomInfo, Session,
-};
+use volley_proto::api::{ApiError, CreateRoom, JoinRoom, JoinTicket, PathInfo, RoomInfo};
 use volley_proto::ticket::{Ticket, NONCE_BYTES};
 use volley_proto::{Fingerprint, PlayerId};
 
@@ -26,33 +24,63 @@ use crate::{unix_ms, Shared};
 /// Request bodies are small JSON documents; anything larger is refused before parsing.
 const BODY_BYTES_MAX: usize = 16 * 1024;
 
-type Api = Arc<Shared>;
+pub(crate) type Api = Arc<Shared>;
 
-struct Error(StatusCode, &'static str, String);
+pub(crate) struct Error(
+    pub(crate) StatusCode,
+    pub(crate) &'static str,
+    pub(crate) String,
+    pub(crate) Option<u64>,
+);
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        (
+        let mut r = (
             self.0,
             Json(ApiError {
                 code: self.1.to_owned(),
                 message: self.2,
             }),
         )
-            .into_response()
+            .into_response();
+        if let Some(ms) = self.3 {
+            if let Ok(v) = header::HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        r
     }
 }
 
-fn bad(msg: impl Into<String>) -> Error {
-    Error(StatusCode::BAD_REQUEST, "bad_request", msg.into())
+impl From<volley_platform::PlatformError> for Error {
+    fn from(e: volley_platform::PlatformError) -> Self {
+        use volley_platform::ErrorKind as K;
+        let (status, retry) = match e.kind {
+            K::BadRequest => (StatusCode::BAD_REQUEST, None),
+            K::Unauthorized => (StatusCode::UNAUTHORIZED, None),
+            K::Forbidden => (StatusCode::FORBIDDEN, None),
+            K::NotFound => (StatusCode::NOT_FOUND, None),
+            K::Conflict => (StatusCode::CONFLICT, None),
+            K::TooMany(ms) => (StatusCode::TOO_MANY_REQUESTS, Some(ms)),
+            K::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, Some(1000)),
+            K::Internal => (StatusCode::SERVICE_UNAVAILABLE, Some(1000)),
+        };
+        Error(status, e.code, e.message, retry)
+    }
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Error> {
+pub(crate) fn bad(msg: impl Into<String>) -> Error {
+    Error(StatusCode::BAD_REQUEST, "bad_request", msg.into(), None)
+}
+
+pub(crate) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Error> {
     serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))
 }
 
-fn authed(api: &Api, headers: &HeaderMap) -> Result<PlayerId, Error> {
-    let unauthorized = |m: &str| Error(StatusCode::UNAUTHORIZED, "unauthorized", m.to_owned());
+/// The bearer token of a request, from `Authorization: Bearer ...`.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, Error> {
+    let unauthorized =
+        |m: &str| Error(StatusCode::UNAUTHORIZED, "unauthorized", m.to_owned(), None);
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -60,8 +88,11 @@ fn authed(api: &Api, headers: &HeaderMap) -> Result<PlayerId, Error> {
     let token = value
         .strip_prefix("Bearer ")
         .ok_or_else(|| unauthorized("Authorization must be 'Bearer <token>'"))?;
-    api.session_player(token.trim())
-        .ok_or_else(|| unauthorized("unknown or revoked session token; log in again"))
+    Ok(token.trim())
+}
+
+pub(crate) async fn authed(api: &Api, headers: &HeaderMap) -> Result<PlayerId, Error> {
+    Ok(api.platform.authenticate(bearer(headers)?).await?)
 }
 
 pub(crate) async fn serve(api: Api, listener: tokio::net::TcpListener) {
@@ -70,20 +101,22 @@ pub(crate) async fn serve(api: Api, listener: tokio::net::TcpListener) {
             "/v1/health",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
-        .route("/v1/auth/device", post(login_device))
         .route("/v1/rooms", post(create_room))
         .route("/v1/rooms/{id}", get(get_room))
         .route("/v1/rooms/{id}/join", post(join_room))
         .route("/metrics", get(metrics))
+        .merge(crate::api::routes())
         .fallback(|| async {
             Error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "no such endpoint".into(),
+                None,
             )
         })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(api);
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "HTTP server stopped");
     }
@@ -116,24 +149,6 @@ async fn metrics(State(api): State<Api>) -> Response {
         api.metrics.render(),
     )
         .into_response()
-}
-
-async fn login_device(State(api): State<Api>, body: Bytes) -> Result<Json<Session>, Error> {
-    let req: DeviceLogin = parse(&body)?;
-    let id = req.device_id.as_str();
-    if !(8..=128).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(bad("device_id must be 8-128 printable ASCII characters"));
-    }
-    let (token, player_id, created) = api.login_device(id).ok_or(Error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "overloaded",
-        "session table is full; try again later".into(),
-    ))?;
-    Ok(Json(Session {
-        token,
-        player_id,
-        created,
-    }))
 }
 
 fn room_info(room: &Room) -> RoomInfo {
@@ -170,13 +185,24 @@ async fn create_room(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<RoomInfo>), Error> {
-    authed(&api, &headers)?;
+    authed(&api, &headers).await?;
     let req: CreateRoom = if body.is_empty() {
         CreateRoom::default()
     } else {
         parse(&body)?
     };
-    let max = req.max_players.unwrap_or(api.cfg.room_players_default);
+    let room = make_room(&api, req.max_players, req.mode.as_deref(), None)?;
+    Ok((StatusCode::CREATED, Json(room_info(&room))))
+}
+
+/// Makes a room (`reserved`: only these players may join it).
+pub(crate) fn make_room(
+    api: &Shared,
+    max_players: Option<u32>,
+    mode: Option<&str>,
+    reserved: Option<Vec<PlayerId>>,
+) -> Result<Arc<Room>, Error> {
+    let max = max_players.unwrap_or(api.cfg.room_players_default);
     if !(2..=api.cfg.room_players_max).contains(&max) {
         return Err(bad(format!(
             "max_players must be 2..={}",
@@ -188,6 +214,7 @@ async fn create_room(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "internal lock".into(),
+            None,
         )
     })?;
     if rooms.len() >= api.cfg.rooms_max {
@@ -195,9 +222,10 @@ async fn create_room(
             StatusCode::SERVICE_UNAVAILABLE,
             "room_limit",
             "this node hosts its maximum number of rooms".into(),
+            None,
         ));
     }
-    let logic = match (&req.mode, &api.logic) {
+    let logic = match (mode, &api.logic) {
         (None, _) => None,
         (Some(mode), Some(factory)) => Some(
             factory
@@ -210,15 +238,18 @@ async fn create_room(
     };
     let id = api.next_room.fetch_add(1, Ordering::Relaxed);
     let room = Arc::new(Room::new(id, max));
-    if let (Some(logic), Some(mode)) = (logic, &req.mode) {
+    if let (Some(logic), Some(mode)) = (logic, mode) {
         let (tx, report) = crate::logic::spawn(&room, logic, api.metrics.clone());
-        let _ = room.logic.set((mode.clone(), tx, report));
+        let _ = room.logic.set((mode.to_owned(), tx, report));
+    }
+    if let Some(r) = reserved {
+        let _ = room.reserved.set(r);
     }
     rooms.insert(id, room.clone());
     api.metrics
         .rooms
         .store(rooms.len() as u64, Ordering::Relaxed);
-    Ok((StatusCode::CREATED, Json(room_info(&room))))
+    Ok(room)
 }
 
 async fn get_room(
@@ -226,12 +257,13 @@ async fn get_room(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<RoomInfo>, Error> {
-    authed(&api, &headers)?;
+    authed(&api, &headers).await?;
     let id: u64 = id.parse().map_err(|_| bad("room id must be a number"))?;
     let room = api.room(id).ok_or(Error(
         StatusCode::NOT_FOUND,
         "not_found",
         format!("room {id} does not exist"),
+        None,
     ))?;
     Ok(Json(room_info(&room)))
 }
@@ -242,7 +274,7 @@ async fn join_room(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<JoinTicket>, Error> {
-    let player_id = authed(&api, &headers)?;
+    let player_id = authed(&api, &headers).await?;
     let id: u64 = id.parse().map_err(|_| bad("room id must be a number"))?;
     let req: JoinRoom = parse(&body)?;
     let fingerprint =
@@ -251,13 +283,25 @@ async fn join_room(
         StatusCode::NOT_FOUND,
         "not_found",
         format!("room {id} does not exist"),
+        None,
     ))?;
+    if let Some(r) = room.reserved.get() {
+        if !r.contains(&player_id) {
+            return Err(Error(
+                StatusCode::FORBIDDEN,
+                "not_in_match",
+                format!("room {id} was made for a match you are not in"),
+                None,
+            ));
+        }
+    }
     let members = room.player_ids();
     if members.len() >= room.max_players as usize && !members.contains(&player_id) {
         return Err(Error(
             StatusCode::CONFLICT,
             "room_full",
             format!("room {id} is full"),
+            None,
         ));
     }
     let lifetime = api.cfg.ticket_lifetime_ms;

@@ -6,11 +6,13 @@
 //! peers and relays for any pair of players without a direct path.
 #![warn(missing_docs, unreachable_pub)]
 
+mod api;
 pub mod config;
 mod gate;
 mod http;
 pub mod logic;
 pub mod metrics;
+mod openapi;
 mod room;
 mod store;
 
@@ -20,8 +22,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rand::RngCore;
-use sha2::Digest;
 use volley_net::tls::Identity;
 use volley_proto::ticket::{TicketKey, NONCE_BYTES};
 use volley_proto::{Fingerprint, PlayerId, RoomId};
@@ -34,8 +34,10 @@ use room::RoomRef;
 /// Most entries in the per-source rate-limit table; when full, it is cleared (a flood of
 /// spoofed sources then costs the attacker the same as before, and memory stays bounded).
 const RATE_TABLE_MAX: usize = 65_536;
-/// Most live sessions (login tokens).
-const SESSIONS_MAX: usize = 1_000_000;
+/// How long a matchmade room waits for its first player.
+const MATCH_ROOM_GRACE: Duration = Duration::from_secs(600);
+/// How often the matchmaker runs.
+const MATCHMAKER_PERIOD: Duration = Duration::from_millis(200);
 
 /// Errors starting a node.
 #[derive(Debug, thiserror::Error)]
@@ -62,14 +64,78 @@ pub enum StartError {
     /// TLS setup failed.
     #[error(transparent)]
     Tls(#[from] volley_net::tls::TlsError),
+    /// The database or the bus could not be opened.
+    #[error(transparent)]
+    Store(#[from] volley_store::StoreError),
+    /// The platform services could not start.
+    #[error("platform: {0}")]
+    Platform(String),
 }
 
-#[derive(Debug, Default)]
-struct Accounts {
-    next_player: PlayerId,
-    by_device: HashMap<String, PlayerId>,
-    /// SHA-256 of the token → player. Tokens are never stored in the clear.
-    sessions: HashMap<[u8; 32], PlayerId>,
+type RoomTable = Arc<Mutex<HashMap<RoomId, RoomRef>>>;
+
+/// Lets chat see who is in this node's rooms.
+#[derive(Debug)]
+struct Rooms(RoomTable);
+
+impl volley_platform::chat::RoomDirectory for Rooms {
+    fn members(&self, room: u64) -> Option<Vec<u64>> {
+        self.0.lock().ok()?.get(&room).map(|r| r.player_ids())
+    }
+}
+
+/// Makes rooms for the matchmaker.
+#[derive(Debug)]
+struct MatchRooms(std::sync::Weak<Shared>);
+
+impl volley_platform::matchmaking::RoomMaker for MatchRooms {
+    fn make_room(&self, pool: &str, players: &[u64]) -> Result<u64, String> {
+        let shared = self.0.upgrade().ok_or("node is shutting down")?;
+        let max = (players.len() as u32).max(2);
+        let mode = shared.cfg.pool_modes.get(pool).map(String::as_str);
+        http::make_room(&shared, Some(max), mode, Some(players.to_vec()))
+            .map(|r| r.id)
+            .map_err(|e| e.2)
+    }
+}
+
+/// Opens the database (SQLite in the data directory unless `database` names one), the bus
+/// (NATS when `nats` is set) and the platform services over them.
+async fn open_platform(
+    cfg: &NodeConfig,
+) -> Result<(volley_platform::Platform, RoomTable), StartError> {
+    let db = match &cfg.database {
+        Some(url) => volley_store::Db::open(url).await?,
+        None => volley_store::Db::open_sqlite(&cfg.data_dir.join("volley.db")).await?,
+    };
+    let bus = match &cfg.nats {
+        Some(url) => volley_store::Bus::nats(url).await?,
+        None => volley_store::Bus::local(),
+    };
+    let pcfg = volley_platform::PlatformConfig {
+        node_id: cfg.node_id.clone(),
+        server_key: cfg.server_key.clone().unwrap_or_default(),
+        session_ttl_ms: cfg.session_ttl_ms as i64,
+        argon2_m_kib: cfg.argon2_m_kib,
+        argon2_t: cfg.argon2_t,
+        login_per_ip_per_s: cfg.logins_per_ip_per_s,
+        login_per_ip_burst: cfg.logins_per_ip_burst,
+        matchmaker: volley_match::MatchmakerConfig {
+            pools: cfg.pools.clone(),
+            default_pool: Some(volley_match::PoolConfig::new(2, 2)),
+            ..volley_match::MatchmakerConfig::default()
+        },
+        ..volley_platform::PlatformConfig::default()
+    };
+    let platform = volley_platform::Platform::new(db, bus, pcfg)
+        .map_err(|e| StartError::Platform(e.to_string()))?;
+    platform
+        .clear_node_presence()
+        .await
+        .map_err(|e| StartError::Platform(e.to_string()))?;
+    let rooms: RoomTable = Arc::new(Mutex::new(HashMap::new()));
+    platform.set_room_directory(Arc::new(Rooms(rooms.clone())));
+    Ok((platform, rooms))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -86,25 +152,21 @@ struct Shared {
     ticket_key: TicketKey,
     metrics: Arc<Metrics>,
     logic: Option<Arc<dyn logic::LogicFactory>>,
-    accounts: Mutex<Accounts>,
-    rooms: Mutex<HashMap<RoomId, RoomRef>>,
+    platform: volley_platform::Platform,
+    rooms: Arc<Mutex<HashMap<RoomId, RoomRef>>>,
     next_room: AtomicU64,
     /// Ticket nonce → (first address it was used from, expiry in Unix ms).
     replay: Mutex<HashMap<[u8; NONCE_BYTES], (SocketAddr, u64)>>,
     handshakes: AtomicUsize,
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    /// Open event WebSockets per player on this node.
+    sockets: Mutex<HashMap<PlayerId, usize>>,
 }
 
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn token_hash(token: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&sha2::Sha256::digest(token.as_bytes()));
-    out
 }
 
 impl Shared {
@@ -133,34 +195,32 @@ impl Shared {
         }
     }
 
-    fn login_device(&self, device_id: &str) -> Option<(String, PlayerId, bool)> {
-        let mut accounts = self.accounts.lock().ok()?;
-        if accounts.sessions.len() >= SESSIONS_MAX {
-            return None;
-        }
-        let (player, created) = match accounts.by_device.get(device_id) {
-            Some(p) => (*p, false),
-            None => {
-                accounts.next_player += 1;
-                let p = accounts.next_player;
-                accounts.by_device.insert(device_id.to_owned(), p);
-                (p, true)
-            }
+    /// Counts an event socket opening; true if it is the player's first on this node.
+    fn ws_open(&self, player: PlayerId) -> bool {
+        let Ok(mut m) = self.sockets.lock() else {
+            return false;
         };
-        let mut raw = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut raw);
-        let token = volley_proto::to_hex(&raw);
-        accounts.sessions.insert(token_hash(&token), player);
-        Some((token, player, created))
+        let n = m.entry(player).or_insert(0);
+        *n += 1;
+        *n == 1
     }
 
-    fn session_player(&self, token: &str) -> Option<PlayerId> {
-        self.accounts
-            .lock()
-            .ok()?
-            .sessions
-            .get(&token_hash(token))
-            .copied()
+    /// Counts an event socket closing; true if it was the player's last on this node.
+    fn ws_close(&self, player: PlayerId) -> bool {
+        let Ok(mut m) = self.sockets.lock() else {
+            return false;
+        };
+        match m.get_mut(&player) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                m.remove(&player);
+                true
+            }
+            None => false,
+        }
     }
 
     fn room(&self, id: RoomId) -> Option<RoomRef> {
@@ -184,6 +244,12 @@ impl Shared {
         let grace = Duration::from_millis(self.cfg.ticket_lifetime_ms * 2);
         if let Ok(mut rooms) = self.rooms.lock() {
             rooms.retain(|_, r| {
+                // A matchmade room waits longer: its players may be offline when it is made.
+                let grace = if r.reserved.get().is_some() {
+                    grace.max(MATCH_ROOM_GRACE)
+                } else {
+                    grace
+                };
                 r.len() > 0 || (!r.used.load(Ordering::Relaxed) && r.created.elapsed() < grace)
             });
             self.metrics
@@ -237,6 +303,11 @@ impl NodeHandle {
     /// The ticket key (tests use it to mint tickets the node must refuse for other reasons).
     pub fn ticket_key(&self) -> TicketKey {
         self.shared.ticket_key.clone()
+    }
+
+    /// The platform services (accounts, social, chat, matchmaking) this node serves.
+    pub fn platform(&self) -> &volley_platform::Platform {
+        &self.shared.platform
     }
 
     /// Closes every connection and stops the listeners.
@@ -298,6 +369,7 @@ impl Node {
             addr: cfg.http_addr,
             source,
         })?;
+        let (platform, rooms) = open_platform(&cfg).await?;
         let shared = Arc::new(Shared {
             cfg,
             public_addr,
@@ -305,14 +377,34 @@ impl Node {
             ticket_key: stored.ticket_key,
             metrics: Arc::new(Metrics::default()),
             logic,
-            accounts: Mutex::new(Accounts::default()),
-            rooms: Mutex::new(HashMap::new()),
+            platform,
+            rooms,
             next_room: AtomicU64::new(1),
             replay: Mutex::new(HashMap::new()),
             handshakes: AtomicUsize::new(0),
             buckets: Mutex::new(HashMap::new()),
+            sockets: Mutex::new(HashMap::new()),
         });
+        shared
+            .platform
+            .set_room_maker(Arc::new(MatchRooms(Arc::downgrade(&shared))));
+        match shared.platform.reload_tickets().await {
+            Ok(n) if n > 0 => tracing::info!(tickets = n, "matchmaker queue reloaded"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not reload matchmaker tickets"),
+        }
         let mut tasks = Vec::new();
+        let mm = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(MATCHMAKER_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = mm.platform.run_matchmaker(volley_platform::now_ms()).await {
+                    tracing::warn!(error = %e, "matchmaker pass failed");
+                }
+            }
+        }));
         tasks.push(tokio::spawn(gate::accept_loop(
             shared.clone(),
             endpoint.clone(),

@@ -38,6 +38,8 @@ pub(crate) struct Room {
     pub(crate) used: std::sync::atomic::AtomicBool,
     /// The game logic's mode name, queue and report, when the room runs logic.
     pub(crate) logic: std::sync::OnceLock<(String, mpsc::Sender<LogicEvent>, Report)>,
+    /// For a matchmade room: the only players who may join.
+    pub(crate) reserved: std::sync::OnceLock<Vec<PlayerId>>,
 }
 
 impl Room {
@@ -50,6 +52,7 @@ impl Room {
             paths: Mutex::new(HashMap::new()),
             used: std::sync::atomic::AtomicBool::new(false),
             logic: std::sync::OnceLock::new(),
+            reserved: std::sync::OnceLock::new(),
         }
     }
 

@@ -131,6 +131,7 @@ CREATE TABLE ratings (
 );
 CREATE TABLE mm_tickets (
     id TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL,
     owner_id BIGINT NOT NULL,
     pool TEXT NOT NULL,
     body TEXT NOT NULL,
@@ -139,7 +140,7 @@ CREATE TABLE mm_tickets (
     state BIGINT NOT NULL,
     match_id TEXT
 );
-CREATE INDEX mm_tickets_state ON mm_tickets (state);
+CREATE INDEX mm_tickets_state ON mm_tickets (node_id, state);
 CREATE TABLE matches (
     id TEXT PRIMARY KEY,
     room_id BIGINT NOT NULL,

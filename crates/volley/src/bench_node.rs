@@ -92,6 +92,10 @@ async fn volley_run(clients: usize, hz: u32, secs: f64) -> anyhow::Result<(u64, 
         "100000",
         "--connects-per-ip-per-s",
         "100000",
+        "--logins-per-ip-per-s",
+        "100000",
+        "--logins-per-ip-burst",
+        "100000",
     ])?;
     let http = line
         .split_whitespace()

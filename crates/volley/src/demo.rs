@@ -212,6 +212,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         data_dir: data.path().to_owned(),
         http_addr: "127.0.0.1:0".parse()?,
         quic_addr: "127.0.0.1:0".parse()?,
+        logins_per_ip_per_s: 10_000.0,
+        logins_per_ip_burst: 10_000.0,
         connects_per_ip_burst: 100.0,
         ..NodeConfig::default()
     };

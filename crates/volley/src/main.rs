@@ -36,7 +36,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run a node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run an embedded node and bot players in one room; print per-pair path, RTT, loss, bytes.
     Demo(demo::DemoArgs),
     /// A bot player that joins a room on a node, exchanges messages, and prints a JSON report.
@@ -101,6 +101,34 @@ struct ServeArgs {
     /// Control frames queued towards one player before its senders are slowed down.
     #[arg(long, env = "VOLLEY_PLAYER_QUEUE_FRAMES_MAX")]
     player_queue_frames_max: Option<usize>,
+    /// Database URL: sqlite://path or postgres://user@host:port/db (default: SQLite in the data
+    /// directory).
+    #[arg(long, env = "VOLLEY_DATABASE")]
+    database: Option<String>,
+    /// NATS URL for events between nodes (default: in-process).
+    #[arg(long, env = "VOLLEY_NATS")]
+    nats: Option<String>,
+    /// This node's name in the cluster.
+    #[arg(long, env = "VOLLEY_NODE_ID")]
+    node_id: Option<String>,
+    /// Key a studio's backend presents for server-to-server calls (at least 16 characters).
+    #[arg(long, env = "VOLLEY_SERVER_KEY", hide_env_values = true)]
+    server_key: Option<String>,
+    /// Session token lifetime in milliseconds.
+    #[arg(long, env = "VOLLEY_SESSION_TTL_MS")]
+    session_ttl_ms: Option<u64>,
+    /// Argon2id memory cost in KiB.
+    #[arg(long, env = "VOLLEY_ARGON2_M_KIB")]
+    argon2_m_kib: Option<u32>,
+    /// Argon2id passes.
+    #[arg(long, env = "VOLLEY_ARGON2_T")]
+    argon2_t: Option<u32>,
+    /// Login/register/refresh calls allowed per client address per second.
+    #[arg(long, env = "VOLLEY_LOGINS_PER_IP_PER_S")]
+    logins_per_ip_per_s: Option<f64>,
+    /// Burst of the above.
+    #[arg(long, env = "VOLLEY_LOGINS_PER_IP_BURST")]
+    logins_per_ip_burst: Option<f64>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -133,10 +161,30 @@ impl ServeArgs {
             rooms_max,
             connects_per_ip_per_s,
             connects_per_ip_burst,
-            handshakes_max
+            handshakes_max,
+            room_players_default,
+            room_players_max,
+            handshakes_before_retry,
+            hello_timeout_ms,
+            player_queue_frames_max,
+            node_id,
+            session_ttl_ms,
+            argon2_m_kib,
+            argon2_t,
+            logins_per_ip_per_s,
+            logins_per_ip_burst
         );
         if self.public_addr.is_some() {
             c.public_addr = self.public_addr;
+        }
+        if self.database.is_some() {
+            c.database = self.database.clone();
+        }
+        if self.nats.is_some() {
+            c.nats = self.nats.clone();
+        }
+        if self.server_key.is_some() {
+            c.server_key = self.server_key.clone();
         }
         c.validate()?;
         Ok(c)

@@ -99,6 +99,8 @@ async fn room_logic_hears_players_and_answers_them() {
         data_dir: dir.path().to_owned(),
         http_addr: "127.0.0.1:0".parse().expect("addr"),
         quic_addr: "127.0.0.1:0".parse().expect("addr"),
+        logins_per_ip_per_s: 10_000.0,
+        logins_per_ip_burst: 10_000.0,
         ..Default::default()
     };
     let node = volley_server::Node::start_with(cfg, Some(Arc::new(Factory)))

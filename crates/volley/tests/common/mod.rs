@@ -20,6 +20,8 @@ pub async fn start_node(tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
         data_dir: dir.path().to_owned(),
         http_addr: "127.0.0.1:0".parse().expect("addr"),
         quic_addr: "127.0.0.1:0".parse().expect("addr"),
+        logins_per_ip_per_s: 10_000.0,
+        logins_per_ip_burst: 10_000.0,
         connects_per_ip_burst: 1000.0,
         connects_per_ip_per_s: 1000.0,
         ..NodeConfig::default()
