@@ -35,6 +35,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("msg_roundtrip", msg_roundtrip),
     ("hex", hex),
     ("codec", codec),
+    ("api_json", api_json),
 ];
 
 /// The key every ticket target seals and opens with. Fixed so a corpus file means the same thing
@@ -385,5 +386,36 @@ impl<'a> Field<'a> {
             Field::U64(v) => w.u64(*v),
             Field::Len(n) => w.varint(*n as u64),
         };
+    }
+}
+
+/// The JSON bodies the node's HTTP API parses, and chat channel names. Any accepted body must
+/// serialize and parse again; an accepted channel name is the canonical name of what it parsed to.
+pub fn api_json(data: &[u8]) {
+    use volley_proto::api;
+    fn again<T: serde::Serialize + serde::de::DeserializeOwned>(data: &[u8]) {
+        if let Ok(v) = serde_json::from_slice::<T>(data) {
+            let text = serde_json::to_vec(&v).expect("an accepted body serializes");
+            serde_json::from_slice::<T>(&text).expect("what we serialize parses");
+        }
+    }
+    again::<api::DeviceLogin>(data);
+    again::<api::EmailRegister>(data);
+    again::<api::EmailLogin>(data);
+    again::<api::CustomLogin>(data);
+    again::<api::RefreshRequest>(data);
+    again::<api::LinkRequest>(data);
+    again::<api::CreateLobby>(data);
+    again::<api::UpdateLobby>(data);
+    again::<api::MemberRequest>(data);
+    again::<api::SendChat>(data);
+    again::<api::TicketRequest>(data);
+    again::<api::MatchResult>(data);
+    again::<api::CreateRoom>(data);
+    again::<api::JoinRoom>(data);
+    again::<api::Event>(data);
+    let text = String::from_utf8_lossy(data);
+    if let Some(ch) = api::Channel::parse(&text) {
+        assert_eq!(ch.name(), text, "channel names are canonical");
     }
 }

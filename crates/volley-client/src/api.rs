@@ -249,6 +249,20 @@ impl Api {
         .await
     }
 
+    /// Round-trip time to this node in ms (median of `samples` `GET /v1/health` calls on one
+    /// kept-alive connection): what a game reports per region in
+    /// [`TicketRequest::latencies`], measuring against one node of each region.
+    pub async fn measure_rtt_ms(&self, samples: usize) -> Result<u32, Error> {
+        let mut times = Vec::with_capacity(samples.max(1));
+        for _ in 0..samples.max(1) {
+            let start = std::time::Instant::now();
+            self.send(self.http.get(self.url("/v1/health"))).await?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times.get(times.len() / 2).copied().unwrap_or(0.0).ceil() as u32)
+    }
+
     /// Queues a matchmaking ticket.
     pub async fn submit_ticket(&self, req: &TicketRequest) -> Result<TicketStatus, Error> {
         self.call(self.http.post(self.url("/v1/matchmaker/tickets")).json(req))

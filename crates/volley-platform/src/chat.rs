@@ -19,55 +19,15 @@ pub trait RoomDirectory: Send + Sync + std::fmt::Debug {
     fn members(&self, room: u64) -> Option<Vec<AccountId>>;
 }
 
-/// A parsed channel name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Channel {
-    /// A party's or lobby's channel.
-    Lobby(u64),
-    /// Direct messages between two players (lower id first).
-    Direct(AccountId, AccountId),
-    /// A game room's channel.
-    Room(u64),
-}
+pub use volley_proto::api::Channel;
 
-impl Channel {
-    /// Parses `lobby.<id>`, `dm.<a>.<b>` or `room.<id>`.
-    pub fn parse(s: &str) -> Result<Channel, PlatformError> {
-        let bad = || {
-            PlatformError::bad(
-                "bad_channel",
-                "channel must be lobby.<id>, dm.<a>.<b> or room.<id>",
-            )
-        };
-        let parts: Vec<&str> = s.split('.').collect();
-        let num = |t: &str| t.parse::<u64>().map_err(|_| bad());
-        match parts.as_slice() {
-            ["lobby", id] => Ok(Channel::Lobby(num(id)?)),
-            ["room", id] => Ok(Channel::Room(num(id)?)),
-            ["dm", a, b] => {
-                let (a, b) = (num(a)?, num(b)?);
-                if a >= b {
-                    return Err(bad());
-                }
-                Ok(Channel::Direct(a, b))
-            }
-            _ => Err(bad()),
-        }
-    }
-
-    /// The direct channel between two players.
-    pub fn direct(a: AccountId, b: AccountId) -> Channel {
-        Channel::Direct(a.min(b), a.max(b))
-    }
-
-    /// Its name.
-    pub fn name(&self) -> String {
-        match self {
-            Channel::Lobby(id) => format!("lobby.{id}"),
-            Channel::Direct(a, b) => format!("dm.{a}.{b}"),
-            Channel::Room(id) => format!("room.{id}"),
-        }
-    }
+fn parse_channel(s: &str) -> Result<Channel, PlatformError> {
+    Channel::parse(s).ok_or_else(|| {
+        PlatformError::bad(
+            "bad_channel",
+            "channel must be lobby.<id>, dm.<a>.<b> (a < b) or room.<id>",
+        )
+    })
 }
 
 impl Platform {
@@ -105,7 +65,7 @@ impl Platform {
         channel: &str,
         body: &str,
     ) -> Result<ChatMessage, PlatformError> {
-        let ch = Channel::parse(channel)?;
+        let ch = parse_channel(channel)?;
         let cfg = self.config();
         if body.is_empty() || body.len() > cfg.chat_max_bytes {
             return Err(PlatformError::bad(
@@ -174,7 +134,7 @@ impl Platform {
         before: Option<i64>,
         limit: usize,
     ) -> Result<ChatPage, PlatformError> {
-        let ch = Channel::parse(channel)?;
+        let ch = parse_channel(channel)?;
         self.channel_members(me, ch).await?;
         let limit = limit.clamp(1, MAX_PAGE);
         let rows = sqlx::query(
@@ -219,13 +179,13 @@ mod tests {
     #[test]
     fn channel_names_round_trip_and_reject_junk() {
         for s in ["lobby.7", "dm.1.2", "room.99"] {
-            assert_eq!(Channel::parse(s).unwrap().name(), s);
+            assert_eq!(parse_channel(s).unwrap().name(), s);
         }
         assert_eq!(Channel::direct(9, 3).name(), "dm.3.9");
         for s in [
             "", "lobby", "lobby.x", "dm.2.1", "dm.1.1", "room.1.2", "x.1", "lobby.-1",
         ] {
-            assert!(Channel::parse(s).is_err(), "{s}");
+            assert!(parse_channel(s).is_err(), "{s}");
         }
     }
 }

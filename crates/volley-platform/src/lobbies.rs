@@ -1,7 +1,8 @@
 //! Parties and lobbies: groups of players with a leader.
 //!
 //! A *party* is small and invite-based, a player is in at most one, and it enters matchmaking as
-//! one ticket. A *lobby* is searchable by its attributes. Capacity holds under concurrent joins
+//! one ticket. A *lobby* is searchable by its attributes. A *group* is a lasting community (a
+//! clan, a guild) of up to 1,000 members with its own chat channel. Capacity holds under concurrent joins
 //! on both backends: a join claims a seat with one conditional `UPDATE` of the lobby's member
 //! count (a row lock on PostgreSQL, the single writer on SQLite) before it inserts the member.
 
@@ -16,6 +17,8 @@ const LEADER: i64 = 1;
 pub const MAX_PARTY: u32 = 16;
 /// Largest lobby.
 pub const MAX_LOBBY: u32 = 256;
+/// Largest group.
+pub const MAX_GROUP: u32 = 1000;
 /// Most results of a search.
 pub const MAX_SEARCH: usize = 100;
 
@@ -60,10 +63,11 @@ impl Platform {
         let max = match req.kind.as_str() {
             "party" => MAX_PARTY,
             "lobby" => MAX_LOBBY,
+            "group" => MAX_GROUP,
             _ => {
                 return Err(PlatformError::bad(
                     "bad_kind",
-                    "kind must be party or lobby",
+                    "kind must be party, lobby or group",
                 ))
             }
         };
@@ -430,18 +434,26 @@ impl Platform {
         self.lobby(id).await
     }
 
-    /// Open lobbies (not parties) whose attributes equal every `(key, value)` in `filter`
+    /// Open lobbies or groups (`kind`; never parties) whose attributes equal every `(key, value)` in `filter`
     /// (values compared as strings), with room left, newest first, at most `limit` (<= 100).
     pub async fn search_lobbies(
         &self,
+        kind: &str,
         filter: &[(String, String)],
         limit: usize,
     ) -> Result<Vec<LobbyInfo>, PlatformError> {
+        if kind != "lobby" && kind != "group" {
+            return Err(PlatformError::bad(
+                "bad_kind",
+                "search kind must be lobby or group",
+            ));
+        }
         let limit = limit.clamp(1, MAX_SEARCH);
         let rows = sqlx::query(
-            "SELECT id, attrs FROM lobbies WHERE kind = 'lobby' AND open = 1 \
+            "SELECT id, attrs FROM lobbies WHERE kind = $1 AND open = 1 \
              AND member_count < max_members ORDER BY id DESC LIMIT 2000",
         )
+        .bind(kind)
         .fetch_all(self.db().reader())
         .await?;
         let mut out = Vec::new();

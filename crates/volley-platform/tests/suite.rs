@@ -459,6 +459,7 @@ async fn parties_and_lobbies(b: Backend) {
         .unwrap();
     let found = p
         .search_lobbies(
+            "lobby",
             &[
                 ("map".into(), "docks".into()),
                 ("ranked".into(), "true".into()),
@@ -472,7 +473,7 @@ async fn parties_and_lobbies(b: Backend) {
         vec![lobby.lobby_id]
     );
     assert!(p
-        .search_lobbies(&[("map".into(), "pier".into())], 10)
+        .search_lobbies("lobby", &[("map".into(), "pier".into())], 10)
         .await
         .unwrap()
         .is_empty());
@@ -491,7 +492,7 @@ async fn parties_and_lobbies(b: Backend) {
     let l = p.lobby(lobby.lobby_id).await.unwrap();
     assert_eq!(l.members.len(), 4);
     assert!(
-        p.search_lobbies(&[("map".into(), "docks".into())], 10)
+        p.search_lobbies("lobby", &[("map".into(), "docks".into())], 10)
             .await
             .unwrap()
             .is_empty(),
@@ -525,6 +526,35 @@ async fn parties_and_lobbies(b: Backend) {
         .await
         .unwrap_err();
     assert_eq!(e.code, "bad_attrs");
+    // Groups: larger, searchable by kind, never mixed with lobbies.
+    let g = p
+        .create_lobby(
+            ids[7],
+            &CreateLobby {
+                kind: "group".into(),
+                name: Some("Clan".into()),
+                max_members: 1000,
+                open: true,
+                attrs: Default::default(),
+            },
+        )
+        .await
+        .unwrap();
+    let groups = p.search_lobbies("group", &[], 10).await.unwrap();
+    assert_eq!(
+        groups.iter().map(|l| l.lobby_id).collect::<Vec<_>>(),
+        vec![g.lobby_id]
+    );
+    assert!(p
+        .search_lobbies("lobby", &[], 10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|l| l.kind == "lobby"));
+    assert_eq!(
+        p.search_lobbies("party", &[], 10).await.unwrap_err().code,
+        "bad_kind"
+    );
 }
 
 async fn futures_join<T: Send + 'static>(
@@ -666,6 +696,37 @@ async fn presence_reaches_friends(b: Backend) {
         other => panic!("{other:?}"),
     }
     assert!(!p.presence(a).await.unwrap().online);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashing_pool_sheds_load_instead_of_queueing_without_bound() {
+    let h = std::sync::Arc::new(volley_platform::hasher::Hasher::new(19_456, 2, 1, 2));
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let h = h.clone();
+            tokio::spawn(async move { h.hash(format!("password {i}")).await })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut shed = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(phc) => {
+                assert!(h.verify("password 0".into(), phc.clone()).await.is_ok());
+                ok += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.kind, ErrorKind::Overloaded);
+                shed += 1;
+            }
+        }
+    }
+    // One worker and two waiting: at most three of the twenty were accepted at once.
+    assert!((1..=3).contains(&ok), "ok {ok}");
+    assert_eq!(ok + shed, 20);
+    assert_eq!(h.shed(), shed as u64);
+    // Once idle, it accepts again.
+    assert!(h.hash("later".into()).await.is_ok());
 }
 
 macro_rules! on_both_backends {

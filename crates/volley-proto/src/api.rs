@@ -185,12 +185,13 @@ pub struct Friend {
 #[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateLobby {
-    /// `party` (small, invite-based, enters matchmaking as one ticket) or `lobby` (searchable).
+    /// `party` (small, invite-based, enters matchmaking as one ticket), `lobby` (searchable) or
+    /// `group` (a lasting community of up to 1,000).
     pub kind: String,
     /// A name, 1-64 characters.
     #[serde(default)]
     pub name: Option<String>,
-    /// Most members, 1-256.
+    /// Most members: party 1-16, lobby 1-256, group 1-1000.
     pub max_members: u32,
     /// Whether anyone may join without an invite.
     #[serde(default)]
@@ -430,4 +431,58 @@ pub struct RatingInfo {
     pub volatility: f64,
     /// Rated matches played.
     pub games: u64,
+}
+
+/// A chat channel: `lobby.<id>` (parties, lobbies and groups), `dm.<a>.<b>` (direct messages,
+/// lower id first) or `room.<id>` (a game room's players).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// A party's, lobby's or group's channel.
+    Lobby(u64),
+    /// Direct messages between two players (lower id first).
+    Direct(u64, u64),
+    /// A game room's channel.
+    Room(u64),
+}
+
+impl Channel {
+    /// Parses a channel name; `None` if it is not one.
+    pub fn parse(s: &str) -> Option<Channel> {
+        let mut parts = s.split('.');
+        let kind = parts.next()?;
+        let a = parts.next()?;
+        let b = parts.next();
+        if parts.next().is_some() {
+            return None;
+        }
+        let num = |t: &str| -> Option<u64> {
+            if t.is_empty() || t.len() > 20 || !t.bytes().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            t.parse().ok()
+        };
+        match (kind, b) {
+            ("lobby", None) => Some(Channel::Lobby(num(a)?)),
+            ("room", None) => Some(Channel::Room(num(a)?)),
+            ("dm", Some(b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                (a < b).then_some(Channel::Direct(a, b))
+            }
+            _ => None,
+        }
+    }
+
+    /// The direct channel between two players.
+    pub fn direct(a: u64, b: u64) -> Channel {
+        Channel::Direct(a.min(b), a.max(b))
+    }
+
+    /// Its name.
+    pub fn name(&self) -> String {
+        match self {
+            Channel::Lobby(id) => format!("lobby.{id}"),
+            Channel::Direct(a, b) => format!("dm.{a}.{b}"),
+            Channel::Room(id) => format!("room.{id}"),
+        }
+    }
 }

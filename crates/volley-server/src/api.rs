@@ -185,7 +185,7 @@ pub(crate) const ROUTES: &[RouteDoc] = &[
     r!(
         "post",
         "/v1/lobbies",
-        "Create a party or lobby",
+        "Create a party, lobby or group",
         "bearer",
         Some("CreateLobby"),
         Some("LobbyInfo")
@@ -193,7 +193,7 @@ pub(crate) const ROUTES: &[RouteDoc] = &[
     r!(
         "get",
         "/v1/lobbies",
-        "Search open lobbies by attribute (query: key=value..., limit)",
+        "Search open lobbies or groups by attribute (query: kind=lobby|group, key=value..., limit)",
         "bearer",
         None,
         Some("LobbyList")
@@ -625,15 +625,20 @@ async fn search_lobbies(
 ) -> Result<Json<Vec<LobbyInfo>>, Error> {
     authed(&api, &headers).await?;
     let mut limit = 20;
+    let mut kind = "lobby".to_owned();
     let mut filter = Vec::new();
     for (k, v) in q {
         if k == "limit" {
             limit = v.parse().map_err(|_| bad("limit must be a number"))?;
+        } else if k == "kind" {
+            kind = v;
         } else if filter.len() < 16 {
             filter.push((k, v));
         }
     }
-    Ok(Json(api.platform.search_lobbies(&filter, limit).await?))
+    Ok(Json(
+        api.platform.search_lobbies(&kind, &filter, limit).await?,
+    ))
 }
 
 async fn get_lobby(

@@ -75,6 +75,10 @@ pub struct NodeConfig {
     pub logins_per_ip_per_s: f64,
     /// Burst of the above.
     pub logins_per_ip_burst: f64,
+    /// Chat messages per second per sender.
+    pub chat_per_s: f64,
+    /// Burst of the above.
+    pub chat_burst: f64,
     /// Matchmaker pools by name (sizes, fill wait, widening); a pool not named here matches
     /// pairs (2 players) with the default widening.
     pub pools: std::collections::BTreeMap<String, volley_match::PoolConfig>,
@@ -110,6 +114,8 @@ impl Default for NodeConfig {
             argon2_t: 2,
             logins_per_ip_per_s: 5.0,
             logins_per_ip_burst: 20.0,
+            chat_per_s: 2.0,
+            chat_burst: 10.0,
             pools: Default::default(),
             pool_modes: Default::default(),
         }
@@ -182,6 +188,9 @@ impl NodeConfig {
         }
         if self.logins_per_ip_per_s <= 0.0 || self.logins_per_ip_burst < 1.0 {
             return bad("logins_per_ip_per_s must be > 0 and logins_per_ip_burst >= 1");
+        }
+        if self.chat_per_s <= 0.0 || self.chat_burst < 1.0 {
+            return bad("chat_per_s must be > 0 and chat_burst >= 1");
         }
         for (name, pool) in &self.pools {
             if pool.max_players > self.room_players_max || pool.min_players < 1 {

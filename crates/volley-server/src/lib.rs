@@ -120,6 +120,8 @@ async fn open_platform(
         argon2_t: cfg.argon2_t,
         login_per_ip_per_s: cfg.logins_per_ip_per_s,
         login_per_ip_burst: cfg.logins_per_ip_burst,
+        chat_per_s: cfg.chat_per_s,
+        chat_burst: cfg.chat_burst,
         matchmaker: volley_match::MatchmakerConfig {
             pools: cfg.pools.clone(),
             default_pool: Some(volley_match::PoolConfig::new(2, 2)),

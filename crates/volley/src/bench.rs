@@ -19,6 +19,12 @@ pub(crate) enum BenchCmd {
     Node(NodeArgs),
     /// Snapshot bytes per changed entity for the arena with bots, next to a naive encoding.
     Snapshot(crate::bench_sync::SnapshotArgs),
+    /// Register and login requests/s through the API next to the Argon2id floor of this box.
+    Auth(crate::bench_platform::AuthArgs),
+    /// Matchmaker time for 1k/10k/100k tickets next to a sort of the same tickets.
+    Matchmaker(crate::bench_platform::MatchArgs),
+    /// Chat fan-out through one node and across two nodes over NATS, next to raw floors.
+    Chat(crate::bench_platform::ChatArgs),
     /// The baseline forwarder `bench node` runs in a child process.
     #[command(hide = true)]
     UdpForwarder,
@@ -408,6 +414,9 @@ pub(crate) async fn run(which: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Transport(args) => transport(args).await,
         BenchCmd::Node(args) => crate::bench_node::run(args).await,
         BenchCmd::Snapshot(args) => crate::bench_sync::run(args),
+        BenchCmd::Auth(args) => crate::bench_platform::auth(args).await,
+        BenchCmd::Matchmaker(args) => crate::bench_platform::matchmaker(args),
+        BenchCmd::Chat(args) => crate::bench_platform::chat(args).await,
         BenchCmd::UdpForwarder => crate::bench_node::udp_forwarder().await,
     }
 }
