@@ -13,14 +13,18 @@
 //!   limited; [`presence`]: who is online, across nodes.
 //! - [`matchmaking`]: tickets into the `volley-match` core, matches into rooms, ratings.
 //! - [`events`]: the per-player event stream (WebSocket) over the bus.
+//! - [`ledger`]: the double-entry ledger (bounded balances, idempotent linked transfers, unique
+//!   items, audit); [`economy`]: grants, gifts, bonus codes with fraud holds.
 #![warn(missing_docs, unreachable_pub)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod accounts;
 pub mod chat;
+pub mod economy;
 mod error;
 pub mod events;
 pub mod hasher;
+pub mod ledger;
 pub mod limits;
 pub mod lobbies;
 pub mod matchmaking;

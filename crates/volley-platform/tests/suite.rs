@@ -729,6 +729,398 @@ async fn hashing_pool_sheds_load_instead_of_queueing_without_bound() {
     assert!(h.hash("later".into()).await.is_ok());
 }
 
+use volley_platform::economy::{BonusCode, FraudRules, Redemption};
+use volley_platform::ledger::{AccountRef, Transfer};
+
+fn gift(id: &str, from: u64, to: u64, amount: u64) -> Transfer {
+    Transfer {
+        id: id.into(),
+        debit: AccountRef::wallet(from),
+        credit: AccountRef::wallet(to),
+        currency: "gold".into(),
+        amount,
+        kind: "gift".into(),
+        item_id: None,
+    }
+}
+
+async fn players(p: &Platform, tag: &str, n: usize) -> Vec<u64> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(
+            p.login_device(&format!("device-{tag}-{i:05}"))
+                .await
+                .unwrap()
+                .player_id,
+        );
+    }
+    out
+}
+
+async fn ledger_bounds_idempotency_and_limits(b: Backend) {
+    let (p, _t) = platform(b, cfg()).await;
+    let ids = players(&p, "ledger", 3).await;
+    let (a, c, d) = (ids[0], ids[1], ids[2]);
+    p.grant("g-a", a, "gold", 100, "grant").await.unwrap();
+    let r = p.gift(a, "t1", c, "gold", 30, None, None).await.unwrap();
+    assert!(!r.replayed);
+    let again = p.gift(a, "t1", c, "gold", 30, None, None).await.unwrap();
+    assert!(again.replayed, "a retry returns the first result");
+    assert_eq!(again.transfers[0].seq, r.transfers[0].seq);
+    let e = p
+        .gift(a, "t1", c, "gold", 31, None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "id_reused");
+    assert_eq!(p.balance(&AccountRef::wallet(a), "gold").await.unwrap(), 70);
+    assert_eq!(p.balance(&AccountRef::wallet(c), "gold").await.unwrap(), 30);
+    assert_eq!(
+        p.gift(a, "t2", c, "gold", 71, None, None)
+            .await
+            .unwrap_err()
+            .code,
+        "insufficient_funds"
+    );
+    assert_eq!(
+        p.balance(&AccountRef::wallet(a), "gold").await.unwrap(),
+        70,
+        "a refused transfer moves nothing"
+    );
+    // The failed id was never applied, so it may be used again.
+    assert!(p.gift(a, "t2", c, "gold", 70, None, None).await.is_ok());
+    // Amounts near the integer limits: refused, never wrapped.
+    assert_eq!(
+        p.grant("big0", d, "gold", 0, "grant")
+            .await
+            .unwrap_err()
+            .code,
+        "bad_amount"
+    );
+    assert_eq!(
+        p.grant("big1", d, "gold", u64::MAX, "grant")
+            .await
+            .unwrap_err()
+            .code,
+        "bad_amount"
+    );
+    assert_eq!(
+        p.grant("big2", d, "gold", i64::MAX as u64 + 1, "grant")
+            .await
+            .unwrap_err()
+            .code,
+        "bad_amount"
+    );
+    // The mint already gave out 100 gold, so i64::MAX more would take it past its own bound.
+    assert_eq!(
+        p.grant("big3", d, "gold", i64::MAX as u64, "grant")
+            .await
+            .unwrap_err()
+            .code,
+        "insufficient_funds"
+    );
+    p.grant("big4", d, "silver", i64::MAX as u64, "grant")
+        .await
+        .unwrap();
+    assert_eq!(
+        p.grant("big5", d, "silver", 1, "grant")
+            .await
+            .unwrap_err()
+            .code,
+        "over_limit"
+    );
+    assert_eq!(
+        p.balance(&AccountRef::wallet(d), "silver").await.unwrap(),
+        i64::MAX
+    );
+    assert_eq!(
+        p.balance(&AccountRef::mint(), "silver").await.unwrap(),
+        -i64::MAX
+    );
+    // The mint went to i64::MIN + 100 + ... and the currency still sums to zero.
+    let audit = p.audit().await.unwrap();
+    assert!(audit.ok(), "{audit:?}");
+    // Linked chain: the second transfer fails, so the first is undone.
+    let chain = [gift("c1", c, a, 10), gift("c2", a, d, 1_000_000)];
+    assert_eq!(
+        p.transfer_chain(&c.to_string(), &chain)
+            .await
+            .unwrap_err()
+            .code,
+        "insufficient_funds"
+    );
+    assert_eq!(
+        p.balance(&AccountRef::wallet(c), "gold").await.unwrap(),
+        100
+    );
+    assert_eq!(p.balance(&AccountRef::wallet(a), "gold").await.unwrap(), 0);
+    assert!(!p.transfer_exists(&format!("{c}:c1")).await.unwrap());
+    assert_eq!(
+        p.gift(a, "bad id with spaces", c, "gold", 1, None, None)
+            .await
+            .unwrap_err()
+            .code,
+        "bad_transfer_id"
+    );
+    assert_eq!(
+        p.gift(a, "x", c, "Gold!", 1, None, None)
+            .await
+            .unwrap_err()
+            .code,
+        "bad_currency"
+    );
+    assert_eq!(
+        p.gift(a, "x", a, "gold", 1, None, None)
+            .await
+            .unwrap_err()
+            .code,
+        "same_account"
+    );
+    let h = p.ledger_history(a, None, 10).await.unwrap();
+    assert!(h.len() >= 3 && h.windows(2).all(|w| w[0].seq > w[1].seq));
+}
+
+async fn retry_storm_takes_effect_once(b: Backend) {
+    let (p, _t) = platform(b, cfg()).await;
+    let ids = players(&p, "storm", 2).await;
+    p.grant("fund", ids[0], "gold", 10_000, "grant")
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..40u64 {
+        let copies = 1 + (t % 5);
+        for _ in 0..copies {
+            let p = p.clone();
+            let (a, c) = (ids[0], ids[1]);
+            tasks.push(tokio::spawn(async move {
+                p.gift(a, &format!("storm-{t}"), c, "gold", t + 1, None, None)
+                    .await
+            }));
+        }
+    }
+    let mut first = std::collections::HashMap::new();
+    for t in tasks {
+        let r = t.await.unwrap().unwrap();
+        let rec = &r.transfers[0];
+        let seq = *first.entry(rec.id.clone()).or_insert(rec.seq);
+        assert_eq!(seq, rec.seq, "every copy answers with the same transfer");
+    }
+    assert_eq!(first.len(), 40);
+    let moved: i64 = (1..=40).sum();
+    assert_eq!(
+        p.balance(&AccountRef::wallet(ids[1]), "gold")
+            .await
+            .unwrap(),
+        moved
+    );
+    assert_eq!(
+        p.balance(&AccountRef::wallet(ids[0]), "gold")
+            .await
+            .unwrap(),
+        10_000 - moved
+    );
+    let audit = p.audit().await.unwrap();
+    assert!(audit.ok(), "{audit:?}");
+    assert_eq!(audit.transfers, 41);
+}
+
+async fn bonus_code_storm_gives_exactly_the_limit(b: Backend) {
+    let (p, _t) = platform(b, cfg()).await;
+    let ids = players(&p, "bonus", 1000).await;
+    p.create_bonus_code(&BonusCode {
+        code: "LAUNCH-100".into(),
+        currency: "gems".into(),
+        amount: 50,
+        global_limit: 100,
+        per_player_limit: 1,
+        expires_ms: volley_platform::now_ms() + 3_600_000,
+        min_account_age_ms: 0,
+    })
+    .await
+    .unwrap();
+    let rules = FraudRules {
+        velocity_per_min: 1000,
+        accounts_per_address: 100_000,
+        hold_at: 0.5,
+    };
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let p = p.clone();
+            let id = *id;
+            tokio::spawn(async move { p.redeem(id, "LAUNCH-100", "r1", None, &rules).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(Redemption::Redeemed { .. }) => ok += 1,
+            Ok(Redemption::Held { .. }) => panic!("nothing should be held"),
+            Err(e) => assert_eq!(e.code, "code_exhausted", "{e:?}"),
+        }
+    }
+    assert_eq!(ok, 100);
+    let mut paid = 0;
+    for id in &ids {
+        paid += p.balance(&AccountRef::wallet(*id), "gems").await.unwrap();
+    }
+    assert_eq!(paid, 100 * 50);
+    // A winner cannot redeem twice (per-player limit), even with a new id.
+    let winner = {
+        let mut w = 0;
+        for id in &ids {
+            if p.balance(&AccountRef::wallet(*id), "gems").await.unwrap() > 0 {
+                w = *id;
+                break;
+            }
+        }
+        w
+    };
+    let e = p
+        .redeem(winner, "LAUNCH-100", "r2", None, &rules)
+        .await
+        .unwrap_err();
+    assert!(
+        ["code_exhausted", "already_redeemed"].contains(&e.code),
+        "{e:?}"
+    );
+    assert!(
+        matches!(p.redeem(winner, "LAUNCH-100", "r1", None, &rules).await.unwrap(), Redemption::Redeemed { chain } if chain.replayed)
+    );
+    assert_eq!(
+        p.redeem(winner, "NOPE-1", "r3", None, &rules)
+            .await
+            .unwrap_err()
+            .kind,
+        ErrorKind::NotFound
+    );
+    let audit = p.audit().await.unwrap();
+    assert!(audit.ok(), "{audit:?}");
+}
+
+async fn per_player_limit_and_fraud_hold(b: Backend) {
+    let (p, _t) = platform(b, cfg()).await;
+    let ids = players(&p, "fraud", 5).await;
+    p.create_bonus_code(&BonusCode {
+        code: "TWICE".into(),
+        currency: "gems".into(),
+        amount: 5,
+        global_limit: 1000,
+        per_player_limit: 2,
+        expires_ms: volley_platform::now_ms() + 3_600_000,
+        min_account_age_ms: 0,
+    })
+    .await
+    .unwrap();
+    let lax = FraudRules {
+        velocity_per_min: 1000,
+        accounts_per_address: 1000,
+        hold_at: 0.5,
+    };
+    for r in ["a", "b"] {
+        assert!(matches!(
+            p.redeem(ids[0], "TWICE", r, None, &lax).await.unwrap(),
+            Redemption::Redeemed { .. }
+        ));
+    }
+    assert_eq!(
+        p.redeem(ids[0], "TWICE", "c", None, &lax)
+            .await
+            .unwrap_err()
+            .code,
+        "already_redeemed"
+    );
+    // Many accounts from one address: the fourth is held for review.
+    let rules = FraudRules {
+        velocity_per_min: 1000,
+        accounts_per_address: 3,
+        hold_at: 0.5,
+    };
+    let addr: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+    for id in &ids[1..4] {
+        assert!(matches!(
+            p.redeem(*id, "TWICE", "x", Some(addr), &rules)
+                .await
+                .unwrap(),
+            Redemption::Redeemed { .. }
+        ));
+    }
+    match p
+        .redeem(ids[4], "TWICE", "x", Some(addr), &rules)
+        .await
+        .unwrap()
+    {
+        Redemption::Held { score, reasons } => {
+            assert!(score >= 0.5);
+            assert!(reasons[0].contains("shared address"), "{reasons:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        p.balance(&AccountRef::wallet(ids[4]), "gems")
+            .await
+            .unwrap(),
+        0,
+        "held means nothing moved"
+    );
+    let held = p.held().await.unwrap();
+    assert_eq!(held.len(), 1);
+    let applied = p.review(&held[0].0, true).await.unwrap().unwrap();
+    assert_eq!(applied.transfers.len(), 2);
+    assert_eq!(
+        p.balance(&AccountRef::wallet(ids[4]), "gems")
+            .await
+            .unwrap(),
+        5
+    );
+    assert!(p.held().await.unwrap().is_empty());
+    assert!(p.audit().await.unwrap().ok());
+}
+
+async fn unique_items_cannot_duplicate(b: Backend) {
+    let (p, _t) = platform(b, cfg()).await;
+    let ids = players(&p, "items", 3).await;
+    let (a, c, d) = (ids[0], ids[1], ids[2]);
+    let sword = p.mint_item("sys", "drop-1", a, "sword").await.unwrap();
+    assert_eq!(
+        p.mint_item("sys", "drop-1", a, "sword").await.unwrap(),
+        sword,
+        "a retried drop is the same item"
+    );
+    assert_eq!(
+        p.items_of(a).await.unwrap(),
+        vec![(sword.clone(), "sword".to_owned())]
+    );
+    // Two concurrent trades of the same sword to different players: exactly one wins.
+    let give = |to: u64, id: &'static str| {
+        let p = p.clone();
+        let sword = sword.clone();
+        tokio::spawn(async move { p.gift(a, id, to, "item:sword", 1, Some(sword), None).await })
+    };
+    let (r1, r2) = (give(c, "trade-c"), give(d, "trade-d"));
+    let (r1, r2) = (r1.await.unwrap(), r2.await.unwrap());
+    assert!(r1.is_ok() != r2.is_ok(), "{r1:?} {r2:?}");
+    let e = r1.as_ref().err().or(r2.as_ref().err()).unwrap();
+    assert!(
+        ["not_owner", "insufficient_funds"].contains(&e.code),
+        "{e:?}"
+    );
+    let mut owners = Vec::new();
+    for o in [a, c, d] {
+        if p.items_of(o)
+            .await
+            .unwrap()
+            .iter()
+            .any(|(i, _)| *i == sword)
+        {
+            owners.push(o);
+        }
+    }
+    assert_eq!(owners.len(), 1);
+    assert_ne!(owners[0], a);
+    let audit = p.audit().await.unwrap();
+    assert!(audit.ok(), "{audit:?}");
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -755,4 +1147,9 @@ on_both_backends!(
     chat_history_limits_and_delivery,
     chat_rate_limit,
     presence_reaches_friends,
+    ledger_bounds_idempotency_and_limits,
+    retry_storm_takes_effect_once,
+    bonus_code_storm_gives_exactly_the_limit,
+    per_player_limit_and_fraud_hold,
+    unique_items_cannot_duplicate,
 );

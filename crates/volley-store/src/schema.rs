@@ -21,10 +21,11 @@ pub struct Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "players: accounts, sessions, social, chat, presence, matchmaking",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "players: accounts, sessions, social, chat, presence, matchmaking",
+        sql: r#"
 CREATE TABLE accounts (
     id {ID},
     display_name TEXT NOT NULL,
@@ -157,7 +158,74 @@ CREATE TABLE match_members (
 );
 CREATE INDEX match_members_account ON match_members (account_id)
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "economy: double-entry ledger, unique items, bonus codes, held transfers",
+        sql: r#"
+CREATE TABLE ledger_accounts (
+    id {ID},
+    owner_id BIGINT NOT NULL,
+    name TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    balance BIGINT NOT NULL,
+    min_balance BIGINT NOT NULL,
+    max_balance BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX ledger_accounts_key ON ledger_accounts (owner_id, name, currency);
+CREATE TABLE ledger_transfers (
+    seq {ID},
+    id TEXT NOT NULL UNIQUE,
+    chain TEXT NOT NULL,
+    debit_account BIGINT NOT NULL REFERENCES ledger_accounts(id),
+    credit_account BIGINT NOT NULL REFERENCES ledger_accounts(id),
+    currency TEXT NOT NULL,
+    amount BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    item_id TEXT,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX ledger_transfers_debit ON ledger_transfers (debit_account, seq);
+CREATE INDEX ledger_transfers_credit ON ledger_transfers (credit_account, seq);
+CREATE TABLE items (
+    id TEXT PRIMARY KEY,
+    item_type TEXT NOT NULL,
+    owner_id BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX items_owner ON items (owner_id);
+CREATE TABLE bonus_codes (
+    code TEXT PRIMARY KEY,
+    currency TEXT NOT NULL,
+    amount BIGINT NOT NULL,
+    global_limit BIGINT NOT NULL,
+    per_player_limit BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    min_account_age_ms BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE fraud_events (
+    id {ID},
+    account_id BIGINT NOT NULL,
+    address TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX fraud_events_account ON fraud_events (account_id, created_ms);
+CREATE INDEX fraud_events_address ON fraud_events (address, created_ms);
+CREATE TABLE held_transfers (
+    id TEXT PRIMARY KEY,
+    account_id BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    score {REAL} NOT NULL,
+    reasons TEXT NOT NULL,
+    state BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL
+)
+"#,
+    },
+];
 
 fn render(sql: &str, backend: Backend) -> String {
     let (id, real, blob) = match backend {

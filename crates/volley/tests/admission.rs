@@ -235,7 +235,7 @@ async fn http_api_answers_bad_requests_with_json_errors() {
             .await
             .expect("req"),
         400,
-        "bad_request",
+        "bad_device_id",
     )
     .await;
     check(

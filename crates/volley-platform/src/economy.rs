@@ -1,0 +1,469 @@
+//! Economy on top of the ledger: grants (match rewards), gifts between players, bonus codes with
+//! a fraud score that can hold a redemption for review, and unique-item trades.
+//!
+//! A bonus code's global limit is a ledger balance: creating the code moves `global_limit` uses
+//! (currency `uses:<code>`) from the mint into the system account `bonus-pool:<code>`, whose
+//! lower bound is 0. A redemption is one chain: one use from the pool into the player's
+//! `bonus-used` account (upper bound: the per-player limit), and the reward from the mint into
+//! the player's wallet. The bounds make over-redemption impossible under any concurrency: the
+//! 101st redemption of a 100-use code finds the pool at 0 and rolls back whole.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::ledger::{AccountRef, ChainResult, Transfer, SYSTEM};
+use crate::{now_ms, AccountId, ErrorKind, Platform, PlatformError};
+
+/// A bonus code's definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BonusCode {
+    /// The code players type, 3-32 characters of `[A-Z0-9-]`.
+    pub code: String,
+    /// Reward currency.
+    pub currency: String,
+    /// Reward amount.
+    pub amount: u64,
+    /// Redemptions in all.
+    pub global_limit: u64,
+    /// Redemptions per player.
+    pub per_player_limit: u64,
+    /// Unix ms after which it no longer redeems.
+    pub expires_ms: i64,
+    /// Eligibility: the account must be at least this old (ms).
+    #[serde(default)]
+    pub min_account_age_ms: i64,
+}
+
+/// The outcome of a redemption.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Redemption {
+    /// Applied.
+    Redeemed {
+        /// The chain.
+        chain: ChainResult,
+    },
+    /// Held for review: nothing moved yet.
+    Held {
+        /// The fraud score (0-1).
+        score: f64,
+        /// Why.
+        reasons: Vec<String>,
+    },
+}
+
+/// Fraud scoring thresholds.
+#[derive(Debug, Clone, Copy)]
+pub struct FraudRules {
+    /// Redemptions or gifts by one account in a minute above which it scores.
+    pub velocity_per_min: i64,
+    /// Distinct accounts redeeming from one address in an hour above which they score.
+    pub accounts_per_address: i64,
+    /// Score at or above which a transfer is held.
+    pub hold_at: f64,
+}
+
+impl Default for FraudRules {
+    fn default() -> Self {
+        FraudRules {
+            velocity_per_min: 10,
+            accounts_per_address: 3,
+            hold_at: 0.5,
+        }
+    }
+}
+
+fn check_code(code: &str) -> Result<(), PlatformError> {
+    if (3..=32).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-')
+    {
+        Ok(())
+    } else {
+        Err(PlatformError::bad(
+            "bad_code",
+            "a code is 3-32 characters of [A-Z0-9-]",
+        ))
+    }
+}
+
+impl Platform {
+    /// Gives `amount` of `currency` from the mint to `player` (match rewards, purchases settled
+    /// elsewhere, compensation). `id` makes it idempotent.
+    pub async fn grant(
+        &self,
+        id: &str,
+        player: AccountId,
+        currency: &str,
+        amount: u64,
+        kind: &str,
+    ) -> Result<ChainResult, PlatformError> {
+        if !self.is_active(player).await? {
+            return Err(PlatformError::not_found("player"));
+        }
+        self.transfer_chain(
+            "sys",
+            &[Transfer {
+                id: id.to_owned(),
+                debit: AccountRef::mint(),
+                credit: AccountRef::wallet(player),
+                currency: currency.to_owned(),
+                amount,
+                kind: kind.to_owned(),
+                item_id: None,
+            }],
+        )
+        .await
+    }
+
+    /// A gift from `from`'s wallet to `to`'s (a unique item too, with `item_id`).
+    pub async fn gift(
+        &self,
+        from: AccountId,
+        id: &str,
+        to: AccountId,
+        currency: &str,
+        amount: u64,
+        item_id: Option<String>,
+        address: Option<IpAddr>,
+    ) -> Result<ChainResult, PlatformError> {
+        if from == to {
+            return Err(PlatformError::bad(
+                "same_account",
+                "a gift needs another player",
+            ));
+        }
+        if !self.is_active(to).await? {
+            return Err(PlatformError::not_found("player"));
+        }
+        let out = self
+            .transfer_chain(
+                &from.to_string(),
+                &[Transfer {
+                    id: id.to_owned(),
+                    debit: AccountRef::wallet(from),
+                    credit: AccountRef::wallet(to),
+                    currency: currency.to_owned(),
+                    amount,
+                    kind: if item_id.is_some() { "trade" } else { "gift" }.into(),
+                    item_id,
+                }],
+            )
+            .await?;
+        if !out.replayed {
+            self.fraud_event(from, address, "gift").await?;
+        }
+        Ok(out)
+    }
+
+    /// Creates a bonus code and funds its pool.
+    pub async fn create_bonus_code(&self, def: &BonusCode) -> Result<(), PlatformError> {
+        check_code(&def.code)?;
+        if def.global_limit == 0 || def.per_player_limit == 0 || def.amount == 0 {
+            return Err(PlatformError::bad(
+                "bad_limits",
+                "amount, global_limit and per_player_limit must be positive",
+            ));
+        }
+        let per_player = i64::try_from(def.per_player_limit)
+            .map_err(|_| PlatformError::bad("bad_limits", "per_player_limit too large"))?;
+        let r = sqlx::query(
+            "INSERT INTO bonus_codes (code, currency, amount, global_limit, per_player_limit, expires_ms, min_account_age_ms, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&def.code)
+        .bind(&def.currency)
+        .bind(i64::try_from(def.amount).map_err(|_| PlatformError::bad("bad_amount", "amount too large"))?)
+        .bind(i64::try_from(def.global_limit).map_err(|_| PlatformError::bad("bad_limits", "global_limit too large"))?)
+        .bind(per_player)
+        .bind(def.expires_ms)
+        .bind(def.min_account_age_ms.max(0))
+        .bind(now_ms())
+        .execute(self.db().writer())
+        .await;
+        match r {
+            Ok(_) => {}
+            Err(e) if volley_store::schema::is_unique_violation(&e) => {
+                return Err(PlatformError::conflict("code_exists", "that code exists"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let uses = format!("uses:{}", def.code.to_ascii_lowercase());
+        self.transfer_chain(
+            "sys",
+            &[Transfer {
+                id: format!("bonus-fund:{}", def.code),
+                debit: AccountRef::mint(),
+                credit: AccountRef::system(&format!("bonus-pool:{}", def.code)),
+                currency: uses,
+                amount: def.global_limit,
+                kind: "bonus-fund".into(),
+                item_id: None,
+            }],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn fraud_event(
+        &self,
+        account: AccountId,
+        address: Option<IpAddr>,
+        kind: &str,
+    ) -> Result<(), PlatformError> {
+        sqlx::query(
+            "INSERT INTO fraud_events (account_id, address, kind, created_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(account as i64)
+        .bind(address.map(|a| a.to_string()).unwrap_or_default())
+        .bind(kind)
+        .bind(now_ms())
+        .execute(self.db().writer())
+        .await?;
+        Ok(())
+    }
+
+    /// The fraud score of a new transfer by `account` from `address`, with its reasons.
+    pub async fn fraud_score(
+        &self,
+        account: AccountId,
+        address: Option<IpAddr>,
+        rules: &FraudRules,
+    ) -> Result<(f64, Vec<String>), PlatformError> {
+        let now = now_ms();
+        let mut score: f64 = 0.0;
+        let mut reasons = Vec::new();
+        let recent: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM fraud_events WHERE account_id = $1 AND created_ms > $2",
+        )
+        .bind(account as i64)
+        .bind(now - 60_000)
+        .fetch_one(self.db().reader())
+        .await?
+        .try_get("n")?;
+        if recent >= rules.velocity_per_min {
+            score += 0.5;
+            reasons.push(format!("velocity: {recent} transfers in the last minute"));
+        }
+        if let Some(addr) = address {
+            let others: i64 = sqlx::query(
+                "SELECT COUNT(DISTINCT account_id) AS n FROM fraud_events \
+                 WHERE address = $1 AND created_ms > $2 AND account_id <> $3",
+            )
+            .bind(addr.to_string())
+            .bind(now - 3_600_000)
+            .bind(account as i64)
+            .fetch_one(self.db().reader())
+            .await?
+            .try_get("n")?;
+            if others >= rules.accounts_per_address {
+                score += 0.5;
+                reasons.push(format!(
+                    "shared address: {others} other accounts used it in the last hour"
+                ));
+            }
+        }
+        Ok((score.min(1.0), reasons))
+    }
+
+    /// Redeems `code` for `player`. `id` makes it idempotent; `address` feeds the fraud score.
+    pub async fn redeem(
+        &self,
+        player: AccountId,
+        code: &str,
+        id: &str,
+        address: Option<IpAddr>,
+        rules: &FraudRules,
+    ) -> Result<Redemption, PlatformError> {
+        check_code(code)?;
+        let row = sqlx::query(
+            "SELECT currency, amount, expires_ms, min_account_age_ms FROM bonus_codes WHERE code = $1",
+        )
+        .bind(code)
+        .fetch_optional(self.db().reader())
+        .await?
+        .ok_or_else(|| PlatformError::not_found("code"))?;
+        let currency: String = row.try_get("currency")?;
+        let amount = row.try_get::<i64, _>("amount")?.max(0) as u64;
+        let expires: i64 = row.try_get("expires_ms")?;
+        let min_age: i64 = row.try_get("min_account_age_ms")?;
+        let now = now_ms();
+        if expires <= now {
+            return Err(PlatformError::conflict(
+                "code_expired",
+                "this code has expired",
+            ));
+        }
+        let created = self.account(player).await?.created_ms;
+        if now - created < min_age {
+            return Err(PlatformError::forbidden(
+                "this account is too new for this code",
+            ));
+        }
+        let chain = self.redemption_chain(player, code, id, &currency, amount)?;
+        self.prepare_redemption(player, code).await?;
+        // A retry of an applied redemption answers at once, without scoring again.
+        if self
+            .transfer_exists(&format!("{player}:{}", chain[0].id))
+            .await?
+        {
+            return Ok(Redemption::Redeemed {
+                chain: self.transfer_chain(&player.to_string(), &chain).await?,
+            });
+        }
+        let (score, reasons) = self.fraud_score(player, address, rules).await?;
+        self.fraud_event(player, address, "redeem").await?;
+        if score >= rules.hold_at {
+            let body = serde_json::to_string(&chain)
+                .map_err(|e| PlatformError::new(ErrorKind::Internal, "internal", e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO held_transfers (id, account_id, body, score, reasons, state, created_ms) \
+                 VALUES ($1, $2, $3, $4, $5, 0, $6) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(format!("{player}:{id}"))
+            .bind(player as i64)
+            .bind(body)
+            .bind(score)
+            .bind(reasons.join("; "))
+            .bind(now)
+            .execute(self.db().writer())
+            .await?;
+            return Ok(Redemption::Held { score, reasons });
+        }
+        let res = self.transfer_chain(&player.to_string(), &chain).await;
+        match res {
+            Ok(chain) => Ok(Redemption::Redeemed { chain }),
+            Err(e) if e.code == "insufficient_funds" => Err(PlatformError::conflict(
+                "code_exhausted",
+                "this code has no redemptions left",
+            )),
+            Err(e) if e.code == "over_limit" => Err(PlatformError::conflict(
+                "already_redeemed",
+                "you have redeemed this code as often as it allows",
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn redemption_chain(
+        &self,
+        player: AccountId,
+        code: &str,
+        id: &str,
+        currency: &str,
+        amount: u64,
+    ) -> Result<Vec<Transfer>, PlatformError> {
+        if id.len() > 40 {
+            return Err(PlatformError::bad(
+                "bad_transfer_id",
+                "redemption id: at most 40 characters",
+            ));
+        }
+        Ok(vec![
+            Transfer {
+                id: format!("{id}:use"),
+                debit: AccountRef::system(&format!("bonus-pool:{code}")),
+                credit: AccountRef {
+                    owner: player,
+                    name: "bonus-used".into(),
+                },
+                currency: format!("uses:{}", code.to_ascii_lowercase()),
+                amount: 1,
+                kind: "bonus-use".into(),
+                item_id: None,
+            },
+            Transfer {
+                id: format!("{id}:reward"),
+                debit: AccountRef::mint(),
+                credit: AccountRef::wallet(player),
+                currency: currency.to_owned(),
+                amount,
+                kind: "bonus".into(),
+                item_id: None,
+            },
+        ])
+    }
+
+    /// Before a player's first redemption of `code`, its used-count account gets the code's
+    /// per-player limit as its upper bound.
+    pub(crate) async fn prepare_redemption(
+        &self,
+        player: AccountId,
+        code: &str,
+    ) -> Result<(), PlatformError> {
+        let row = sqlx::query("SELECT per_player_limit FROM bonus_codes WHERE code = $1")
+            .bind(code)
+            .fetch_optional(self.db().reader())
+            .await?
+            .ok_or_else(|| PlatformError::not_found("code"))?;
+        let limit: i64 = row.try_get("per_player_limit")?;
+        self.ledger_account(
+            &AccountRef {
+                owner: player,
+                name: "bonus-used".into(),
+            },
+            &format!("uses:{}", code.to_ascii_lowercase()),
+            Some((0, limit)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Held redemptions awaiting review: (id, player, score, reasons).
+    pub async fn held(&self) -> Result<Vec<(String, AccountId, f64, String)>, PlatformError> {
+        let rows = sqlx::query(
+            "SELECT id, account_id, score, reasons FROM held_transfers WHERE state = 0 ORDER BY created_ms LIMIT 100",
+        )
+        .fetch_all(self.db().reader())
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get::<i64, _>("account_id")? as AccountId,
+                    r.try_get("score")?,
+                    r.try_get("reasons")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Approves (applies) or rejects a held transfer.
+    pub async fn review(
+        &self,
+        held_id: &str,
+        approve: bool,
+    ) -> Result<Option<ChainResult>, PlatformError> {
+        let row =
+            sqlx::query("SELECT account_id, body FROM held_transfers WHERE id = $1 AND state = 0")
+                .bind(held_id)
+                .fetch_optional(self.db().reader())
+                .await?
+                .ok_or_else(|| PlatformError::not_found("held transfer"))?;
+        let player = row.try_get::<i64, _>("account_id")? as AccountId;
+        let body: String = row.try_get("body")?;
+        let chain: Vec<Transfer> = serde_json::from_str(&body)
+            .map_err(|e| PlatformError::new(ErrorKind::Internal, "internal", e.to_string()))?;
+        let out = if approve {
+            Some(self.transfer_chain(&player.to_string(), &chain).await?)
+        } else {
+            None
+        };
+        sqlx::query("UPDATE held_transfers SET state = $1 WHERE id = $2")
+            .bind(if approve { 1i64 } else { 2 })
+            .bind(held_id)
+            .execute(self.db().writer())
+            .await?;
+        Ok(out)
+    }
+
+    /// Whether `owner` is the system (for callers that must not touch system accounts).
+    pub fn is_system(owner: AccountId) -> bool {
+        owner == SYSTEM
+    }
+}
