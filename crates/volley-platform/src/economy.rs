@@ -55,6 +55,40 @@ pub enum Redemption {
     },
 }
 
+/// A gift: currency (or a unique item) from one player's wallet to another's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gift {
+    /// The sender's id for it (idempotency).
+    pub id: String,
+    /// The receiver.
+    pub to: AccountId,
+    /// Currency, or `item:<type>` with `item_id`.
+    pub currency: String,
+    /// Amount (1 for an item).
+    pub amount: u64,
+    /// A unique item to hand over.
+    pub item_id: Option<String>,
+}
+
+impl Gift {
+    /// A gift.
+    pub fn new(
+        id: &str,
+        to: AccountId,
+        currency: &str,
+        amount: u64,
+        item_id: Option<String>,
+    ) -> Gift {
+        Gift {
+            id: id.to_owned(),
+            to,
+            currency: currency.to_owned(),
+            amount,
+            item_id,
+        }
+    }
+}
+
 /// Fraud scoring thresholds.
 #[derive(Debug, Clone, Copy)]
 pub struct FraudRules {
@@ -120,17 +154,20 @@ impl Platform {
         .await
     }
 
-    /// A gift from `from`'s wallet to `to`'s (a unique item too, with `item_id`).
+    /// A gift from `from`'s wallet to another player's (a unique item too, with `item_id`).
     pub async fn gift(
         &self,
         from: AccountId,
-        id: &str,
-        to: AccountId,
-        currency: &str,
-        amount: u64,
-        item_id: Option<String>,
+        g: &Gift,
         address: Option<IpAddr>,
     ) -> Result<ChainResult, PlatformError> {
+        let (id, to, currency, amount, item_id) = (
+            g.id.as_str(),
+            g.to,
+            g.currency.as_str(),
+            g.amount,
+            g.item_id.clone(),
+        );
         if from == to {
             return Err(PlatformError::bad(
                 "same_account",

@@ -14,12 +14,13 @@
 //!   back and answered with the first result if every field matches, and refused as
 //!   `id_reused` if not.
 //! - **Linked chains.** A chain of transfers commits or rolls back as one transaction. A purchase,
-//!   a bonus redemption and a trade are chains.
+//!   a bonus redemption and a trade are chains. Bounds hold for the chain's net effect on each
+//!   account, which is applied in ascending account order (so chains never deadlock each other).
 //! - **Unique items** have one owner row; a transfer that carries an `item_id` moves it with a
 //!   conditional `UPDATE ... WHERE owner_id = <sender>` in the same transaction, and also moves one
 //!   unit of the item type's ledger currency, so item supply is audited like money.
-//! - On PostgreSQL, chains touching the same accounts in opposite orders can deadlock; the server
-//!   aborts one, and it is retried (up to 8 times) as a whole.
+//! - On PostgreSQL a serialization failure or a deadlock (possible only through lock orders this
+//!   module does not control) aborts the transaction; it is retried (up to 8 times) as a whole.
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -364,44 +365,64 @@ impl Platform {
                 created_ms: now,
             });
         }
-        for (_, debit, credit, amount, t) in prepared {
-            let d = sqlx::query(
-                "UPDATE ledger_accounts SET balance = balance - $1 WHERE id = $2 AND balance >= min_balance + $1",
-            )
-            .bind(*amount)
-            .bind(*debit)
-            .execute(&mut *tx)
-            .await?;
-            if d.rows_affected() == 0 {
+        // Net effect per ledger account, applied in ascending account order: every chain takes
+        // its row locks in the same order, so two chains can never wait on each other in a cycle.
+        let mut net: std::collections::BTreeMap<i64, i128> = std::collections::BTreeMap::new();
+        for (_, debit, credit, amount, _) in prepared {
+            *net.entry(*debit).or_default() -= i128::from(*amount);
+            *net.entry(*credit).or_default() += i128::from(*amount);
+        }
+        for (account, delta) in net {
+            if delta == 0 {
+                continue;
+            }
+            let Ok(x) = i64::try_from(delta.unsigned_abs()) else {
                 return Err(sqlx::Error::Protocol(format!(
-                    "volley:insufficient_funds:{}",
-                    t.id
+                    "volley:over_limit:account {account}"
                 )));
-            }
-            let c = sqlx::query(
-                "UPDATE ledger_accounts SET balance = balance + $1 WHERE id = $2 AND balance <= max_balance - $1",
-            )
-            .bind(*amount)
-            .bind(*credit)
-            .execute(&mut *tx)
-            .await?;
-            if c.rows_affected() == 0 {
-                return Err(sqlx::Error::Protocol(format!("volley:over_limit:{}", t.id)));
-            }
-            if let Some(item) = &t.item_id {
-                let item_type = t.currency.trim_start_matches("item:");
-                let m = sqlx::query(
-                    "UPDATE items SET owner_id = $1 WHERE id = $2 AND owner_id = $3 AND item_type = $4",
+            };
+            let (sql, what) = if delta < 0 {
+                (
+                    "UPDATE ledger_accounts SET balance = balance - $1 WHERE id = $2 AND balance >= min_balance + $1",
+                    "insufficient_funds",
                 )
-                .bind(t.credit.owner as i64)
-                .bind(item)
-                .bind(t.debit.owner as i64)
-                .bind(item_type)
+            } else {
+                (
+                    "UPDATE ledger_accounts SET balance = balance + $1 WHERE id = $2 AND balance <= max_balance - $1",
+                    "over_limit",
+                )
+            };
+            let r = sqlx::query(sql)
+                .bind(x)
+                .bind(account)
                 .execute(&mut *tx)
                 .await?;
-                if m.rows_affected() == 0 {
-                    return Err(sqlx::Error::Protocol(format!("volley:not_owner:{}", t.id)));
-                }
+            if r.rows_affected() == 0 {
+                return Err(sqlx::Error::Protocol(format!(
+                    "volley:{what}:account {account}"
+                )));
+            }
+        }
+        let mut moves: Vec<&Transfer> = prepared
+            .iter()
+            .map(|p| p.4)
+            .filter(|t| t.item_id.is_some())
+            .collect();
+        moves.sort_by(|a, b| a.item_id.cmp(&b.item_id));
+        for t in moves {
+            let Some(item) = &t.item_id else { continue };
+            let item_type = t.currency.trim_start_matches("item:");
+            let m = sqlx::query(
+                "UPDATE items SET owner_id = $1 WHERE id = $2 AND owner_id = $3 AND item_type = $4",
+            )
+            .bind(t.credit.owner as i64)
+            .bind(item)
+            .bind(t.debit.owner as i64)
+            .bind(item_type)
+            .execute(&mut *tx)
+            .await?;
+            if m.rows_affected() == 0 {
+                return Err(sqlx::Error::Protocol(format!("volley:not_owner:{}", t.id)));
             }
         }
         tx.commit().await?;
@@ -723,11 +744,11 @@ pub(crate) fn map_chain_error(e: &sqlx::Error) -> Option<PlatformError> {
     Some(match what {
         "insufficient_funds" => PlatformError::conflict(
             "insufficient_funds",
-            format!("transfer {id:?}: the debited account cannot go below its bound"),
+            format!("{id}: the chain would take it below its bound"),
         ),
         "over_limit" => PlatformError::conflict(
             "over_limit",
-            format!("transfer {id:?}: the credited account cannot go above its bound"),
+            format!("{id}: the chain would take it above its bound"),
         ),
         _ => PlatformError::conflict(
             "not_owner",

@@ -729,7 +729,7 @@ async fn hashing_pool_sheds_load_instead_of_queueing_without_bound() {
     assert!(h.hash("later".into()).await.is_ok());
 }
 
-use volley_platform::economy::{BonusCode, FraudRules, Redemption};
+use volley_platform::economy::{BonusCode, FraudRules, Gift, Redemption};
 use volley_platform::ledger::{AccountRef, Transfer};
 
 fn gift(id: &str, from: u64, to: u64, amount: u64) -> Transfer {
@@ -762,20 +762,26 @@ async fn ledger_bounds_idempotency_and_limits(b: Backend) {
     let ids = players(&p, "ledger", 3).await;
     let (a, c, d) = (ids[0], ids[1], ids[2]);
     p.grant("g-a", a, "gold", 100, "grant").await.unwrap();
-    let r = p.gift(a, "t1", c, "gold", 30, None, None).await.unwrap();
+    let r = p
+        .gift(a, &Gift::new("t1", c, "gold", 30, None), None)
+        .await
+        .unwrap();
     assert!(!r.replayed);
-    let again = p.gift(a, "t1", c, "gold", 30, None, None).await.unwrap();
+    let again = p
+        .gift(a, &Gift::new("t1", c, "gold", 30, None), None)
+        .await
+        .unwrap();
     assert!(again.replayed, "a retry returns the first result");
     assert_eq!(again.transfers[0].seq, r.transfers[0].seq);
     let e = p
-        .gift(a, "t1", c, "gold", 31, None, None)
+        .gift(a, &Gift::new("t1", c, "gold", 31, None), None)
         .await
         .unwrap_err();
     assert_eq!(e.code, "id_reused");
     assert_eq!(p.balance(&AccountRef::wallet(a), "gold").await.unwrap(), 70);
     assert_eq!(p.balance(&AccountRef::wallet(c), "gold").await.unwrap(), 30);
     assert_eq!(
-        p.gift(a, "t2", c, "gold", 71, None, None)
+        p.gift(a, &Gift::new("t2", c, "gold", 71, None), None)
             .await
             .unwrap_err()
             .code,
@@ -787,7 +793,10 @@ async fn ledger_bounds_idempotency_and_limits(b: Backend) {
         "a refused transfer moves nothing"
     );
     // The failed id was never applied, so it may be used again.
-    assert!(p.gift(a, "t2", c, "gold", 70, None, None).await.is_ok());
+    assert!(p
+        .gift(a, &Gift::new("t2", c, "gold", 70, None), None)
+        .await
+        .is_ok());
     // Amounts near the integer limits: refused, never wrapped.
     assert_eq!(
         p.grant("big0", d, "gold", 0, "grant")
@@ -855,21 +864,25 @@ async fn ledger_bounds_idempotency_and_limits(b: Backend) {
     assert_eq!(p.balance(&AccountRef::wallet(a), "gold").await.unwrap(), 0);
     assert!(!p.transfer_exists(&format!("{c}:c1")).await.unwrap());
     assert_eq!(
-        p.gift(a, "bad id with spaces", c, "gold", 1, None, None)
-            .await
-            .unwrap_err()
-            .code,
+        p.gift(
+            a,
+            &Gift::new("bad id with spaces", c, "gold", 1, None),
+            None
+        )
+        .await
+        .unwrap_err()
+        .code,
         "bad_transfer_id"
     );
     assert_eq!(
-        p.gift(a, "x", c, "Gold!", 1, None, None)
+        p.gift(a, &Gift::new("x", c, "Gold!", 1, None), None)
             .await
             .unwrap_err()
             .code,
         "bad_currency"
     );
     assert_eq!(
-        p.gift(a, "x", a, "gold", 1, None, None)
+        p.gift(a, &Gift::new("x", a, "gold", 1, None), None)
             .await
             .unwrap_err()
             .code,
@@ -892,8 +905,12 @@ async fn retry_storm_takes_effect_once(b: Backend) {
             let p = p.clone();
             let (a, c) = (ids[0], ids[1]);
             tasks.push(tokio::spawn(async move {
-                p.gift(a, &format!("storm-{t}"), c, "gold", t + 1, None, None)
-                    .await
+                p.gift(
+                    a,
+                    &Gift::new(&format!("storm-{t}"), c, "gold", t + 1, None),
+                    None,
+                )
+                .await
             }));
         }
     }
@@ -1094,7 +1111,10 @@ async fn unique_items_cannot_duplicate(b: Backend) {
     let give = |to: u64, id: &'static str| {
         let p = p.clone();
         let sword = sword.clone();
-        tokio::spawn(async move { p.gift(a, id, to, "item:sword", 1, Some(sword), None).await })
+        tokio::spawn(async move {
+            p.gift(a, &Gift::new(id, to, "item:sword", 1, Some(sword)), None)
+                .await
+        })
     };
     let (r1, r2) = (give(c, "trade-c"), give(d, "trade-d"));
     let (r1, r2) = (r1.await.unwrap(), r2.await.unwrap());

@@ -400,6 +400,17 @@ pub(crate) fn routes() -> Router<Api> {
         )
         .route("/v1/ratings/{pool}", get(rating))
         .route("/v1/matches/{id}/result", post(report_result))
+        .route("/v1/wallet", get(wallet))
+        .route("/v1/wallet/history", get(wallet_history))
+        .route("/v1/wallet/gift", post(wallet_gift))
+        .route("/v1/bonus/redeem", post(redeem))
+        .route("/v1/admin/grant", post(grant))
+        .route("/v1/admin/items", post(mint_item))
+        .route("/v1/admin/bonus-codes", post(create_code))
+        .route("/v1/admin/held", get(held))
+        .route("/v1/admin/held/{id}/approve", post(approve))
+        .route("/v1/admin/held/{id}/reject", post(reject))
+        .route("/v1/admin/audit", get(audit))
         .route("/v1/admin/accounts/{id}/ban", post(ban))
         .route("/v1/admin/accounts/{id}/unban", post(unban))
         .route("/v1/admin/accounts/{id}", delete(delete_account))
@@ -905,4 +916,181 @@ async fn report_result(
     server_key(&api, &headers)?;
     let req: MatchResult = parse(&body)?;
     Ok(Json(api.platform.report_result(&id, &req).await?))
+}
+
+#[derive(serde::Serialize)]
+struct WalletView {
+    balances: Vec<volley_platform::ledger::Balance>,
+    items: Vec<(String, String)>,
+}
+
+async fn wallet(State(api): State<Api>, headers: HeaderMap) -> Result<Response, Error> {
+    let me = authed(&api, &headers).await?;
+    let view = WalletView {
+        balances: api.platform.balances(me).await?,
+        items: api.platform.items_of(me).await?,
+    };
+    Ok(Json(view).into_response())
+}
+
+async fn wallet_history(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Response, Error> {
+    let me = authed(&api, &headers).await?;
+    let h = api
+        .platform
+        .ledger_history(me, q.before, q.limit.unwrap_or(50))
+        .await?;
+    Ok(Json(h).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GiftRequest {
+    id: String,
+    to: u64,
+    currency: String,
+    amount: u64,
+    #[serde(default)]
+    item_id: Option<String>,
+}
+
+async fn wallet_gift(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let me = authed(&api, &headers).await?;
+    let req: GiftRequest = parse(&body)?;
+    let r = api
+        .platform
+        .gift(
+            me,
+            &volley_platform::economy::Gift::new(
+                &req.id,
+                req.to,
+                &req.currency,
+                req.amount,
+                req.item_id,
+            ),
+            Some(peer.ip()),
+        )
+        .await?;
+    Ok(Json(r).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedeemRequest {
+    code: String,
+    id: String,
+}
+
+async fn redeem(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let me = authed(&api, &headers).await?;
+    let req: RedeemRequest = parse(&body)?;
+    let rules = volley_platform::economy::FraudRules::default();
+    let r = api
+        .platform
+        .redeem(me, &req.code, &req.id, Some(peer.ip()), &rules)
+        .await?;
+    Ok(Json(r).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantRequest {
+    id: String,
+    player: u64,
+    currency: String,
+    amount: u64,
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+async fn grant(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
+    server_key(&api, &headers)?;
+    let req: GrantRequest = parse(&body)?;
+    let kind = req.kind.unwrap_or_else(|| "grant".into());
+    if kind.is_empty() || kind.len() > 32 {
+        return Err(bad("kind must be 1-32 characters"));
+    }
+    let r = api
+        .platform
+        .grant(&req.id, req.player, &req.currency, req.amount, &kind)
+        .await?;
+    Ok(Json(r).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintItemRequest {
+    id: String,
+    player: u64,
+    item_type: String,
+}
+
+async fn mint_item(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    server_key(&api, &headers)?;
+    let req: MintItemRequest = parse(&body)?;
+    if !api.platform.is_active(req.player).await? {
+        return Err(volley_platform::PlatformError::not_found("player").into());
+    }
+    let item = api
+        .platform
+        .mint_item("sys", &req.id, req.player, &req.item_type)
+        .await?;
+    Ok(Json(serde_json::json!({ "item_id": item })).into_response())
+}
+
+async fn create_code(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, Error> {
+    server_key(&api, &headers)?;
+    let req: volley_platform::economy::BonusCode = parse(&body)?;
+    api.platform.create_bonus_code(&req).await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn held(State(api): State<Api>, headers: HeaderMap) -> Result<Response, Error> {
+    server_key(&api, &headers)?;
+    Ok(Json(api.platform.held().await?).into_response())
+}
+
+async fn approve(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    server_key(&api, &headers)?;
+    Ok(Json(api.platform.review(&id, true).await?).into_response())
+}
+
+async fn reject(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Error> {
+    server_key(&api, &headers)?;
+    api.platform.review(&id, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn audit(State(api): State<Api>, headers: HeaderMap) -> Result<Response, Error> {
+    server_key(&api, &headers)?;
+    Ok(Json(api.platform.audit().await?).into_response())
 }

@@ -25,6 +25,9 @@ pub(crate) enum BenchCmd {
     Matchmaker(crate::bench_platform::MatchArgs),
     /// Chat fan-out through one node and across two nodes over NATS, next to raw floors.
     Chat(crate::bench_platform::ChatArgs),
+    /// Ledger transfers/s with durable commits on SQLite and PostgreSQL, single and linked,
+    /// next to the raw database's own INSERT commit rate.
+    Ledger(crate::bench_platform::LedgerArgs),
     /// The baseline forwarder `bench node` runs in a child process.
     #[command(hide = true)]
     UdpForwarder,
@@ -417,6 +420,7 @@ pub(crate) async fn run(which: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Auth(args) => crate::bench_platform::auth(args).await,
         BenchCmd::Matchmaker(args) => crate::bench_platform::matchmaker(args),
         BenchCmd::Chat(args) => crate::bench_platform::chat(args).await,
+        BenchCmd::Ledger(args) => crate::bench_platform::ledger(args).await,
         BenchCmd::UdpForwarder => crate::bench_node::udp_forwarder().await,
     }
 }

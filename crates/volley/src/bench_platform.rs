@@ -561,3 +561,132 @@ pub(crate) async fn chat(args: ChatArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct LedgerArgs {
+    /// Transfers per run.
+    #[arg(long, default_value_t = 4000)]
+    transfers: usize,
+    /// PostgreSQL URL (default: a fresh database on the tests' server); `skip` to skip.
+    #[arg(long)]
+    postgres: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct LedgerRow {
+    backend: String,
+    mode: String,
+    transfers_per_s: f64,
+    raw_insert_commits_per_s: f64,
+    ratio: f64,
+}
+
+/// Transfers/s between 100 wallets with 8 concurrent callers, one transfer per chain (`batch`
+/// 1) or linked chains of `batch` transfers (one commit each).
+async fn ledger_rate(
+    p: &volley_platform::Platform,
+    n: usize,
+    batch: usize,
+    tag: &str,
+) -> anyhow::Result<f64> {
+    use volley_platform::ledger::{AccountRef, Transfer};
+    let wallets: Vec<u64> = (1..=100).collect();
+    let chains = n / batch;
+    let p2 = p.clone();
+    let tag = tag.to_owned();
+    let (ok, failed, secs) = drive(chains, 8, move |i| {
+        let p = p2.clone();
+        let tag = tag.clone();
+        let wallets = wallets.clone();
+        async move {
+            let chain: Vec<Transfer> = (0..batch)
+                .map(|k| {
+                    let from = wallets[(i * 7 + k * 13) % wallets.len()];
+                    let to = wallets[(i * 11 + k * 3 + 1) % wallets.len()];
+                    let to = if to == from {
+                        wallets[(from as usize) % wallets.len()]
+                    } else {
+                        to
+                    };
+                    Transfer {
+                        id: format!("{tag}-{i}-{k}"),
+                        debit: AccountRef::wallet(from),
+                        credit: AccountRef::wallet(to),
+                        currency: "gold".into(),
+                        amount: 1,
+                        kind: "bench".into(),
+                        item_id: None,
+                    }
+                })
+                .collect();
+            p.transfer_chain("bench", &chain).await.is_ok()
+        }
+    })
+    .await;
+    anyhow::ensure!(failed == 0, "{failed} of {} chains failed", ok + failed);
+    Ok((ok * batch) as f64 / secs)
+}
+
+async fn ledger_backend(
+    db: volley_store::Db,
+    name: &str,
+    n: usize,
+    rows: &mut Vec<LedgerRow>,
+) -> anyhow::Result<()> {
+    let p =
+        volley_platform::Platform::new(db.clone(), volley_store::Bus::local(), Default::default())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // 100 funded wallets (ids 1..=100 are accounts of the bench database).
+    for i in 1..=100u64 {
+        sqlx::query("INSERT INTO accounts (id, display_name, status, created_ms, updated_ms) VALUES ($1, 'b', 0, 0, 0) ON CONFLICT (id) DO NOTHING")
+            .bind(i as i64)
+            .execute(db.writer())
+            .await?;
+        p.grant(&format!("fund-{i}"), i, "gold", 1_000_000, "grant")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let raw = insert_floor(&db, n).await?;
+    for (mode, batch) in [("single", 1usize), ("linked chains of 16", 16)] {
+        let rate = ledger_rate(&p, n, batch, &format!("{name}-{batch}")).await?;
+        rows.push(LedgerRow {
+            backend: name.into(),
+            mode: mode.into(),
+            transfers_per_s: rate,
+            raw_insert_commits_per_s: raw,
+            ratio: rate / raw,
+        });
+    }
+    let audit = p.audit().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    anyhow::ensure!(audit.ok(), "audit failed after the bench: {audit:?}");
+    Ok(())
+}
+
+pub(crate) async fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    let dir = tempfile::tempdir()?;
+    let db = volley_store::Db::open_sqlite(&dir.path().join("bench.db")).await?;
+    ledger_backend(db, "sqlite", args.transfers, &mut rows).await?;
+    if args.postgres.as_deref() != Some("skip") {
+        let url = match &args.postgres {
+            Some(u) => u.clone(),
+            None => volley_store::testing::empty_postgres().await?,
+        };
+        let db = volley_store::Db::open(&url).await?;
+        ledger_backend(db, "postgres", args.transfers, &mut rows).await?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        for r in &rows {
+            println!(
+                "{:>8} {:>20}: {:>8.0} transfers/s; raw INSERT commits {:>8.0}/s; ratio {:.2}",
+                r.backend, r.mode, r.transfers_per_s, r.raw_insert_commits_per_s, r.ratio
+            );
+        }
+    }
+    Ok(())
+}
