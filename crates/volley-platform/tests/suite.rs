@@ -890,6 +890,16 @@ async fn ledger_bounds_idempotency_and_limits(b: Backend) {
     );
     let h = p.ledger_history(a, None, 10).await.unwrap();
     assert!(h.len() >= 3 && h.windows(2).all(|w| w[0].seq > w[1].seq));
+    // The audit catches money created behind the ledger's back.
+    sqlx::query("UPDATE ledger_accounts SET balance = balance + 1 WHERE owner_id = $1 AND currency = 'gold'")
+        .bind(c as i64)
+        .execute(p.db().writer())
+        .await
+        .unwrap();
+    let bad = p.audit().await.unwrap();
+    assert!(!bad.ok());
+    assert_eq!(bad.mismatched.len(), 1);
+    assert_eq!(bad.unbalanced_currencies, vec![("gold".to_owned(), 1)]);
 }
 
 async fn retry_storm_takes_effect_once(b: Backend) {

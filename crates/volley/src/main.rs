@@ -47,6 +47,50 @@ enum Cmd {
         #[command(subcommand)]
         which: bench::BenchCmd,
     },
+    /// Operator commands against a node's database.
+    Admin {
+        #[command(subcommand)]
+        which: AdminCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCmd {
+    /// Checks every ledger invariant over the whole database (balances re-derived from transfers,
+    /// each currency summing to zero, bounds, unique item owners); exits 1 if any is broken.
+    Audit {
+        /// The database: sqlite://path or postgres://... (default: SQLite in the data directory).
+        #[arg(long, env = "VOLLEY_DATABASE")]
+        database: Option<String>,
+        /// The node's data directory (for the default SQLite database).
+        #[arg(long, env = "VOLLEY_DATA_DIR", default_value = "volley-data")]
+        data_dir: PathBuf,
+    },
+}
+
+async fn audit(database: Option<String>, data_dir: PathBuf) -> anyhow::Result<()> {
+    let db = match database {
+        Some(url) => volley_store::Db::open(&url).await?,
+        None => {
+            let path = data_dir.join("volley.db");
+            anyhow::ensure!(path.exists(), "no database at {}", path.display());
+            volley_store::Db::open_sqlite(&path).await?
+        }
+    };
+    let p = volley_platform::Platform::new(db, volley_store::Bus::local(), Default::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = p.audit().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if report.ok() {
+        eprintln!(
+            "audit: ok ({} accounts, {} transfers)",
+            report.accounts, report.transfers
+        );
+        Ok(())
+    } else {
+        eprintln!("audit: INVARIANTS BROKEN");
+        std::process::exit(1);
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -244,5 +288,8 @@ async fn main() -> anyhow::Result<()> {
             bot::run(args).await
         }
         Cmd::Bench { which } => bench::run(which).await,
+        Cmd::Admin {
+            which: AdminCmd::Audit { database, data_dir },
+        } => audit(database, data_dir).await,
     }
 }

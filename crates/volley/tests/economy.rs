@@ -251,6 +251,21 @@ async fn bank(database: Option<String>) {
         "{audit_before}"
     );
     db.close().await;
+    // The operator's audit command agrees, as a process of its own.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volley"));
+    cmd.args(["admin", "audit"])
+        .env("VOLLEY_DATA_DIR", dir.path());
+    if let Some(url) = &database {
+        cmd.args(["--database", url]);
+    }
+    let out = cmd.output().expect("run audit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("audit JSON");
+    assert!(report["transfers"].as_u64().unwrap() as usize >= acked.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
