@@ -15,6 +15,7 @@
 //! - [`events`]: the per-player event stream (WebSocket) over the bus.
 //! - [`ledger`]: the double-entry ledger (bounded balances, idempotent linked transfers, unique
 //!   items, audit); [`economy`]: grants, gifts, bonus codes with fraud holds.
+//! - [`leaderboards`]: boards with Redis sorted-set semantics over the [`rank`] index.
 #![warn(missing_docs, unreachable_pub)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,11 +25,13 @@ pub mod economy;
 mod error;
 pub mod events;
 pub mod hasher;
+pub mod leaderboards;
 pub mod ledger;
 pub mod limits;
 pub mod lobbies;
 pub mod matchmaking;
 pub mod presence;
+pub mod rank;
 pub mod social;
 
 use std::sync::Arc;
@@ -127,6 +130,7 @@ struct Inner {
     chat_limits: limits::KeyedBuckets<AccountId>,
     matchmaker: matchmaking::Engine,
     rooms: std::sync::OnceLock<Arc<dyn chat::RoomDirectory>>,
+    boards: leaderboards::Boards,
 }
 
 impl Platform {
@@ -151,6 +155,7 @@ impl Platform {
                 chat_limits,
                 matchmaker,
                 rooms: std::sync::OnceLock::new(),
+                boards: leaderboards::Boards::default(),
             }),
         })
     }

@@ -411,6 +411,11 @@ pub(crate) fn routes() -> Router<Api> {
         .route("/v1/admin/held/{id}/approve", post(approve))
         .route("/v1/admin/held/{id}/reject", post(reject))
         .route("/v1/admin/audit", get(audit))
+        .route("/v1/admin/leaderboards", post(create_board))
+        .route("/v1/leaderboards/{id}/scores", post(submit_score))
+        .route("/v1/leaderboards/{id}", get(board_page))
+        .route("/v1/leaderboards/{id}/around-me", get(board_around))
+        .route("/v1/leaderboards/{id}/rank/{player}", get(board_rank))
         .route("/v1/admin/accounts/{id}/ban", post(ban))
         .route("/v1/admin/accounts/{id}/unban", post(unban))
         .route("/v1/admin/accounts/{id}", delete(delete_account))
@@ -1093,4 +1098,89 @@ async fn reject(
 async fn audit(State(api): State<Api>, headers: HeaderMap) -> Result<Response, Error> {
     server_key(&api, &headers)?;
     Ok(Json(api.platform.audit().await?).into_response())
+}
+
+async fn create_board(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, Error> {
+    server_key(&api, &headers)?;
+    let def: volley_platform::leaderboards::BoardDef = parse(&body)?;
+    api.platform.create_board(&def).await?;
+    Ok(StatusCode::CREATED)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScoreRequest {
+    player: u64,
+    score: i64,
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+}
+
+async fn submit_score(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, Error> {
+    server_key(&api, &headers)?;
+    let req: ScoreRequest = parse(&body)?;
+    if !api.platform.is_active(req.player).await? {
+        return Err(volley_platform::PlatformError::not_found("player").into());
+    }
+    let meta = req.metadata.map(|m| m.to_string()).unwrap_or_default();
+    let score = api
+        .platform
+        .submit_score(&id, req.player, req.score, &meta)
+        .await?;
+    Ok(Json(serde_json::json!({ "score": score })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    start: Option<usize>,
+    count: Option<usize>,
+    radius: Option<usize>,
+}
+
+async fn board_page(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, Error> {
+    authed(&api, &headers).await?;
+    let page = api
+        .platform
+        .board_page(&id, q.start.unwrap_or(0), q.count.unwrap_or(20))
+        .await?;
+    Ok(Json(page).into_response())
+}
+
+async fn board_around(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, Error> {
+    let me = authed(&api, &headers).await?;
+    let page = api
+        .platform
+        .board_around(&id, me, q.radius.unwrap_or(5))
+        .await?;
+    Ok(Json(page).into_response())
+}
+
+async fn board_rank(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((id, player)): Path<(String, String)>,
+) -> Result<Response, Error> {
+    authed(&api, &headers).await?;
+    let rank = api.platform.board_rank(&id, id_param(&player)?).await?;
+    Ok(Json(serde_json::json!({ "rank": rank })).into_response())
 }

@@ -63,6 +63,21 @@ fn schemas() -> Map<String, Value> {
     let loose = |required: &[&str]| json!({"type": "object", "required": required, "additionalProperties": true});
     all.insert("Wallet".into(), loose(&["balances", "items"]));
     all.insert(
+        "RecordList".into(),
+        json!({"type": "array", "items": loose(&["rank", "player_id", "score"])}),
+    );
+    all.insert(
+        "BoardDef".into(),
+        json!({"type": "object", "required": ["id", "descending", "operator"], "additionalProperties": false,
+               "properties": {"id": {"type": "string"}, "descending": {"type": "boolean"},
+                              "operator": {"type": "string", "enum": ["best", "set", "incr", "decr"]}}}),
+    );
+    all.insert(
+        "ScoreRequest".into(),
+        json!({"type": "object", "required": ["player", "score"], "additionalProperties": false,
+               "properties": {"player": {"type": "integer"}, "score": {"type": "integer"}, "metadata": {}}}),
+    );
+    all.insert(
         "TransferList".into(),
         json!({"type": "array", "items": loose(&["seq", "id"])}),
     );

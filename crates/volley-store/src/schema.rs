@@ -225,6 +225,26 @@ CREATE TABLE held_transfers (
 )
 "#,
     },
+    Migration {
+        version: 3,
+        name: "leaderboards",
+        sql: r#"
+CREATE TABLE leaderboards (
+    id TEXT PRIMARY KEY,
+    descending BIGINT NOT NULL,
+    operator TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE leaderboard_records (
+    board TEXT NOT NULL REFERENCES leaderboards(id),
+    member TEXT NOT NULL,
+    score BIGINT NOT NULL,
+    metadata TEXT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (board, member)
+)
+"#,
+    },
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

@@ -28,6 +28,8 @@ pub(crate) enum BenchCmd {
     /// Ledger transfers/s with durable commits on SQLite and PostgreSQL, single and linked,
     /// next to the raw database's own INSERT commit rate.
     Ledger(crate::bench_platform::LedgerArgs),
+    /// Leaderboard submit and rank ops/s, Volley's index vs Redis sorted sets, at 1M records.
+    Leaderboard(crate::bench_platform::BoardArgs),
     /// The baseline forwarder `bench node` runs in a child process.
     #[command(hide = true)]
     UdpForwarder,
@@ -421,6 +423,7 @@ pub(crate) async fn run(which: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Matchmaker(args) => crate::bench_platform::matchmaker(args),
         BenchCmd::Chat(args) => crate::bench_platform::chat(args).await,
         BenchCmd::Ledger(args) => crate::bench_platform::ledger(args).await,
+        BenchCmd::Leaderboard(args) => crate::bench_platform::leaderboard(args).await,
         BenchCmd::UdpForwarder => crate::bench_node::udp_forwarder().await,
     }
 }

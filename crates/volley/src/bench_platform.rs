@@ -690,3 +690,202 @@ pub(crate) async fn ledger(args: LedgerArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct BoardArgs {
+    /// Records loaded before measuring.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: usize,
+    /// Operations measured per kind.
+    #[arg(long, default_value_t = 100_000)]
+    ops: usize,
+    /// Redis address (the peer).
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    redis: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A minimal blocking RESP client for the Redis peer.
+struct Resp {
+    r: std::io::BufReader<std::net::TcpStream>,
+    w: std::net::TcpStream,
+}
+
+impl Resp {
+    fn connect(addr: &str) -> anyhow::Result<Resp> {
+        let s = std::net::TcpStream::connect(addr).with_context(|| format!("Redis at {addr}"))?;
+        s.set_nodelay(true)?;
+        Ok(Resp {
+            r: std::io::BufReader::new(s.try_clone()?),
+            w: s,
+        })
+    }
+
+    fn send(&mut self, args: &[&str]) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.w.write_all(out.as_bytes())?;
+        Ok(())
+    }
+
+    /// Reads one reply, skipping its content.
+    fn skip_reply(&mut self) -> anyhow::Result<()> {
+        use std::io::{BufRead, Read};
+        let mut line = String::new();
+        self.r.read_line(&mut line)?;
+        let line = line.trim_end();
+        anyhow::ensure!(!line.is_empty(), "Redis closed the connection");
+        let (t, rest) = line.split_at(1);
+        match t {
+            "-" => anyhow::bail!("Redis error: {rest}"),
+            "$" => {
+                let n: i64 = rest.parse()?;
+                if n >= 0 {
+                    let mut buf = vec![0u8; n as usize + 2];
+                    self.r.read_exact(&mut buf)?;
+                }
+            }
+            "*" => {
+                let n: i64 = rest.parse()?;
+                for _ in 0..n.max(0) {
+                    self.skip_reply()?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn cmd(&mut self, args: &[&str]) -> anyhow::Result<()> {
+        self.send(args)?;
+        self.skip_reply()
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct BoardReport {
+    records: usize,
+    volley_index_submit_per_s: f64,
+    redis_zadd_per_s: f64,
+    submit_ratio: f64,
+    volley_index_rank_per_s: f64,
+    redis_zrevrank_per_s: f64,
+    rank_ratio: f64,
+    volley_durable_submit_per_s: f64,
+    note: &'static str,
+}
+
+pub(crate) async fn leaderboard(args: BoardArgs) -> anyhow::Result<()> {
+    use volley_platform::rank::RankIndex;
+    let n = args.records;
+    let mut x: u64 = 0x2545f4914f6cdd1d;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let members: Vec<String> = (0..n).map(|i| format!("{}", 1_000_000 + i)).collect();
+    let scores: Vec<i64> = (0..n).map(|_| (next() % 1_000_000) as i64).collect();
+    // Volley's index, in-process.
+    let mut idx = RankIndex::new();
+    for (m, s) in members.iter().zip(&scores) {
+        idx.set(m, *s);
+    }
+    let picks: Vec<(usize, i64)> = (0..args.ops)
+        .map(|_| ((next() % n as u64) as usize, (next() % 1_000_000) as i64))
+        .collect();
+    let t = Instant::now();
+    for (i, s) in &picks {
+        idx.set(&members[*i], *s);
+    }
+    let v_submit = picks.len() as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut sink = 0usize;
+    for (i, _) in &picks {
+        sink = sink.wrapping_add(idx.rev_rank(&members[*i]).unwrap_or(0));
+    }
+    let v_rank = picks.len() as f64 / t.elapsed().as_secs_f64();
+    anyhow::ensure!(sink > 0 || n < 2, "rank results unused");
+    // Redis, same data, one client, one request at a time (as a game server would ask).
+    let mut r = Resp::connect(&args.redis)?;
+    let key = format!("volley-bench:{}", std::process::id());
+    r.cmd(&["DEL", &key])?;
+    for chunk in members.iter().zip(&scores).collect::<Vec<_>>().chunks(1000) {
+        let mut a: Vec<String> = vec!["ZADD".into(), key.clone()];
+        for (m, s) in chunk {
+            a.push(s.to_string());
+            a.push((*m).clone());
+        }
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        r.cmd(&refs)?;
+    }
+    let t = Instant::now();
+    for (i, s) in &picks {
+        r.cmd(&["ZADD", &key, &s.to_string(), &members[*i]])?;
+    }
+    let r_submit = picks.len() as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for (i, _) in &picks {
+        r.cmd(&["ZREVRANK", &key, &members[*i]])?;
+    }
+    let r_rank = picks.len() as f64 / t.elapsed().as_secs_f64();
+    r.cmd(&["DEL", &key])?;
+    // Durable submissions through the platform (SQLite, synchronous=FULL), on a smaller board.
+    let dir = tempfile::tempdir()?;
+    let db = volley_store::Db::open_sqlite(&dir.path().join("board.db")).await?;
+    let p = volley_platform::Platform::new(db, volley_store::Bus::local(), Default::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    p.create_board(&volley_platform::leaderboards::BoardDef {
+        id: "bench".into(),
+        descending: true,
+        operator: volley_platform::leaderboards::Operator::Best,
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let durable_n = 2000usize;
+    let p2 = p.clone();
+    let (ok, _, secs) = drive(durable_n, 8, move |i| {
+        let p = p2.clone();
+        async move {
+            p.submit_score("bench", (i % 500) as u64 + 1, i as i64, "")
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let report = BoardReport {
+        records: n,
+        volley_index_submit_per_s: v_submit,
+        redis_zadd_per_s: r_submit,
+        submit_ratio: v_submit / r_submit,
+        volley_index_rank_per_s: v_rank,
+        redis_zrevrank_per_s: r_rank,
+        rank_ratio: v_rank / r_rank,
+        volley_durable_submit_per_s: ok as f64 / secs,
+        note: "Volley's index is in-process; Redis is asked over loopback, one request at a time",
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{} records", n);
+        println!(
+            "  submit: Volley index {:.0}/s, Redis ZADD {:.0}/s, ratio {:.1}",
+            v_submit, r_submit, report.submit_ratio
+        );
+        println!(
+            "  rank:   Volley index {:.0}/s, Redis ZREVRANK {:.0}/s, ratio {:.1}",
+            v_rank, r_rank, report.rank_ratio
+        );
+        println!(
+            "  durable submit through the platform (SQLite, 8 callers): {:.0}/s",
+            report.volley_durable_submit_per_s
+        );
+    }
+    Ok(())
+}

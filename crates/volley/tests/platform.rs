@@ -80,6 +80,7 @@ async fn openapi_lists_exactly_the_routes_that_answer() {
                 path.replace("{id}", "1")
                     .replace("{channel}", "lobby.1")
                     .replace("{pool}", "duel")
+                    .replace("{player}", "1")
             );
             let req = match method.as_str() {
                 "get" => http.get(&url),
@@ -698,4 +699,102 @@ async fn two_nodes_share_postgres_and_nats() {
     }
     n1.node.shutdown().await;
     n2.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaderboards_over_http_accept_scores_only_from_the_server() {
+    let n = start_node(|c| c.server_key = Some(KEY.into())).await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/v1/admin/leaderboards", n.base))
+        .header("x-volley-server-key", KEY)
+        .json(&serde_json::json!({"id": "season-1", "descending": true, "operator": "best"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let mut players = Vec::new();
+    for i in 0..5 {
+        players.push(device(&n.base, &format!("device-board-{i:03}")).await);
+    }
+    for (i, (_, id)) in players.iter().enumerate() {
+        for score in [10 * i as i64, 5] {
+            let r = http
+                .post(format!("{}/v1/leaderboards/season-1/scores", n.base))
+                .header("x-volley-server-key", KEY)
+                .json(&serde_json::json!({"player": id, "score": score, "metadata": {"map": "docks"}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+        }
+    }
+    // A player cannot submit its own score.
+    let token = players[0].0.token().unwrap().to_owned();
+    let r = http
+        .post(format!("{}/v1/leaderboards/season-1/scores", n.base))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"player": players[0].1, "score": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let top: serde_json::Value = http
+        .get(format!("{}/v1/leaderboards/season-1?count=3", n.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let scores: Vec<i64> = top
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["score"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        scores,
+        vec![40, 30, 20],
+        "best of each player, highest first"
+    );
+    assert_eq!(top[0]["metadata"], r#"{"map":"docks"}"#);
+    let around: serde_json::Value = http
+        .get(format!(
+            "{}/v1/leaderboards/season-1/around-me?radius=1",
+            n.base
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ranks: Vec<u64> = around
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rank"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ranks,
+        vec![3, 4],
+        "player 0 (score 5, tie broken by id string) is last"
+    );
+    let rank: serde_json::Value = http
+        .get(format!(
+            "{}/v1/leaderboards/season-1/rank/{}",
+            n.base, players[4].1
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rank["rank"], 0);
+    n.node.shutdown().await;
 }
