@@ -61,6 +61,9 @@ pub struct BoardDef {
     pub descending: bool,
     /// How submissions combine.
     pub operator: Operator,
+    /// Season reset schedule (five-field cron, UTC); the board never resets when absent.
+    #[serde(default)]
+    pub reset_cron: Option<String>,
 }
 
 /// One record as queries return it.
@@ -79,6 +82,7 @@ pub struct Record {
 #[derive(Debug)]
 pub(crate) struct Board {
     def: BoardDef,
+    season: i64,
     index: RankIndex,
     metadata: HashMap<String, String>,
 }
@@ -127,14 +131,24 @@ impl Platform {
     /// Creates a board (idempotent for the same definition).
     pub async fn create_board(&self, def: &BoardDef) -> Result<(), PlatformError> {
         check_board_id(&def.id)?;
+        let now = now_ms();
+        let next_reset = match &def.reset_cron {
+            Some(c) => crate::cron::Cron::parse(c)
+                .map_err(|e| PlatformError::bad("bad_cron", e))?
+                .next_after(now)
+                .ok_or_else(|| PlatformError::bad("bad_cron", "the schedule never fires"))?,
+            None => i64::MAX,
+        };
         sqlx::query(
-            "INSERT INTO leaderboards (id, descending, operator, created_ms) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO leaderboards (id, descending, operator, reset_cron, season, next_reset_ms, created_ms) \
+             VALUES ($1, $2, $3, $4, 1, $5, $6) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&def.id)
         .bind(i64::from(def.descending))
         .bind(def.operator.as_str())
-        .bind(now_ms())
+        .bind(def.reset_cron.clone().unwrap_or_default())
+        .bind(next_reset)
+        .bind(now)
         .execute(self.db().writer())
         .await?;
         let stored = self.board_def(&def.id).await?;
@@ -148,35 +162,165 @@ impl Platform {
     }
 
     async fn board_def(&self, id: &str) -> Result<BoardDef, PlatformError> {
+        Ok(self.board_state(id).await?.0)
+    }
+
+    /// A board's definition, current season and next reset time.
+    async fn board_state(&self, id: &str) -> Result<(BoardDef, i64, i64), PlatformError> {
         check_board_id(id)?;
-        let r = sqlx::query("SELECT descending, operator FROM leaderboards WHERE id = $1")
+        let r = sqlx::query(
+            "SELECT descending, operator, reset_cron, season, next_reset_ms FROM leaderboards WHERE id = $1",
+        )
             .bind(id)
             .fetch_optional(self.db().reader())
             .await?
             .ok_or_else(|| PlatformError::not_found("leaderboard"))?;
         let op: String = r.try_get("operator")?;
-        Ok(BoardDef {
+        let cron: String = r.try_get("reset_cron")?;
+        let def = BoardDef {
             id: id.to_owned(),
             descending: r.try_get::<i64, _>("descending")? != 0,
             operator: Operator::parse(&op).ok_or_else(|| {
                 PlatformError::new(ErrorKind::Internal, "internal", "bad operator")
             })?,
-        })
+            reset_cron: (!cron.is_empty()).then_some(cron),
+        };
+        Ok((def, r.try_get("season")?, r.try_get("next_reset_ms")?))
     }
 
-    /// Loads a board's index from the database if this node has not yet.
-    async fn ensure_loaded(&self, id: &str) -> Result<(), PlatformError> {
-        if self
-            .inner
-            .boards
-            .loaded
-            .lock()
-            .map_err(|_| lock_err())?
-            .contains_key(id)
-        {
-            return Ok(());
+    /// The board's current season (1 at creation, +1 at each reset).
+    pub async fn board_season(&self, id: &str) -> Result<i64, PlatformError> {
+        Ok(self.board_state(id).await?.1)
+    }
+
+    /// Runs every season reset due at `now` across all boards. Each reset is claimed with a
+    /// conditional update of the season number, so it happens once whatever the number of
+    /// nodes, and a node that was down resets (once) as soon as it is back. The finished
+    /// season's records are archived with their final ranks. Returns `(board, archived season)`.
+    pub async fn run_season_resets(&self, now: i64) -> Result<Vec<(String, i64)>, PlatformError> {
+        let due = sqlx::query(
+            "SELECT id, season, reset_cron FROM leaderboards WHERE reset_cron <> '' AND next_reset_ms <= $1",
+        )
+        .bind(now)
+        .fetch_all(self.db().reader())
+        .await?;
+        let mut done = Vec::new();
+        for row in due {
+            let id: String = row.try_get("id")?;
+            let season: i64 = row.try_get("season")?;
+            let cron: String = row.try_get("reset_cron")?;
+            let Ok(c) = crate::cron::Cron::parse(&cron) else {
+                continue;
+            };
+            let next = c.next_after(now).unwrap_or(i64::MAX);
+            let def = self.board_def(&id).await?;
+            let mut tx = self.db().writer().begin().await?;
+            let claim = sqlx::query(
+                "UPDATE leaderboards SET season = season + 1, next_reset_ms = $1 WHERE id = $2 AND season = $3",
+            )
+            .bind(next)
+            .bind(&id)
+            .bind(season)
+            .execute(&mut *tx)
+            .await?;
+            if claim.rows_affected() == 0 {
+                continue; // another node (or an earlier pass) did it
+            }
+            let rows = sqlx::query(
+                "SELECT member, score, metadata FROM leaderboard_records WHERE board = $1",
+            )
+            .bind(&id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut index = RankIndex::new();
+            let mut meta = HashMap::new();
+            for r in rows {
+                let m: String = r.try_get("member")?;
+                index.set(&m, r.try_get("score")?);
+                meta.insert(m, r.try_get::<String, _>("metadata")?);
+            }
+            let n = index.len();
+            let ordered = if n == 0 {
+                Vec::new()
+            } else if def.descending {
+                index.rev_range(0, n - 1)
+            } else {
+                index.range(0, n - 1)
+            };
+            for (rank, (m, s)) in ordered.into_iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO leaderboard_archive (board, season, rank, member, score, metadata) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&id)
+                .bind(season)
+                .bind(rank as i64)
+                .bind(&m)
+                .bind(s)
+                .bind(meta.remove(&m).unwrap_or_default())
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query("DELETE FROM leaderboard_records WHERE board = $1")
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            if let Ok(mut boards) = self.inner.boards.loaded.lock() {
+                boards.remove(&id);
+            }
+            tracing::info!(board = %id, season, "leaderboard season archived");
+            done.push((id, season));
         }
-        let def = self.board_def(id).await?;
+        Ok(done)
+    }
+
+    /// A page of an archived season, by final rank.
+    pub async fn archived_page(
+        &self,
+        board: &str,
+        season: i64,
+        start: usize,
+        count: usize,
+    ) -> Result<Vec<Record>, PlatformError> {
+        check_board_id(board)?;
+        let rows = sqlx::query(
+            "SELECT rank, member, score, metadata FROM leaderboard_archive \
+             WHERE board = $1 AND season = $2 AND rank >= $3 ORDER BY rank LIMIT $4",
+        )
+        .bind(board)
+        .bind(season)
+        .bind(start.min(i64::MAX as usize) as i64)
+        .bind(count.clamp(1, 100) as i64)
+        .fetch_all(self.db().reader())
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Record {
+                    rank: r.try_get::<i64, _>("rank")?.max(0) as usize,
+                    player_id: r.try_get::<String, _>("member")?.parse().unwrap_or(0),
+                    score: r.try_get("score")?,
+                    metadata: r.try_get("metadata")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Loads a board's index from the database if this node has not yet, or again when the
+    /// season moved on (another node reset it).
+    async fn ensure_loaded(&self, id: &str) -> Result<(), PlatformError> {
+        let (def, season, _) = self.board_state(id).await?;
+        {
+            let mut boards = self.inner.boards.loaded.lock().map_err(|_| lock_err())?;
+            match boards.get(id) {
+                Some(b) if b.season == season => return Ok(()),
+                Some(_) => {
+                    boards.remove(id);
+                }
+                None => {}
+            }
+        }
         let rows =
             sqlx::query("SELECT member, score, metadata FROM leaderboard_records WHERE board = $1")
                 .bind(id)
@@ -197,6 +341,7 @@ impl Platform {
             .entry(id.to_owned())
             .or_insert(Board {
                 def,
+                season,
                 index,
                 metadata,
             });

@@ -21,6 +21,7 @@
 
 pub mod accounts;
 pub mod chat;
+pub mod cron;
 pub mod economy;
 mod error;
 pub mod events;

@@ -95,6 +95,7 @@ async fn oracle(backend: Backend, descending: bool, operator: Operator, seed: u6
         id: board.clone(),
         descending,
         operator,
+        reset_cron: None,
     })
     .await
     .unwrap();
@@ -229,6 +230,7 @@ async fn scores_outside_the_exact_double_range_are_refused() {
         id: "lim".into(),
         descending: true,
         operator: Operator::Incr,
+        reset_cron: None,
     })
     .await
     .unwrap();
@@ -254,11 +256,103 @@ async fn scores_outside_the_exact_double_range_are_refused() {
         p.create_board(&BoardDef {
             id: "lim".into(),
             descending: false,
-            operator: Operator::Incr
+            operator: Operator::Incr,
+            reset_cron: None
         })
         .await
         .unwrap_err()
         .code,
         "board_exists"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seasons_reset_once_on_time_across_nodes_and_restarts() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let t = TestDb::new(backend).await.unwrap();
+        let node_a = Platform::new(t.db.clone(), Bus::local(), PlatformConfig::default()).unwrap();
+        let node_b = Platform::new(t.db.clone(), Bus::local(), PlatformConfig::default()).unwrap();
+        // Weekly, Mondays 00:00 UTC.
+        node_a
+            .create_board(&BoardDef {
+                id: "weekly".into(),
+                descending: true,
+                operator: Operator::Best,
+                reset_cron: Some("0 0 * * 1".into()),
+            })
+            .await
+            .unwrap();
+        let x = node_a
+            .login_device("device-season-x")
+            .await
+            .unwrap()
+            .player_id;
+        let y = node_a
+            .login_device("device-season-y")
+            .await
+            .unwrap()
+            .player_id;
+        node_a.submit_score("weekly", x, 50, "{}").await.unwrap();
+        node_b.submit_score("weekly", y, 70, "{}").await.unwrap();
+        assert_eq!(node_b.board_page("weekly", 0, 10).await.unwrap().len(), 2);
+        let next = volley_platform::cron::Cron::parse("0 0 * * 1")
+            .unwrap()
+            .next_after(volley_platform::now_ms())
+            .unwrap();
+        // Not yet.
+        assert!(node_a.run_season_resets(next - 1).await.unwrap().is_empty());
+        // Both nodes notice at once: exactly one reset.
+        let (ra, rb) = tokio::join!(
+            node_a.run_season_resets(next),
+            node_b.run_season_resets(next)
+        );
+        let resets = ra.unwrap().len() + rb.unwrap().len();
+        assert_eq!(resets, 1, "{backend:?}");
+        assert!(
+            node_a.run_season_resets(next).await.unwrap().is_empty(),
+            "never twice"
+        );
+        assert_eq!(node_a.board_season("weekly").await.unwrap(), 2);
+        // Both nodes serve the new, empty season (B's index was loaded before the reset).
+        assert!(node_b.board_page("weekly", 0, 10).await.unwrap().is_empty());
+        assert!(node_a.board_page("weekly", 0, 10).await.unwrap().is_empty());
+        // The archive keeps the final standings.
+        let archived = node_b.archived_page("weekly", 1, 0, 10).await.unwrap();
+        assert_eq!(
+            archived
+                .iter()
+                .map(|r| (r.rank, r.player_id, r.score))
+                .collect::<Vec<_>>(),
+            vec![(0, y, 70), (1, x, 50)]
+        );
+        // A node that starts later sees the same; the next reset is a week on.
+        let restarted =
+            Platform::new(t.db.clone(), Bus::local(), PlatformConfig::default()).unwrap();
+        assert_eq!(restarted.board_season("weekly").await.unwrap(), 2);
+        assert!(restarted
+            .run_season_resets(next + 6 * 86_400_000)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            restarted
+                .run_season_resets(next + 7 * 86_400_000)
+                .await
+                .unwrap(),
+            vec![("weekly".to_owned(), 2)]
+        );
+        assert_eq!(
+            node_a
+                .create_board(&BoardDef {
+                    id: "bad".into(),
+                    descending: true,
+                    operator: Operator::Set,
+                    reset_cron: Some("61 * * * *".into())
+                })
+                .await
+                .unwrap_err()
+                .code,
+            "bad_cron"
+        );
+    }
 }

@@ -416,6 +416,7 @@ pub(crate) fn routes() -> Router<Api> {
         .route("/v1/leaderboards/{id}", get(board_page))
         .route("/v1/leaderboards/{id}/around-me", get(board_around))
         .route("/v1/leaderboards/{id}/rank/{player}", get(board_rank))
+        .route("/v1/leaderboards/{id}/seasons/{season}", get(board_archive))
         .route("/v1/admin/accounts/{id}/ban", post(ban))
         .route("/v1/admin/accounts/{id}/unban", post(unban))
         .route("/v1/admin/accounts/{id}", delete(delete_account))
@@ -1183,4 +1184,19 @@ async fn board_rank(
     authed(&api, &headers).await?;
     let rank = api.platform.board_rank(&id, id_param(&player)?).await?;
     Ok(Json(serde_json::json!({ "rank": rank })).into_response())
+}
+
+async fn board_archive(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((id, season)): Path<(String, String)>,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, Error> {
+    authed(&api, &headers).await?;
+    let season: i64 = season.parse().map_err(|_| bad("season must be a number"))?;
+    let page = api
+        .platform
+        .archived_page(&id, season, q.start.unwrap_or(0), q.count.unwrap_or(20))
+        .await?;
+    Ok(Json(page).into_response())
 }

@@ -396,6 +396,21 @@ impl Node {
             Err(e) => tracing::warn!(error = %e, "could not reload matchmaker tickets"),
         }
         let mut tasks = Vec::new();
+        let seasons = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = seasons
+                    .platform
+                    .run_season_resets(volley_platform::now_ms())
+                    .await
+                {
+                    tracing::warn!(error = %e, "season resets failed");
+                }
+            }
+        }));
         let mm = shared.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(MATCHMAKER_PERIOD);

@@ -70,7 +70,8 @@ fn schemas() -> Map<String, Value> {
         "BoardDef".into(),
         json!({"type": "object", "required": ["id", "descending", "operator"], "additionalProperties": false,
                "properties": {"id": {"type": "string"}, "descending": {"type": "boolean"},
-                              "operator": {"type": "string", "enum": ["best", "set", "incr", "decr"]}}}),
+                              "operator": {"type": "string", "enum": ["best", "set", "incr", "decr"]},
+                              "reset_cron": {"type": "string", "nullable": true}}}),
     );
     all.insert(
         "ScoreRequest".into(),

@@ -227,13 +227,25 @@ CREATE TABLE held_transfers (
     },
     Migration {
         version: 3,
-        name: "leaderboards",
+        name: "leaderboards with seasons and archives",
         sql: r#"
 CREATE TABLE leaderboards (
     id TEXT PRIMARY KEY,
     descending BIGINT NOT NULL,
     operator TEXT NOT NULL,
+    reset_cron TEXT NOT NULL,
+    season BIGINT NOT NULL,
+    next_reset_ms BIGINT NOT NULL,
     created_ms BIGINT NOT NULL
+);
+CREATE TABLE leaderboard_archive (
+    board TEXT NOT NULL REFERENCES leaderboards(id),
+    season BIGINT NOT NULL,
+    rank BIGINT NOT NULL,
+    member TEXT NOT NULL,
+    score BIGINT NOT NULL,
+    metadata TEXT NOT NULL,
+    PRIMARY KEY (board, season, rank)
 );
 CREATE TABLE leaderboard_records (
     board TEXT NOT NULL REFERENCES leaderboards(id),

@@ -845,6 +845,7 @@ pub(crate) async fn leaderboard(args: BoardArgs) -> anyhow::Result<()> {
         id: "bench".into(),
         descending: true,
         operator: volley_platform::leaderboards::Operator::Best,
+        reset_cron: None,
     })
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;

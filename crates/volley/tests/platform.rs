@@ -81,6 +81,7 @@ async fn openapi_lists_exactly_the_routes_that_answer() {
                     .replace("{channel}", "lobby.1")
                     .replace("{pool}", "duel")
                     .replace("{player}", "1")
+                    .replace("{season}", "1")
             );
             let req = match method.as_str() {
                 "get" => http.get(&url),
