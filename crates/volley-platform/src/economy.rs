@@ -504,3 +504,210 @@ impl Platform {
         owner == SYSTEM
     }
 }
+
+/// One entry of the store catalogue: what it costs and what it gives (an amount of a currency,
+/// or one unique item of `item_type`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreItem {
+    /// Stock-keeping id, 1-48 characters of `[a-z0-9:_-]`.
+    pub sku: String,
+    /// What the player pays in.
+    pub price_currency: String,
+    /// How much.
+    pub price: u64,
+    /// What the player gets (a currency, or `item:<type>` with `item_type`).
+    pub gives_currency: String,
+    /// How much of it (1 for a unique item).
+    pub gives_amount: u64,
+    /// A unique item of this type, minted per purchase.
+    #[serde(default)]
+    pub item_type: Option<String>,
+}
+
+impl Platform {
+    /// Adds or replaces a catalogue entry.
+    pub async fn put_store_item(&self, item: &StoreItem) -> Result<(), PlatformError> {
+        let chk = |c: &str| {
+            (1..=48).contains(&c.len())
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b":_-".contains(&b))
+        };
+        if !chk(&item.sku) || !chk(&item.price_currency) || !chk(&item.gives_currency) {
+            return Err(PlatformError::bad(
+                "bad_store_item",
+                "sku and currencies: 1-48 characters of [a-z0-9:_-]",
+            ));
+        }
+        let price = i64::try_from(item.price).ok().filter(|p| *p > 0);
+        let gives = i64::try_from(item.gives_amount).ok().filter(|g| *g > 0);
+        let (Some(price), Some(gives)) = (price, gives) else {
+            return Err(PlatformError::bad(
+                "bad_amount",
+                "price and gives_amount: 1..=i64::MAX",
+            ));
+        };
+        if let Some(t) = &item.item_type {
+            if item.gives_currency != format!("item:{t}") || gives != 1 {
+                return Err(PlatformError::bad(
+                    "bad_store_item",
+                    "a unique item is given as 1 of item:<item_type>",
+                ));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO store_items (sku, price_currency, price, gives_currency, gives_amount, item_type, active, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, 1, $7) ON CONFLICT (sku) DO UPDATE SET price_currency = $2, price = $3, \
+             gives_currency = $4, gives_amount = $5, item_type = $6, active = 1",
+        )
+        .bind(&item.sku)
+        .bind(&item.price_currency)
+        .bind(price)
+        .bind(&item.gives_currency)
+        .bind(gives)
+        .bind(&item.item_type)
+        .bind(now_ms())
+        .execute(self.db().writer())
+        .await?;
+        Ok(())
+    }
+
+    /// The active catalogue.
+    pub async fn store_items(&self) -> Result<Vec<StoreItem>, PlatformError> {
+        let rows = sqlx::query(
+            "SELECT sku, price_currency, price, gives_currency, gives_amount, item_type FROM store_items \
+             WHERE active = 1 ORDER BY sku LIMIT 1000",
+        )
+        .fetch_all(self.db().reader())
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(StoreItem {
+                    sku: r.try_get("sku")?,
+                    price_currency: r.try_get("price_currency")?,
+                    price: r.try_get::<i64, _>("price")?.max(0) as u64,
+                    gives_currency: r.try_get("gives_currency")?,
+                    gives_amount: r.try_get::<i64, _>("gives_amount")?.max(0) as u64,
+                    item_type: r.try_get("item_type")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Buys `sku` for `player`: one chain that pays the store and hands over the goods, so a
+    /// purchase is paid and delivered or neither. `id` makes it idempotent.
+    pub async fn purchase(
+        &self,
+        player: AccountId,
+        sku: &str,
+        id: &str,
+    ) -> Result<ChainResult, PlatformError> {
+        if id.len() > 48 {
+            return Err(PlatformError::bad(
+                "bad_transfer_id",
+                "purchase id: at most 48 characters",
+            ));
+        }
+        let item = self
+            .store_items()
+            .await?
+            .into_iter()
+            .find(|i| i.sku == sku)
+            .ok_or_else(|| PlatformError::not_found("store item"))?;
+        let pay = Transfer {
+            id: format!("{id}:pay"),
+            debit: AccountRef::wallet(player),
+            credit: AccountRef::system("store"),
+            currency: item.price_currency.clone(),
+            amount: item.price,
+            kind: "purchase".into(),
+            item_id: None,
+        };
+        let mut give = Transfer {
+            id: format!("{id}:give"),
+            debit: AccountRef::mint(),
+            credit: AccountRef::wallet(player),
+            currency: item.gives_currency.clone(),
+            amount: item.gives_amount,
+            kind: "purchase".into(),
+            item_id: None,
+        };
+        let scope = player.to_string();
+        // A retry of a delivered purchase answers with the first result.
+        if self.transfer_exists(&format!("{scope}:{}", pay.id)).await? {
+            if let Some(t) = self.transfer_item(&format!("{scope}:{}", give.id)).await? {
+                give.item_id = Some(t);
+            }
+            return self.transfer_chain(&scope, &[pay, give]).await;
+        }
+        let minted = match &item.item_type {
+            Some(t) => {
+                let item_id = format!("{t}-{}", crate::random_id());
+                sqlx::query(
+                    "INSERT INTO items (id, item_type, owner_id, created_ms) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&item_id)
+                .bind(t)
+                .bind(SYSTEM as i64)
+                .bind(now_ms())
+                .execute(self.db().writer())
+                .await?;
+                give.item_id = Some(item_id.clone());
+                Some(item_id)
+            }
+            None => None,
+        };
+        let out = self.transfer_chain(&scope, &[pay, give]).await;
+        let keep = out.as_ref().ok().filter(|r| !r.replayed).is_some();
+        if let (Some(item_id), false) = (&minted, keep) {
+            // Not delivered (refused, or a concurrent retry delivered another): drop the
+            // unused row, which the system still owns.
+            sqlx::query("DELETE FROM items WHERE id = $1 AND owner_id = 0")
+                .bind(item_id)
+                .execute(self.db().writer())
+                .await?;
+            // A concurrent first attempt with the same id delivered its own item: answer
+            // with that one.
+            if matches!(&out, Err(e) if e.code == "id_reused") {
+                if let Some(stored) = self.transfer_item(&format!("{scope}:{id}:give")).await? {
+                    let mut chain_retry = vec![
+                        Transfer {
+                            id: format!("{id}:pay"),
+                            debit: AccountRef::wallet(player),
+                            credit: AccountRef::system("store"),
+                            currency: item.price_currency.clone(),
+                            amount: item.price,
+                            kind: "purchase".into(),
+                            item_id: None,
+                        },
+                        Transfer {
+                            id: format!("{id}:give"),
+                            debit: AccountRef::mint(),
+                            credit: AccountRef::wallet(player),
+                            currency: item.gives_currency.clone(),
+                            amount: item.gives_amount,
+                            kind: "purchase".into(),
+                            item_id: None,
+                        },
+                    ];
+                    chain_retry[1].item_id = Some(stored);
+                    return self.transfer_chain(&scope, &chain_retry).await;
+                }
+            }
+        }
+        out
+    }
+
+    async fn transfer_item(&self, scoped_id: &str) -> Result<Option<String>, PlatformError> {
+        Ok(
+            sqlx::query("SELECT item_id FROM ledger_transfers WHERE id = $1")
+                .bind(scoped_id)
+                .fetch_optional(self.db().reader())
+                .await?
+                .map(|r| r.try_get::<Option<String>, _>("item_id"))
+                .transpose()?
+                .flatten(),
+        )
+    }
+}

@@ -1151,6 +1151,86 @@ async fn unique_items_cannot_duplicate(b: Backend) {
     assert!(audit.ok(), "{audit:?}");
 }
 
+async fn purchases_pay_and_deliver_together(b: Backend) {
+    use volley_platform::economy::StoreItem;
+    let (p, _t) = platform(b, cfg()).await;
+    let ids = players(&p, "shop", 2).await;
+    p.put_store_item(&StoreItem {
+        sku: "gem-pack".into(),
+        price_currency: "gold".into(),
+        price: 40,
+        gives_currency: "gems".into(),
+        gives_amount: 100,
+        item_type: None,
+    })
+    .await
+    .unwrap();
+    p.put_store_item(&StoreItem {
+        sku: "crown".into(),
+        price_currency: "gold".into(),
+        price: 50,
+        gives_currency: "item:crown".into(),
+        gives_amount: 1,
+        item_type: Some("crown".into()),
+    })
+    .await
+    .unwrap();
+    assert_eq!(p.store_items().await.unwrap().len(), 2);
+    p.grant("g", ids[0], "gold", 100, "grant").await.unwrap();
+    p.purchase(ids[0], "gem-pack", "buy-1").await.unwrap();
+    assert!(
+        p.purchase(ids[0], "gem-pack", "buy-1")
+            .await
+            .unwrap()
+            .replayed
+    );
+    assert_eq!(
+        p.balance(&AccountRef::wallet(ids[0]), "gems")
+            .await
+            .unwrap(),
+        100
+    );
+    assert_eq!(
+        p.balance(&AccountRef::wallet(ids[0]), "gold")
+            .await
+            .unwrap(),
+        60
+    );
+    // Concurrent first attempts of one purchase id deliver one crown.
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let p = p.clone();
+            let me = ids[0];
+            tokio::spawn(async move { p.purchase(me, "crown", "buy-2").await })
+        })
+        .collect();
+    let mut items = std::collections::HashSet::new();
+    for t in tasks {
+        let r = t.await.unwrap().unwrap();
+        items.insert(r.transfers[1].item_id.clone().unwrap());
+    }
+    assert_eq!(items.len(), 1, "every answer names the one crown delivered");
+    assert_eq!(p.items_of(ids[0]).await.unwrap().len(), 1);
+    assert_eq!(
+        p.balance(&AccountRef::wallet(ids[0]), "gold")
+            .await
+            .unwrap(),
+        10
+    );
+    // Not enough gold: neither paid nor delivered, and no stray item is left.
+    assert_eq!(
+        p.purchase(ids[0], "crown", "buy-3").await.unwrap_err().code,
+        "insufficient_funds"
+    );
+    assert_eq!(p.items_of(ids[0]).await.unwrap().len(), 1);
+    assert_eq!(
+        p.purchase(ids[1], "nothing", "x").await.unwrap_err().kind,
+        ErrorKind::NotFound
+    );
+    let audit = p.audit().await.unwrap();
+    assert!(audit.ok(), "{audit:?}");
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1182,4 +1262,5 @@ on_both_backends!(
     bonus_code_storm_gives_exactly_the_limit,
     per_player_limit_and_fraud_hold,
     unique_items_cannot_duplicate,
+    purchases_pay_and_deliver_together,
 );

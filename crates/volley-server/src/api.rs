@@ -404,6 +404,9 @@ pub(crate) fn routes() -> Router<Api> {
         .route("/v1/wallet/history", get(wallet_history))
         .route("/v1/wallet/gift", post(wallet_gift))
         .route("/v1/bonus/redeem", post(redeem))
+        .route("/v1/store", get(store))
+        .route("/v1/store/purchase", post(purchase))
+        .route("/v1/admin/store", post(put_store_item))
         .route("/v1/admin/grant", post(grant))
         .route("/v1/admin/items", post(mint_item))
         .route("/v1/admin/bonus-codes", post(create_code))
@@ -1199,4 +1202,37 @@ async fn board_archive(
         .archived_page(&id, season, q.start.unwrap_or(0), q.count.unwrap_or(20))
         .await?;
     Ok(Json(page).into_response())
+}
+
+async fn store(State(api): State<Api>, headers: HeaderMap) -> Result<Response, Error> {
+    authed(&api, &headers).await?;
+    Ok(Json(api.platform.store_items().await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurchaseRequest {
+    sku: String,
+    id: String,
+}
+
+async fn purchase(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let me = authed(&api, &headers).await?;
+    let req: PurchaseRequest = parse(&body)?;
+    Ok(Json(api.platform.purchase(me, &req.sku, &req.id).await?).into_response())
+}
+
+async fn put_store_item(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, Error> {
+    server_key(&api, &headers)?;
+    let item: volley_platform::economy::StoreItem = parse(&body)?;
+    api.platform.put_store_item(&item).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

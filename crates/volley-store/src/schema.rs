@@ -257,6 +257,22 @@ CREATE TABLE leaderboard_records (
 )
 "#,
     },
+    Migration {
+        version: 4,
+        name: "store catalogue",
+        sql: r#"
+CREATE TABLE store_items (
+    sku TEXT PRIMARY KEY,
+    price_currency TEXT NOT NULL,
+    price BIGINT NOT NULL,
+    gives_currency TEXT NOT NULL,
+    gives_amount BIGINT NOT NULL,
+    item_type TEXT,
+    active BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL
+)
+"#,
+    },
 ];
 
 fn render(sql: &str, backend: Backend) -> String {
