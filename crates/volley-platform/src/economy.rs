@@ -615,31 +615,35 @@ impl Platform {
             .into_iter()
             .find(|i| i.sku == sku)
             .ok_or_else(|| PlatformError::not_found("store item"))?;
-        let pay = Transfer {
-            id: format!("{id}:pay"),
-            debit: AccountRef::wallet(player),
-            credit: AccountRef::system("store"),
-            currency: item.price_currency.clone(),
-            amount: item.price,
-            kind: "purchase".into(),
-            item_id: None,
-        };
-        let mut give = Transfer {
-            id: format!("{id}:give"),
-            debit: AccountRef::mint(),
-            credit: AccountRef::wallet(player),
-            currency: item.gives_currency.clone(),
-            amount: item.gives_amount,
-            kind: "purchase".into(),
-            item_id: None,
+        // Pay the store, receive the goods from the mint (with the unique item, if any).
+        let chain = |item_id: Option<String>| {
+            [
+                Transfer {
+                    id: format!("{id}:pay"),
+                    debit: AccountRef::wallet(player),
+                    credit: AccountRef::system("store"),
+                    currency: item.price_currency.clone(),
+                    amount: item.price,
+                    kind: "purchase".into(),
+                    item_id: None,
+                },
+                Transfer {
+                    id: format!("{id}:give"),
+                    debit: AccountRef::mint(),
+                    credit: AccountRef::wallet(player),
+                    currency: item.gives_currency.clone(),
+                    amount: item.gives_amount,
+                    kind: "purchase".into(),
+                    item_id,
+                },
+            ]
         };
         let scope = player.to_string();
+        let delivered = format!("{scope}:{id}:give");
         // A retry of a delivered purchase answers with the first result.
-        if self.transfer_exists(&format!("{scope}:{}", pay.id)).await? {
-            if let Some(t) = self.transfer_item(&format!("{scope}:{}", give.id)).await? {
-                give.item_id = Some(t);
-            }
-            return self.transfer_chain(&scope, &[pay, give]).await;
+        if self.transfer_exists(&format!("{scope}:{id}:pay")).await? {
+            let stored = self.transfer_item(&delivered).await?;
+            return self.transfer_chain(&scope, &chain(stored)).await;
         }
         let minted = match &item.item_type {
             Some(t) => {
@@ -653,12 +657,11 @@ impl Platform {
                 .bind(now_ms())
                 .execute(self.db().writer())
                 .await?;
-                give.item_id = Some(item_id.clone());
                 Some(item_id)
             }
             None => None,
         };
-        let out = self.transfer_chain(&scope, &[pay, give]).await;
+        let out = self.transfer_chain(&scope, &chain(minted.clone())).await;
         let keep = out.as_ref().ok().filter(|r| !r.replayed).is_some();
         if let (Some(item_id), false) = (&minted, keep) {
             // Not delivered (refused, or a concurrent retry delivered another): drop the
@@ -670,29 +673,8 @@ impl Platform {
             // A concurrent first attempt with the same id delivered its own item: answer
             // with that one.
             if matches!(&out, Err(e) if e.code == "id_reused") {
-                if let Some(stored) = self.transfer_item(&format!("{scope}:{id}:give")).await? {
-                    let mut chain_retry = vec![
-                        Transfer {
-                            id: format!("{id}:pay"),
-                            debit: AccountRef::wallet(player),
-                            credit: AccountRef::system("store"),
-                            currency: item.price_currency.clone(),
-                            amount: item.price,
-                            kind: "purchase".into(),
-                            item_id: None,
-                        },
-                        Transfer {
-                            id: format!("{id}:give"),
-                            debit: AccountRef::mint(),
-                            credit: AccountRef::wallet(player),
-                            currency: item.gives_currency.clone(),
-                            amount: item.gives_amount,
-                            kind: "purchase".into(),
-                            item_id: None,
-                        },
-                    ];
-                    chain_retry[1].item_id = Some(stored);
-                    return self.transfer_chain(&scope, &chain_retry).await;
+                if let Some(stored) = self.transfer_item(&delivered).await? {
+                    return self.transfer_chain(&scope, &chain(Some(stored))).await;
                 }
             }
         }
