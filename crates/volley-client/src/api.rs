@@ -16,6 +16,7 @@ pub struct Api {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    device: Option<String>,
 }
 
 impl Api {
@@ -25,7 +26,15 @@ impl Api {
             http: reqwest::Client::new(),
             base: base.into().trim_end_matches('/').to_owned(),
             token: None,
+            device: None,
         }
+    }
+
+    /// Reports `device` (a stable id of this installation or hardware) with every call, in
+    /// `x-volley-device`; the node's fraud checks count accounts per device. Set by
+    /// [`Api::login_device`] unless set before.
+    pub fn set_device(&mut self, device: impl Into<String>) {
+        self.device = Some(device.into());
     }
 
     /// A plain GET returning the body as text (e.g. `/metrics`).
@@ -66,6 +75,10 @@ impl Api {
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, Error> {
         let req = match &self.token {
             Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let req = match &self.device {
+            Some(d) => req.header("x-volley-device", d),
             None => req,
         };
         let resp = req.send().await.map_err(|e| Error::Http(e.to_string()))?;
@@ -322,6 +335,9 @@ impl Api {
             )
             .await?;
         self.token = Some(s.token.clone());
+        if self.device.is_none() {
+            self.device = Some(device_id.to_owned());
+        }
         Ok(s)
     }
 

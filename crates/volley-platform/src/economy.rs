@@ -89,6 +89,40 @@ impl Gift {
     }
 }
 
+/// Where a request came from, as far as fraud scoring is concerned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The client's address.
+    pub address: Option<IpAddr>,
+    /// The device the client reports (the SDK's device id; stored only as a hash).
+    pub device: Option<String>,
+}
+
+impl Origin {
+    /// An origin known by address only.
+    pub fn address(addr: IpAddr) -> Origin {
+        Origin {
+            address: Some(addr),
+            device: None,
+        }
+    }
+
+    /// The address and the device.
+    pub fn new(address: Option<IpAddr>, device: Option<&str>) -> Origin {
+        Origin {
+            address,
+            device: device.filter(|d| !d.is_empty()).map(str::to_owned),
+        }
+    }
+
+    fn device_key(&self) -> String {
+        self.device
+            .as_deref()
+            .map(crate::token_hash)
+            .unwrap_or_default()
+    }
+}
+
 /// Fraud scoring thresholds.
 #[derive(Debug, Clone, Copy)]
 pub struct FraudRules {
@@ -96,6 +130,8 @@ pub struct FraudRules {
     pub velocity_per_min: i64,
     /// Distinct accounts redeeming from one address in an hour above which they score.
     pub accounts_per_address: i64,
+    /// Distinct accounts redeeming from one device in a day above which they score.
+    pub accounts_per_device: i64,
     /// Score at or above which a transfer is held.
     pub hold_at: f64,
 }
@@ -105,6 +141,7 @@ impl Default for FraudRules {
         FraudRules {
             velocity_per_min: 10,
             accounts_per_address: 3,
+            accounts_per_device: 2,
             hold_at: 0.5,
         }
     }
@@ -159,7 +196,7 @@ impl Platform {
         &self,
         from: AccountId,
         g: &Gift,
-        address: Option<IpAddr>,
+        origin: &Origin,
     ) -> Result<ChainResult, PlatformError> {
         let (id, to, currency, amount, item_id) = (
             g.id.as_str(),
@@ -192,7 +229,7 @@ impl Platform {
             )
             .await?;
         if !out.replayed {
-            self.fraud_event(from, address, "gift").await?;
+            self.fraud_event(from, origin, "gift").await?;
         }
         Ok(out)
     }
@@ -249,14 +286,15 @@ impl Platform {
     async fn fraud_event(
         &self,
         account: AccountId,
-        address: Option<IpAddr>,
+        origin: &Origin,
         kind: &str,
     ) -> Result<(), PlatformError> {
         sqlx::query(
-            "INSERT INTO fraud_events (account_id, address, kind, created_ms) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO fraud_events (account_id, address, device, kind, created_ms) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(account as i64)
-        .bind(address.map(|a| a.to_string()).unwrap_or_default())
+        .bind(origin.address.map(|a| a.to_string()).unwrap_or_default())
+        .bind(origin.device_key())
         .bind(kind)
         .bind(now_ms())
         .execute(self.db().writer())
@@ -264,11 +302,11 @@ impl Platform {
         Ok(())
     }
 
-    /// The fraud score of a new transfer by `account` from `address`, with its reasons.
+    /// The fraud score of a new transfer by `account` from `origin`, with its reasons.
     pub async fn fraud_score(
         &self,
         account: AccountId,
-        address: Option<IpAddr>,
+        origin: &Origin,
         rules: &FraudRules,
     ) -> Result<(f64, Vec<String>), PlatformError> {
         let now = now_ms();
@@ -286,7 +324,7 @@ impl Platform {
             score += 0.5;
             reasons.push(format!("velocity: {recent} transfers in the last minute"));
         }
-        if let Some(addr) = address {
+        if let Some(addr) = origin.address {
             let others: i64 = sqlx::query(
                 "SELECT COUNT(DISTINCT account_id) AS n FROM fraud_events \
                  WHERE address = $1 AND created_ms > $2 AND account_id <> $3",
@@ -304,16 +342,34 @@ impl Platform {
                 ));
             }
         }
+        if origin.device.is_some() {
+            let others: i64 = sqlx::query(
+                "SELECT COUNT(DISTINCT account_id) AS n FROM fraud_events \
+                 WHERE device = $1 AND created_ms > $2 AND account_id <> $3",
+            )
+            .bind(origin.device_key())
+            .bind(now - 86_400_000)
+            .bind(account as i64)
+            .fetch_one(self.db().reader())
+            .await?
+            .try_get("n")?;
+            if others >= rules.accounts_per_device {
+                score += 0.5;
+                reasons.push(format!(
+                    "shared device: {others} other accounts used it in the last day"
+                ));
+            }
+        }
         Ok((score.min(1.0), reasons))
     }
 
-    /// Redeems `code` for `player`. `id` makes it idempotent; `address` feeds the fraud score.
+    /// Redeems `code` for `player`. `id` makes it idempotent; `origin` feeds the fraud score.
     pub async fn redeem(
         &self,
         player: AccountId,
         code: &str,
         id: &str,
-        address: Option<IpAddr>,
+        origin: &Origin,
         rules: &FraudRules,
     ) -> Result<Redemption, PlatformError> {
         check_code(code)?;
@@ -352,8 +408,8 @@ impl Platform {
                 chain: self.transfer_chain(&player.to_string(), &chain).await?,
             });
         }
-        let (score, reasons) = self.fraud_score(player, address, rules).await?;
-        self.fraud_event(player, address, "redeem").await?;
+        let (score, reasons) = self.fraud_score(player, origin, rules).await?;
+        self.fraud_event(player, origin, "redeem").await?;
         if score >= rules.hold_at {
             let body = serde_json::to_string(&chain)
                 .map_err(|e| PlatformError::new(ErrorKind::Internal, "internal", e.to_string()))?;

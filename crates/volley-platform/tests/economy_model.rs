@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use proptest::prelude::*;
-use volley_platform::economy::{Gift, StoreItem};
+use volley_platform::economy::{Gift, Origin, StoreItem};
 use volley_platform::ledger::{AccountRef, Transfer};
 use volley_platform::{Platform, PlatformConfig};
 use volley_store::{Bus, Db};
@@ -141,7 +141,7 @@ async fn run(ops: Vec<Op>) {
                     continue;
                 }
                 let g = Gift::new(&id, players[to], "item:wood", n, None);
-                let r = p.gift(players[from], &g, None).await;
+                let r = p.gift(players[from], &g, &Origin::default()).await;
                 if m.wood[from] >= n as i64 {
                     r.unwrap();
                     m.wood[from] -= n as i64;
@@ -167,7 +167,7 @@ async fn run(ops: Vec<Op>) {
                     .map(|s| (*s).clone())
                     .unwrap_or_else(|| "sword-none".into());
                 let g = Gift::new(&id, players[to], "item:sword", 1, Some(sword.clone()));
-                let r = p.gift(players[from], &g, None).await;
+                let r = p.gift(players[from], &g, &Origin::default()).await;
                 if m.swords.get(&sword) == Some(&from) {
                     r.unwrap();
                     m.swords.insert(sword, to);
@@ -193,7 +193,7 @@ async fn run(ops: Vec<Op>) {
             }
             Op::Retry => {
                 if let Some((from, g)) = &last {
-                    let r = p.gift(players[*from], g, None).await.unwrap();
+                    let r = p.gift(players[*from], g, &Origin::default()).await.unwrap();
                     assert!(r.replayed, "a retried trade is answered, not applied again");
                 }
             }

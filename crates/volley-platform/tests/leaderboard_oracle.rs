@@ -1,5 +1,7 @@
 //! Leaderboards against a real Redis as the oracle: the same random operations go to Volley and
-//! to a Redis sorted set, and every query must give identical answers (ties included).
+//! to a Redis sorted set, and every query must give identical answers (ties included). Volley
+//! runs as two nodes on one database, each operation sent to either, with the in-memory rank
+//! index and with Redis as the rank store.
 //! Redis is the one the project's scripts start on 127.0.0.1:6379 (`VOLLEY_TEST_REDIS`).
 
 use std::io::{BufRead, BufReader, Write};
@@ -87,9 +89,35 @@ impl Redis {
     }
 }
 
-async fn oracle(backend: Backend, descending: bool, operator: Operator, seed: u64) {
+fn redis_url() -> String {
+    format!(
+        "redis://{}/",
+        std::env::var("VOLLEY_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into())
+    )
+}
+
+/// Where ranks are kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ranks {
+    Memory,
+    Redis,
+}
+
+/// A node on `db` with its rank store; Redis keys under a prefix unique to this test run.
+async fn node(db: &volley_store::Db, ranks: Ranks) -> Platform {
+    let p = Platform::new(db.clone(), Bus::local(), PlatformConfig::default()).unwrap();
+    if ranks == Ranks::Redis {
+        let prefix = format!("volley-test:{}:{:?}:", std::process::id(), db.backend());
+        p.use_redis(&redis_url(), &prefix).await.unwrap();
+        assert!(p.ranks_in_redis());
+    }
+    p
+}
+
+async fn oracle(backend: Backend, descending: bool, operator: Operator, seed: u64, ranks: Ranks) {
     let t = TestDb::new(backend).await.unwrap();
-    let p = Platform::new(t.db.clone(), Bus::local(), PlatformConfig::default()).unwrap();
+    let nodes = [node(&t.db, ranks).await, node(&t.db, ranks).await];
+    let p = &nodes[0];
     let board = format!("b-{}-{seed}", std::process::id());
     p.create_board(&BoardDef {
         id: board.clone(),
@@ -120,6 +148,8 @@ async fn oracle(backend: Backend, descending: bool, operator: Operator, seed: u6
         x
     };
     for step in 0..600 {
+        // Each operation goes to either node.
+        let p = &nodes[(next() % 2) as usize];
         let player = players[(next() % players.len() as u64) as usize];
         let m = player.to_string();
         // Few distinct scores, so ties are common.
@@ -197,7 +227,7 @@ async fn oracle(backend: Backend, descending: bool, operator: Operator, seed: u6
         assert!(around.len() <= 5);
     }
     // A restarted node rebuilds the same index from the database.
-    let fresh = Platform::new(t.db.clone(), Bus::local(), PlatformConfig::default()).unwrap();
+    let fresh = node(&t.db, ranks).await;
     assert_eq!(
         fresh.board_page(&board, 0, 100).await.unwrap(),
         p.board_page(&board, 0, 100).await.unwrap()
@@ -207,19 +237,104 @@ async fn oracle(backend: Backend, descending: bool, operator: Operator, seed: u6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn best_descending_matches_redis_on_sqlite() {
-    oracle(Backend::Sqlite, true, Operator::Best, 1).await;
+    oracle(Backend::Sqlite, true, Operator::Best, 1, Ranks::Memory).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn best_ascending_matches_redis_on_postgres() {
-    oracle(Backend::Postgres, false, Operator::Best, 2).await;
+    oracle(Backend::Postgres, false, Operator::Best, 2, Ranks::Memory).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_and_incr_decr_match_redis() {
-    oracle(Backend::Sqlite, true, Operator::Set, 3).await;
-    oracle(Backend::Sqlite, false, Operator::Incr, 4).await;
-    oracle(Backend::Postgres, true, Operator::Decr, 5).await;
+    oracle(Backend::Sqlite, true, Operator::Set, 3, Ranks::Memory).await;
+    oracle(Backend::Sqlite, false, Operator::Incr, 4, Ranks::Memory).await;
+    oracle(Backend::Postgres, true, Operator::Decr, 5, Ranks::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_as_the_rank_store_matches_redis() {
+    oracle(Backend::Postgres, true, Operator::Best, 6, Ranks::Redis).await;
+    oracle(Backend::Sqlite, false, Operator::Incr, 7, Ranks::Redis).await;
+    oracle(Backend::Postgres, true, Operator::Set, 8, Ranks::Redis).await;
+}
+
+/// Two nodes incrementing the same records at once lose no increment, and both serve the same
+/// board afterwards, whichever rank store.
+async fn concurrent_increments(backend: Backend, ranks: Ranks) {
+    let t = TestDb::new(backend).await.unwrap();
+    let a = node(&t.db, ranks).await;
+    let b = node(&t.db, ranks).await;
+    let board = format!("inc-{}", std::process::id());
+    a.create_board(&BoardDef {
+        id: board.clone(),
+        descending: true,
+        operator: Operator::Incr,
+        reset_cron: None,
+    })
+    .await
+    .unwrap();
+    let mut players = Vec::new();
+    for i in 0..4 {
+        players.push(
+            a.login_device(&format!("device-inc-{i:03}"))
+                .await
+                .unwrap()
+                .player_id,
+        );
+    }
+    // Both nodes have loaded the board before the storm.
+    assert!(a.board_page(&board, 0, 10).await.unwrap().is_empty());
+    assert!(b.board_page(&board, 0, 10).await.unwrap().is_empty());
+    let mut tasks = Vec::new();
+    for i in 0..64u64 {
+        let n = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let board = board.clone();
+        let pl = players[(i % 4) as usize];
+        tasks.push(tokio::spawn(async move {
+            n.submit_score(&board, pl, (i + 1) as i64, "")
+                .await
+                .unwrap()
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut want: Vec<(u64, i64)> = players
+        .iter()
+        .enumerate()
+        .map(|(k, pl)| {
+            let sum = (0..64u64)
+                .filter(|i| i % 4 == k as u64)
+                .map(|i| (i + 1) as i64)
+                .sum();
+            (*pl, sum)
+        })
+        .collect();
+    want.sort_by(|x, y| y.1.cmp(&x.1));
+    for n in [&a, &b] {
+        let got: Vec<(u64, i64)> = n
+            .board_page(&board, 0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.player_id, r.score))
+            .collect();
+        assert_eq!(got, want, "{backend:?} {ranks:?}");
+    }
+    // A removal on one node is seen by the other.
+    a.remove_score(&board, players[0]).await.unwrap();
+    assert_eq!(b.board_len(&board).await.unwrap(), 3);
+    assert_eq!(b.board_rank(&board, players[0]).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_lose_no_increment() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        for ranks in [Ranks::Memory, Ranks::Redis] {
+            concurrent_increments(backend, ranks).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -729,7 +729,7 @@ async fn hashing_pool_sheds_load_instead_of_queueing_without_bound() {
     assert!(h.hash("later".into()).await.is_ok());
 }
 
-use volley_platform::economy::{BonusCode, FraudRules, Gift, Redemption};
+use volley_platform::economy::{BonusCode, FraudRules, Gift, Origin, Redemption};
 use volley_platform::ledger::{AccountRef, Transfer};
 
 fn gift(id: &str, from: u64, to: u64, amount: u64) -> Transfer {
@@ -763,25 +763,25 @@ async fn ledger_bounds_idempotency_and_limits(b: Backend) {
     let (a, c, d) = (ids[0], ids[1], ids[2]);
     p.grant("g-a", a, "gold", 100, "grant").await.unwrap();
     let r = p
-        .gift(a, &Gift::new("t1", c, "gold", 30, None), None)
+        .gift(a, &Gift::new("t1", c, "gold", 30, None), &Origin::default())
         .await
         .unwrap();
     assert!(!r.replayed);
     let again = p
-        .gift(a, &Gift::new("t1", c, "gold", 30, None), None)
+        .gift(a, &Gift::new("t1", c, "gold", 30, None), &Origin::default())
         .await
         .unwrap();
     assert!(again.replayed, "a retry returns the first result");
     assert_eq!(again.transfers[0].seq, r.transfers[0].seq);
     let e = p
-        .gift(a, &Gift::new("t1", c, "gold", 31, None), None)
+        .gift(a, &Gift::new("t1", c, "gold", 31, None), &Origin::default())
         .await
         .unwrap_err();
     assert_eq!(e.code, "id_reused");
     assert_eq!(p.balance(&AccountRef::wallet(a), "gold").await.unwrap(), 70);
     assert_eq!(p.balance(&AccountRef::wallet(c), "gold").await.unwrap(), 30);
     assert_eq!(
-        p.gift(a, &Gift::new("t2", c, "gold", 71, None), None)
+        p.gift(a, &Gift::new("t2", c, "gold", 71, None), &Origin::default())
             .await
             .unwrap_err()
             .code,
@@ -794,7 +794,7 @@ async fn ledger_bounds_idempotency_and_limits(b: Backend) {
     );
     // The failed id was never applied, so it may be used again.
     assert!(p
-        .gift(a, &Gift::new("t2", c, "gold", 70, None), None)
+        .gift(a, &Gift::new("t2", c, "gold", 70, None), &Origin::default())
         .await
         .is_ok());
     // Amounts near the integer limits: refused, never wrapped.
@@ -867,7 +867,7 @@ async fn ledger_bounds_idempotency_and_limits(b: Backend) {
         p.gift(
             a,
             &Gift::new("bad id with spaces", c, "gold", 1, None),
-            None
+            &Origin::default()
         )
         .await
         .unwrap_err()
@@ -875,14 +875,14 @@ async fn ledger_bounds_idempotency_and_limits(b: Backend) {
         "bad_transfer_id"
     );
     assert_eq!(
-        p.gift(a, &Gift::new("x", c, "Gold!", 1, None), None)
+        p.gift(a, &Gift::new("x", c, "Gold!", 1, None), &Origin::default())
             .await
             .unwrap_err()
             .code,
         "bad_currency"
     );
     assert_eq!(
-        p.gift(a, &Gift::new("x", a, "gold", 1, None), None)
+        p.gift(a, &Gift::new("x", a, "gold", 1, None), &Origin::default())
             .await
             .unwrap_err()
             .code,
@@ -918,7 +918,7 @@ async fn retry_storm_takes_effect_once(b: Backend) {
                 p.gift(
                     a,
                     &Gift::new(&format!("storm-{t}"), c, "gold", t + 1, None),
-                    None,
+                    &Origin::default(),
                 )
                 .await
             }));
@@ -967,6 +967,7 @@ async fn bonus_code_storm_gives_exactly_the_limit(b: Backend) {
     let rules = FraudRules {
         velocity_per_min: 1000,
         accounts_per_address: 100_000,
+        accounts_per_device: 100_000,
         hold_at: 0.5,
     };
     let tasks: Vec<_> = ids
@@ -974,7 +975,10 @@ async fn bonus_code_storm_gives_exactly_the_limit(b: Backend) {
         .map(|id| {
             let p = p.clone();
             let id = *id;
-            tokio::spawn(async move { p.redeem(id, "LAUNCH-100", "r1", None, &rules).await })
+            tokio::spawn(async move {
+                p.redeem(id, "LAUNCH-100", "r1", &Origin::default(), &rules)
+                    .await
+            })
         })
         .collect();
     let mut ok = 0;
@@ -1003,7 +1007,7 @@ async fn bonus_code_storm_gives_exactly_the_limit(b: Backend) {
         w
     };
     let e = p
-        .redeem(winner, "LAUNCH-100", "r2", None, &rules)
+        .redeem(winner, "LAUNCH-100", "r2", &Origin::default(), &rules)
         .await
         .unwrap_err();
     assert!(
@@ -1011,10 +1015,10 @@ async fn bonus_code_storm_gives_exactly_the_limit(b: Backend) {
         "{e:?}"
     );
     assert!(
-        matches!(p.redeem(winner, "LAUNCH-100", "r1", None, &rules).await.unwrap(), Redemption::Redeemed { chain } if chain.replayed)
+        matches!(p.redeem(winner, "LAUNCH-100", "r1", &Origin::default(), &rules).await.unwrap(), Redemption::Redeemed { chain } if chain.replayed)
     );
     assert_eq!(
-        p.redeem(winner, "NOPE-1", "r3", None, &rules)
+        p.redeem(winner, "NOPE-1", "r3", &Origin::default(), &rules)
             .await
             .unwrap_err()
             .kind,
@@ -1041,16 +1045,19 @@ async fn per_player_limit_and_fraud_hold(b: Backend) {
     let lax = FraudRules {
         velocity_per_min: 1000,
         accounts_per_address: 1000,
+        accounts_per_device: 1000,
         hold_at: 0.5,
     };
     for r in ["a", "b"] {
         assert!(matches!(
-            p.redeem(ids[0], "TWICE", r, None, &lax).await.unwrap(),
+            p.redeem(ids[0], "TWICE", r, &Origin::default(), &lax)
+                .await
+                .unwrap(),
             Redemption::Redeemed { .. }
         ));
     }
     assert_eq!(
-        p.redeem(ids[0], "TWICE", "c", None, &lax)
+        p.redeem(ids[0], "TWICE", "c", &Origin::default(), &lax)
             .await
             .unwrap_err()
             .code,
@@ -1060,19 +1067,20 @@ async fn per_player_limit_and_fraud_hold(b: Backend) {
     let rules = FraudRules {
         velocity_per_min: 1000,
         accounts_per_address: 3,
+        accounts_per_device: 1000,
         hold_at: 0.5,
     };
     let addr: std::net::IpAddr = "203.0.113.9".parse().unwrap();
     for id in &ids[1..4] {
         assert!(matches!(
-            p.redeem(*id, "TWICE", "x", Some(addr), &rules)
+            p.redeem(*id, "TWICE", "x", &Origin::address(addr), &rules)
                 .await
                 .unwrap(),
             Redemption::Redeemed { .. }
         ));
     }
     match p
-        .redeem(ids[4], "TWICE", "x", Some(addr), &rules)
+        .redeem(ids[4], "TWICE", "x", &Origin::address(addr), &rules)
         .await
         .unwrap()
     {
@@ -1089,7 +1097,53 @@ async fn per_player_limit_and_fraud_hold(b: Backend) {
         0,
         "held means nothing moved"
     );
+    // Accounts sharing one device (from different addresses): the third is held.
+    let rules = FraudRules {
+        velocity_per_min: 1000,
+        accounts_per_address: 1000,
+        accounts_per_device: 2,
+        hold_at: 0.5,
+    };
+    let mut device_ids = Vec::new();
+    for i in 0..3 {
+        device_ids.push(
+            p.login_device(&format!("device-farm-{i:03}"))
+                .await
+                .unwrap()
+                .player_id,
+        );
+    }
+    for (i, id) in device_ids.iter().enumerate() {
+        let from = Origin::new(
+            Some(std::net::IpAddr::from([198, 51, 100, i as u8 + 1])),
+            Some("hw-fingerprint-1234"),
+        );
+        let r = p.redeem(*id, "TWICE", "d", &from, &rules).await.unwrap();
+        match (i, r) {
+            (0 | 1, Redemption::Redeemed { .. }) => {}
+            (2, Redemption::Held { reasons, .. }) => {
+                assert_eq!(reasons.len(), 1, "{reasons:?}");
+                assert!(reasons[0].contains("shared device"), "{reasons:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Another device from the same addresses is not held.
+    let other = p.login_device("device-farm-other").await.unwrap().player_id;
+    let from = Origin::new(
+        Some(std::net::IpAddr::from([198, 51, 100, 1])),
+        Some("hw-fingerprint-9999"),
+    );
+    assert!(matches!(
+        p.redeem(other, "TWICE", "d", &from, &rules).await.unwrap(),
+        Redemption::Redeemed { .. }
+    ));
     let held = p.held().await.unwrap();
+    assert_eq!(held.len(), 2);
+    let held: Vec<_> = held
+        .into_iter()
+        .filter(|h| h.0 == format!("{}:x", ids[4]))
+        .collect();
     assert_eq!(held.len(), 1);
     let applied = p.review(&held[0].0, true).await.unwrap().unwrap();
     assert_eq!(applied.transfers.len(), 2);
@@ -1098,6 +1152,17 @@ async fn per_player_limit_and_fraud_hold(b: Backend) {
             .await
             .unwrap(),
         5
+    );
+    // The device-farm hold is rejected: nothing moves for it.
+    let farm = p.held().await.unwrap();
+    assert_eq!(farm.len(), 1);
+    assert_eq!(farm[0].1, device_ids[2]);
+    assert!(p.review(&farm[0].0, false).await.unwrap().is_none());
+    assert_eq!(
+        p.balance(&AccountRef::wallet(device_ids[2]), "gems")
+            .await
+            .unwrap(),
+        0
     );
     assert!(p.held().await.unwrap().is_empty());
     assert!(p.audit().await.unwrap().ok());
@@ -1122,8 +1187,12 @@ async fn unique_items_cannot_duplicate(b: Backend) {
         let p = p.clone();
         let sword = sword.clone();
         tokio::spawn(async move {
-            p.gift(a, &Gift::new(id, to, "item:sword", 1, Some(sword)), None)
-                .await
+            p.gift(
+                a,
+                &Gift::new(id, to, "item:sword", 1, Some(sword)),
+                &Origin::default(),
+            )
+            .await
         })
     };
     let (r1, r2) = (give(c, "trade-c"), give(d, "trade-d"));

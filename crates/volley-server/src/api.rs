@@ -985,10 +985,20 @@ async fn wallet_gift(
                 req.amount,
                 req.item_id,
             ),
-            Some(peer.ip()),
+            &origin(&peer, &headers),
         )
         .await?;
     Ok(Json(r).into_response())
+}
+
+/// The fraud origin of a request: the peer's address and the device the SDK reports in
+/// `x-volley-device` (ignored unless 1-128 visible ASCII characters).
+fn origin(peer: &SocketAddr, headers: &HeaderMap) -> volley_platform::economy::Origin {
+    let device = headers
+        .get("x-volley-device")
+        .and_then(|v| v.to_str().ok())
+        .filter(|d| (1..=128).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_graphic()));
+    volley_platform::economy::Origin::new(Some(peer.ip()), device)
 }
 
 #[derive(Deserialize)]
@@ -1009,7 +1019,7 @@ async fn redeem(
     let rules = volley_platform::economy::FraudRules::default();
     let r = api
         .platform
-        .redeem(me, &req.code, &req.id, Some(peer.ip()), &rules)
+        .redeem(me, &req.code, &req.id, &origin(&peer, &headers), &rules)
         .await?;
     Ok(Json(r).into_response())
 }

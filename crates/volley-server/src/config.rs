@@ -60,6 +60,11 @@ pub struct NodeConfig {
     pub database: Option<String>,
     /// NATS URL (`nats://host:4222`) for events between nodes; in-process when absent.
     pub nats: Option<String>,
+    /// Redis URL (`redis://host:6379/`) for leaderboard ranks shared by every node (sorted
+    /// sets); in-memory indexes per node when absent.
+    pub redis: Option<String>,
+    /// Prefix of this cluster's Redis keys.
+    pub redis_prefix: String,
     /// This node's name in the cluster (presence, matches); unique per node.
     pub node_id: String,
     /// Key a studio's backend presents (`x-volley-server-key`) for server-to-server calls:
@@ -107,6 +112,8 @@ impl Default for NodeConfig {
             player_queue_frames_max: 4096,
             database: None,
             nats: None,
+            redis: None,
+            redis_prefix: "volley:".into(),
             node_id: "node-1".into(),
             server_key: None,
             session_ttl_ms: 3_600_000,

@@ -135,6 +135,12 @@ async fn open_platform(
         .clear_node_presence()
         .await
         .map_err(|e| StartError::Platform(e.to_string()))?;
+    if let Some(url) = &cfg.redis {
+        platform
+            .use_redis(url, &cfg.redis_prefix)
+            .await
+            .map_err(|e| StartError::Platform(format!("redis: {e}")))?;
+    }
     let rooms: RoomTable = Arc::new(Mutex::new(HashMap::new()));
     platform.set_room_directory(Arc::new(Rooms(rooms.clone())));
     Ok((platform, rooms))

@@ -273,6 +273,21 @@ CREATE TABLE store_items (
 )
 "#,
     },
+    Migration {
+        version: 5,
+        name: "leaderboard change log, fraud events by device",
+        sql: r#"
+ALTER TABLE leaderboards ADD COLUMN version BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE fraud_events ADD COLUMN device TEXT NOT NULL DEFAULT '';
+CREATE INDEX fraud_events_device ON fraud_events (device, created_ms);
+CREATE TABLE leaderboard_changes (
+    board TEXT NOT NULL REFERENCES leaderboards(id),
+    version BIGINT NOT NULL,
+    member TEXT NOT NULL,
+    PRIMARY KEY (board, version)
+)
+"#,
+    },
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

@@ -776,8 +776,17 @@ struct BoardReport {
     volley_index_rank_per_s: f64,
     redis_zrevrank_per_s: f64,
     rank_ratio: f64,
-    volley_durable_submit_per_s: f64,
+    platform: Vec<PlatformBoardRow>,
     note: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct PlatformBoardRow {
+    rank_store: &'static str,
+    submit_per_s: f64,
+    raw_sqlite_commits_per_s: f64,
+    submit_ratio_to_floor: f64,
+    rank_per_s: f64,
 }
 
 pub(crate) async fn leaderboard(args: BoardArgs) -> anyhow::Result<()> {
@@ -836,30 +845,72 @@ pub(crate) async fn leaderboard(args: BoardArgs) -> anyhow::Result<()> {
     }
     let r_rank = picks.len() as f64 / t.elapsed().as_secs_f64();
     r.cmd(&["DEL", &key])?;
-    // Durable submissions through the platform (SQLite, synchronous=FULL), on a smaller board.
-    let dir = tempfile::tempdir()?;
-    let db = volley_store::Db::open_sqlite(&dir.path().join("board.db")).await?;
-    let p = volley_platform::Platform::new(db, volley_store::Bus::local(), Default::default())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    p.create_board(&volley_platform::leaderboards::BoardDef {
-        id: "bench".into(),
-        descending: true,
-        operator: volley_platform::leaderboards::Operator::Best,
-        reset_cron: None,
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let durable_n = 2000usize;
-    let p2 = p.clone();
-    let (ok, _, secs) = drive(durable_n, 8, move |i| {
-        let p = p2.clone();
-        async move {
-            p.submit_score("bench", (i % 500) as u64 + 1, i as i64, "")
-                .await
-                .is_ok()
+    // Durable submissions and rank queries through the platform (SQLite, synchronous=FULL), on
+    // a board of 500 players, with the rank index in memory and in Redis; next to the raw
+    // SQLite commit rate (the floor for a durable submission).
+    let mut platform_rows = Vec::new();
+    for store in ["memory", "redis"] {
+        let dir = tempfile::tempdir()?;
+        let db = volley_store::Db::open_sqlite(&dir.path().join("board.db")).await?;
+        let p = volley_platform::Platform::new(db, volley_store::Bus::local(), Default::default())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if store == "redis" {
+            p.use_redis(
+                &format!("redis://{}/", args.redis),
+                &format!("volley-bench:{}:", std::process::id()),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
-    })
-    .await;
+        p.create_board(&volley_platform::leaderboards::BoardDef {
+            id: "bench".into(),
+            descending: true,
+            operator: volley_platform::leaderboards::Operator::Best,
+            reset_cron: None,
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let durable_n = 2000usize;
+        let p2 = p.clone();
+        let (ok, _, secs) = drive(durable_n, 8, move |i| {
+            let p = p2.clone();
+            async move {
+                p.submit_score("bench", (i % 500) as u64 + 1, i as i64, "")
+                    .await
+                    .is_ok()
+            }
+        })
+        .await;
+        anyhow::ensure!(
+            ok == durable_n,
+            "{store}: {} submissions failed",
+            durable_n - ok
+        );
+        let p2 = p.clone();
+        let (rok, _, rsecs) = drive(20_000, 8, move |i| {
+            let p = p2.clone();
+            async move {
+                matches!(
+                    p.board_rank("bench", (i % 500) as u64 + 1).await,
+                    Ok(Some(_))
+                )
+            }
+        })
+        .await;
+        anyhow::ensure!(
+            rok == 20_000,
+            "{store}: {} rank queries failed",
+            20_000 - rok
+        );
+        let floor = insert_floor(p.db(), 2000).await?;
+        platform_rows.push(PlatformBoardRow {
+            rank_store: store,
+            submit_per_s: ok as f64 / secs,
+            raw_sqlite_commits_per_s: floor,
+            submit_ratio_to_floor: ok as f64 / secs / floor,
+            rank_per_s: rok as f64 / rsecs,
+        });
+    }
     let report = BoardReport {
         records: n,
         volley_index_submit_per_s: v_submit,
@@ -868,7 +919,7 @@ pub(crate) async fn leaderboard(args: BoardArgs) -> anyhow::Result<()> {
         volley_index_rank_per_s: v_rank,
         redis_zrevrank_per_s: r_rank,
         rank_ratio: v_rank / r_rank,
-        volley_durable_submit_per_s: ok as f64 / secs,
+        platform: platform_rows,
         note: "Volley's index is in-process; Redis is asked over loopback, one request at a time",
     };
     if args.json {
@@ -883,10 +934,12 @@ pub(crate) async fn leaderboard(args: BoardArgs) -> anyhow::Result<()> {
             "  rank:   Volley index {:.0}/s, Redis ZREVRANK {:.0}/s, ratio {:.1}",
             v_rank, r_rank, report.rank_ratio
         );
-        println!(
-            "  durable submit through the platform (SQLite, 8 callers): {:.0}/s",
-            report.volley_durable_submit_per_s
-        );
+        for r in &report.platform {
+            println!(
+                "  platform, SQLite, 8 callers, ranks in {}: submit {:.0}/s (raw SQLite commits {:.0}/s, ratio {:.2}), rank {:.0}/s",
+                r.rank_store, r.submit_per_s, r.raw_sqlite_commits_per_s, r.submit_ratio_to_floor, r.rank_per_s
+            );
+        }
     }
     Ok(())
 }

@@ -153,6 +153,12 @@ struct ServeArgs {
     /// NATS URL for events between nodes (default: in-process).
     #[arg(long, env = "VOLLEY_NATS")]
     nats: Option<String>,
+    /// Redis URL for leaderboard ranks shared by all nodes (default: in-memory per node).
+    #[arg(long, env = "VOLLEY_REDIS")]
+    redis: Option<String>,
+    /// Prefix of this cluster's Redis keys.
+    #[arg(long, env = "VOLLEY_REDIS_PREFIX")]
+    redis_prefix: Option<String>,
     /// This node's name in the cluster.
     #[arg(long, env = "VOLLEY_NODE_ID")]
     node_id: Option<String>,
@@ -227,6 +233,12 @@ impl ServeArgs {
         }
         if self.nats.is_some() {
             c.nats = self.nats.clone();
+        }
+        if self.redis.is_some() {
+            c.redis = self.redis.clone();
+        }
+        if let Some(p) = &self.redis_prefix {
+            c.redis_prefix = p.clone();
         }
         if self.server_key.is_some() {
             c.server_key = self.server_key.clone();

@@ -616,16 +616,25 @@ async fn two_nodes_share_postgres_and_nats() {
         .await
         .expect("PostgreSQL for tests");
     let nats = volley_store::testing::nats_url();
+    // Node a ranks leaderboards in memory, node b in Redis: both must agree.
+    let redis = format!(
+        "redis://{}/",
+        std::env::var("VOLLEY_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into())
+    );
     let n1 = start_node(|c| {
         c.database = Some(url.clone());
         c.nats = Some(nats.clone());
         c.node_id = "node-a".into();
+        c.server_key = Some(KEY.into());
     })
     .await;
     let n2 = start_node(|c| {
         c.database = Some(url.clone());
         c.nats = Some(nats.clone());
         c.node_id = "node-b".into();
+        c.server_key = Some(KEY.into());
+        c.redis = Some(redis.clone());
+        c.redis_prefix = format!("volley-test-http:{}:", std::process::id());
     })
     .await;
     // One account, seen from both nodes.
@@ -698,6 +707,62 @@ async fn two_nodes_share_postgres_and_nats() {
             e => panic!("{e:?}"),
         }
     }
+    // Leaderboards: scores submitted on either node rank the same on both.
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/v1/admin/leaderboards", n1.base))
+        .header("x-volley-server-key", KEY)
+        .json(&serde_json::json!({"id": "cluster", "descending": true, "operator": "best"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let top = |base: String| {
+        let http = http.clone();
+        let token = a1.token().unwrap().to_owned();
+        async move {
+            let v: serde_json::Value = http
+                .get(format!("{base}/v1/leaderboards/cluster?count=10"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r["player_id"].as_u64().unwrap(),
+                        r["score"].as_i64().unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    // Both nodes load the empty board first, so each must notice the other's writes.
+    assert!(top(n1.base.clone()).await.is_empty());
+    assert!(top(n2.base.clone()).await.is_empty());
+    for (base, player, score) in [
+        (&n1.base, a_id, 10),
+        (&n2.base, b_id, 20),
+        (&n2.base, a_id, 30),
+        (&n1.base, b_id, 25),
+    ] {
+        let r = http
+            .post(format!("{base}/v1/leaderboards/cluster/scores"))
+            .header("x-volley-server-key", KEY)
+            .json(&serde_json::json!({"player": player, "score": score}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    let want = vec![(a_id, 30), (b_id, 25)];
+    assert_eq!(top(n1.base.clone()).await, want);
+    assert_eq!(top(n2.base.clone()).await, want);
     n1.node.shutdown().await;
     n2.node.shutdown().await;
 }
