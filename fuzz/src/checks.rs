@@ -414,6 +414,16 @@ pub fn api_json(data: &[u8]) {
     again::<api::CreateRoom>(data);
     again::<api::JoinRoom>(data);
     again::<api::Event>(data);
+    again::<api::Gift>(data);
+    again::<api::RedeemRequest>(data);
+    again::<api::PurchaseRequest>(data);
+    again::<api::GrantRequest>(data);
+    again::<api::MintItemRequest>(data);
+    again::<api::ScoreRequest>(data);
+    again::<api::BonusCode>(data);
+    again::<api::BoardDef>(data);
+    again::<api::StoreItem>(data);
+    again::<api::Redemption>(data);
     let text = String::from_utf8_lossy(data);
     if let Some(ch) = api::Channel::parse(&text) {
         assert_eq!(ch.name(), text, "channel names are canonical");

@@ -6,6 +6,11 @@ use volley_proto::api::{
     MemberRequest, Presence, RatingInfo, RefreshRequest, RoomInfo, SendChat, Session,
     TicketRequest, TicketStatus,
 };
+use volley_proto::api::{
+    BoardDef, BoardRecord, BonusCode, ChainResult, Gift, GrantRequest, MintItemRequest, MintedItem,
+    PurchaseRequest, RankReply, RedeemRequest, Redemption, ScoreReply, ScoreRequest, StoreItem,
+    TransferRecord, WalletView,
+};
 use volley_proto::Fingerprint;
 
 use crate::Error;
@@ -258,6 +263,198 @@ impl Api {
             self.http
                 .get(self.url(&format!("/v1/chat/{channel}")))
                 .query(&q),
+        )
+        .await
+    }
+
+    /// The caller's balances and unique items.
+    pub async fn wallet(&self) -> Result<WalletView, Error> {
+        self.call(self.http.get(self.url("/v1/wallet"))).await
+    }
+
+    /// Transfers touching the caller, newest first; `before` is a `seq` from an earlier page.
+    pub async fn wallet_history(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<TransferRecord>, Error> {
+        let mut q = vec![("limit", limit.to_string())];
+        if let Some(b) = before {
+            q.push(("before", b.to_string()));
+        }
+        self.call(self.http.get(self.url("/v1/wallet/history")).query(&q))
+            .await
+    }
+
+    /// Gives currency (or a unique item) to another player; retrying with the same `gift.id`
+    /// returns the first result.
+    pub async fn gift(&self, gift: &Gift) -> Result<ChainResult, Error> {
+        self.call(self.http.post(self.url("/v1/wallet/gift")).json(gift))
+            .await
+    }
+
+    /// Redeems a bonus code; `id` makes retries safe. The answer may be a hold for review.
+    pub async fn redeem(&self, code: &str, id: &str) -> Result<Redemption, Error> {
+        let body = RedeemRequest {
+            code: code.into(),
+            id: id.into(),
+        };
+        self.call(self.http.post(self.url("/v1/bonus/redeem")).json(&body))
+            .await
+    }
+
+    /// The store catalogue.
+    pub async fn store(&self) -> Result<Vec<StoreItem>, Error> {
+        self.call(self.http.get(self.url("/v1/store"))).await
+    }
+
+    /// Buys `sku`; `id` makes retries safe (paid and delivered once).
+    pub async fn purchase(&self, sku: &str, id: &str) -> Result<ChainResult, Error> {
+        let body = PurchaseRequest {
+            sku: sku.into(),
+            id: id.into(),
+        };
+        self.call(self.http.post(self.url("/v1/store/purchase")).json(&body))
+            .await
+    }
+
+    /// Records at ranks `start..start + count` of a board.
+    pub async fn leaderboard(
+        &self,
+        board: &str,
+        start: usize,
+        count: usize,
+    ) -> Result<Vec<BoardRecord>, Error> {
+        let q = [("start", start), ("count", count)];
+        self.call(
+            self.http
+                .get(self.url(&format!("/v1/leaderboards/{board}")))
+                .query(&q),
+        )
+        .await
+    }
+
+    /// The caller's record and `radius` records either side.
+    pub async fn leaderboard_around_me(
+        &self,
+        board: &str,
+        radius: usize,
+    ) -> Result<Vec<BoardRecord>, Error> {
+        self.call(
+            self.http
+                .get(self.url(&format!("/v1/leaderboards/{board}/around-me")))
+                .query(&[("radius", radius)]),
+        )
+        .await
+    }
+
+    /// A player's 0-based rank (`None` without a record).
+    pub async fn leaderboard_rank(&self, board: &str, player: u64) -> Result<Option<u64>, Error> {
+        let r: RankReply = self
+            .call(
+                self.http
+                    .get(self.url(&format!("/v1/leaderboards/{board}/rank/{player}"))),
+            )
+            .await?;
+        Ok(r.rank)
+    }
+
+    /// A page of an archived season, by final rank.
+    pub async fn leaderboard_season(
+        &self,
+        board: &str,
+        season: i64,
+        start: usize,
+        count: usize,
+    ) -> Result<Vec<BoardRecord>, Error> {
+        let q = [("start", start), ("count", count)];
+        self.call(
+            self.http
+                .get(self.url(&format!("/v1/leaderboards/{board}/seasons/{season}")))
+                .query(&q),
+        )
+        .await
+    }
+
+    /// Server key: creates a leaderboard (idempotent for the same definition).
+    pub async fn create_leaderboard(&self, server_key: &str, def: &BoardDef) -> Result<(), Error> {
+        self.call_empty(
+            self.http
+                .post(self.url("/v1/admin/leaderboards"))
+                .header("x-volley-server-key", server_key)
+                .json(def),
+        )
+        .await
+    }
+
+    /// Server key: submits a score; returns the stored score after the board's operator.
+    pub async fn submit_score(
+        &self,
+        server_key: &str,
+        board: &str,
+        score: &ScoreRequest,
+    ) -> Result<i64, Error> {
+        let r: ScoreReply = self
+            .call(
+                self.http
+                    .post(self.url(&format!("/v1/leaderboards/{board}/scores")))
+                    .header("x-volley-server-key", server_key)
+                    .json(score),
+            )
+            .await?;
+        Ok(r.score)
+    }
+
+    /// Server key: grants currency from the mint (idempotent by `grant.id`).
+    pub async fn grant(
+        &self,
+        server_key: &str,
+        grant: &GrantRequest,
+    ) -> Result<ChainResult, Error> {
+        self.call(
+            self.http
+                .post(self.url("/v1/admin/grant"))
+                .header("x-volley-server-key", server_key)
+                .json(grant),
+        )
+        .await
+    }
+
+    /// Server key: mints a unique item (idempotent by `mint.id`); returns its id.
+    pub async fn mint_item(
+        &self,
+        server_key: &str,
+        mint: &MintItemRequest,
+    ) -> Result<String, Error> {
+        let r: MintedItem = self
+            .call(
+                self.http
+                    .post(self.url("/v1/admin/items"))
+                    .header("x-volley-server-key", server_key)
+                    .json(mint),
+            )
+            .await?;
+        Ok(r.item_id)
+    }
+
+    /// Server key: adds or replaces a store catalogue entry.
+    pub async fn put_store_item(&self, server_key: &str, item: &StoreItem) -> Result<(), Error> {
+        self.call_empty(
+            self.http
+                .post(self.url("/v1/admin/store"))
+                .header("x-volley-server-key", server_key)
+                .json(item),
+        )
+        .await
+    }
+
+    /// Server key: creates a bonus code.
+    pub async fn create_bonus_code(&self, server_key: &str, code: &BonusCode) -> Result<(), Error> {
+        self.call_empty(
+            self.http
+                .post(self.url("/v1/admin/bonus-codes"))
+                .header("x-volley-server-key", server_key)
+                .json(code),
         )
         .await
     }

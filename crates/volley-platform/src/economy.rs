@@ -10,84 +10,12 @@
 
 use std::net::IpAddr;
 
-use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use crate::ledger::{AccountRef, ChainResult, Transfer, SYSTEM};
+
 use crate::{now_ms, AccountId, ErrorKind, Platform, PlatformError};
-
-/// A bonus code's definition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BonusCode {
-    /// The code players type, 3-32 characters of `[A-Z0-9-]`.
-    pub code: String,
-    /// Reward currency.
-    pub currency: String,
-    /// Reward amount.
-    pub amount: u64,
-    /// Redemptions in all.
-    pub global_limit: u64,
-    /// Redemptions per player.
-    pub per_player_limit: u64,
-    /// Unix ms after which it no longer redeems.
-    pub expires_ms: i64,
-    /// Eligibility: the account must be at least this old (ms).
-    #[serde(default)]
-    pub min_account_age_ms: i64,
-}
-
-/// The outcome of a redemption.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum Redemption {
-    /// Applied.
-    Redeemed {
-        /// The chain.
-        chain: ChainResult,
-    },
-    /// Held for review: nothing moved yet.
-    Held {
-        /// The fraud score (0-1).
-        score: f64,
-        /// Why.
-        reasons: Vec<String>,
-    },
-}
-
-/// A gift: currency (or a unique item) from one player's wallet to another's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Gift {
-    /// The sender's id for it (idempotency).
-    pub id: String,
-    /// The receiver.
-    pub to: AccountId,
-    /// Currency, or `item:<type>` with `item_id`.
-    pub currency: String,
-    /// Amount (1 for an item).
-    pub amount: u64,
-    /// A unique item to hand over.
-    pub item_id: Option<String>,
-}
-
-impl Gift {
-    /// A gift.
-    pub fn new(
-        id: &str,
-        to: AccountId,
-        currency: &str,
-        amount: u64,
-        item_id: Option<String>,
-    ) -> Gift {
-        Gift {
-            id: id.to_owned(),
-            to,
-            currency: currency.to_owned(),
-            amount,
-            item_id,
-        }
-    }
-}
+pub use volley_proto::api::{BonusCode, Gift, Redemption, StoreItem};
 
 /// Where a request came from, as far as fraud scoring is concerned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -559,26 +487,6 @@ impl Platform {
     pub fn is_system(owner: AccountId) -> bool {
         owner == SYSTEM
     }
-}
-
-/// One entry of the store catalogue: what it costs and what it gives (an amount of a currency,
-/// or one unique item of `item_type`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreItem {
-    /// Stock-keeping id, 1-48 characters of `[a-z0-9:_-]`.
-    pub sku: String,
-    /// What the player pays in.
-    pub price_currency: String,
-    /// How much.
-    pub price: u64,
-    /// What the player gets (a currency, or `item:<type>` with `item_type`).
-    pub gives_currency: String,
-    /// How much of it (1 for a unique item).
-    pub gives_amount: u64,
-    /// A unique item of this type, minted per purchase.
-    #[serde(default)]
-    pub item_type: Option<String>,
 }
 
 impl Platform {

@@ -18,74 +18,12 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use crate::rank::{RankIndex, SCORE_MAX};
+
 use crate::{now_ms, AccountId, ErrorKind, Platform, PlatformError};
-
-/// How a submission combines with the stored score.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Operator {
-    /// Keep the better of old and new (higher on a descending board, lower on an ascending one).
-    Best,
-    /// Replace.
-    Set,
-    /// Add.
-    Incr,
-    /// Subtract.
-    Decr,
-}
-
-impl Operator {
-    fn as_str(self) -> &'static str {
-        match self {
-            Operator::Best => "best",
-            Operator::Set => "set",
-            Operator::Incr => "incr",
-            Operator::Decr => "decr",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Operator> {
-        Some(match s {
-            "best" => Operator::Best,
-            "set" => Operator::Set,
-            "incr" => Operator::Incr,
-            "decr" => Operator::Decr,
-            _ => return None,
-        })
-    }
-}
-
-/// A board's definition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BoardDef {
-    /// 1-64 characters of `[a-z0-9_-]`.
-    pub id: String,
-    /// Higher scores rank first.
-    pub descending: bool,
-    /// How submissions combine.
-    pub operator: Operator,
-    /// Season reset schedule (five-field cron, UTC); the board never resets when absent.
-    #[serde(default)]
-    pub reset_cron: Option<String>,
-}
-
-/// One record as queries return it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    /// 0-based rank in the board's order.
-    pub rank: usize,
-    /// The player.
-    pub player_id: AccountId,
-    /// The score.
-    pub score: i64,
-    /// What the submitter attached (JSON text, at most 1 KiB).
-    pub metadata: String,
-}
+pub use volley_proto::api::{BoardDef, BoardRecord as Record, Operator};
 
 #[derive(Debug)]
 pub(crate) struct Board {

@@ -27,43 +27,7 @@ use sqlx::Row;
 
 use crate::{now_ms, AccountId, ErrorKind, Platform, PlatformError};
 
-/// The system's owner id.
-pub const SYSTEM: AccountId = 0;
-
-/// Which ledger account: an owner (player id, or [`SYSTEM`]) and a name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
-pub struct AccountRef {
-    /// The owner.
-    pub owner: AccountId,
-    /// `wallet` for players; `mint`, `store`, `bonus-pool:<code>`... for the system.
-    pub name: String,
-}
-
-impl AccountRef {
-    /// A player's wallet.
-    pub fn wallet(owner: AccountId) -> Self {
-        AccountRef {
-            owner,
-            name: "wallet".into(),
-        }
-    }
-
-    /// The system's mint (new money comes from here, burned money goes back).
-    pub fn mint() -> Self {
-        AccountRef {
-            owner: SYSTEM,
-            name: "mint".into(),
-        }
-    }
-
-    /// A system account.
-    pub fn system(name: &str) -> Self {
-        AccountRef {
-            owner: SYSTEM,
-            name: name.into(),
-        }
-    }
-}
+pub use volley_proto::api::{AccountRef, Balance, ChainResult, TransferRecord, SYSTEM};
 
 /// One transfer request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,51 +46,6 @@ pub struct Transfer {
     pub kind: String,
     /// A unique item moved with it (then `currency` must be `item:<its type>` and amount 1).
     pub item_id: Option<String>,
-}
-
-/// A stored transfer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TransferRecord {
-    /// Order of application.
-    pub seq: i64,
-    /// The stored (scoped) id.
-    pub id: String,
-    /// The chain it belongs to (the first transfer's id).
-    pub chain: String,
-    /// Debited account.
-    pub debit: AccountRef,
-    /// Credited account.
-    pub credit: AccountRef,
-    /// Currency.
-    pub currency: String,
-    /// Amount.
-    pub amount: u64,
-    /// Kind.
-    pub kind: String,
-    /// Item moved, if any.
-    pub item_id: Option<String>,
-    /// Unix ms.
-    pub created_ms: i64,
-}
-
-/// What a chain did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChainResult {
-    /// The chain's transfers as stored.
-    pub transfers: Vec<TransferRecord>,
-    /// True when this was a retry of a chain already applied (nothing moved this time).
-    pub replayed: bool,
-}
-
-/// A balance as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Balance {
-    /// Account name.
-    pub name: String,
-    /// Currency.
-    pub currency: String,
-    /// Balance.
-    pub balance: i64,
 }
 
 /// What the audit found.

@@ -486,3 +486,334 @@ impl Channel {
         }
     }
 }
+
+// ---- Economy and rankings ----
+
+/// The system's owner id.
+pub const SYSTEM: u64 = 0;
+
+/// Which ledger account: an owner (player id, or [`SYSTEM`]) and a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash, schemars::JsonSchema)]
+pub struct AccountRef {
+    /// The owner.
+    pub owner: u64,
+    /// `wallet` for players; `mint`, `store`, `bonus-pool:<code>`... for the system.
+    pub name: String,
+}
+
+impl AccountRef {
+    /// A player's wallet.
+    pub fn wallet(owner: u64) -> Self {
+        AccountRef {
+            owner,
+            name: "wallet".into(),
+        }
+    }
+
+    /// The system's mint (new money comes from here, burned money goes back).
+    pub fn mint() -> Self {
+        AccountRef {
+            owner: SYSTEM,
+            name: "mint".into(),
+        }
+    }
+
+    /// A system account.
+    pub fn system(name: &str) -> Self {
+        AccountRef {
+            owner: SYSTEM,
+            name: name.into(),
+        }
+    }
+}
+
+/// A stored transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TransferRecord {
+    /// Order of application.
+    pub seq: i64,
+    /// The stored (scoped) id.
+    pub id: String,
+    /// The chain it belongs to (the first transfer's id).
+    pub chain: String,
+    /// Debited account.
+    pub debit: AccountRef,
+    /// Credited account.
+    pub credit: AccountRef,
+    /// Currency.
+    pub currency: String,
+    /// Amount.
+    pub amount: u64,
+    /// Kind.
+    pub kind: String,
+    /// Item moved, if any.
+    pub item_id: Option<String>,
+    /// Unix ms.
+    pub created_ms: i64,
+}
+
+/// What a chain did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ChainResult {
+    /// The chain's transfers as stored.
+    pub transfers: Vec<TransferRecord>,
+    /// True when this was a retry of a chain already applied (nothing moved this time).
+    pub replayed: bool,
+}
+
+/// A balance as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Balance {
+    /// Account name.
+    pub name: String,
+    /// Currency.
+    pub currency: String,
+    /// Balance.
+    pub balance: i64,
+}
+
+/// A bonus code's definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BonusCode {
+    /// The code players type, 3-32 characters of `[A-Z0-9-]`.
+    pub code: String,
+    /// Reward currency.
+    pub currency: String,
+    /// Reward amount.
+    pub amount: u64,
+    /// Redemptions in all.
+    pub global_limit: u64,
+    /// Redemptions per player.
+    pub per_player_limit: u64,
+    /// Unix ms after which it no longer redeems.
+    pub expires_ms: i64,
+    /// Eligibility: the account must be at least this old (ms).
+    #[serde(default)]
+    pub min_account_age_ms: i64,
+}
+
+/// The outcome of a redemption.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Redemption {
+    /// Applied.
+    Redeemed {
+        /// The chain.
+        chain: ChainResult,
+    },
+    /// Held for review: nothing moved yet.
+    Held {
+        /// The fraud score (0-1).
+        score: f64,
+        /// Why.
+        reasons: Vec<String>,
+    },
+}
+
+/// A gift: currency (or a unique item) from one player's wallet to another's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Gift {
+    /// The sender's id for it (idempotency).
+    pub id: String,
+    /// The receiver.
+    pub to: u64,
+    /// Currency, or `item:<type>` with `item_id`.
+    pub currency: String,
+    /// Amount (1 for an item).
+    pub amount: u64,
+    /// A unique item to hand over.
+    #[serde(default)]
+    pub item_id: Option<String>,
+}
+
+impl Gift {
+    /// A gift.
+    pub fn new(id: &str, to: u64, currency: &str, amount: u64, item_id: Option<String>) -> Gift {
+        Gift {
+            id: id.to_owned(),
+            to,
+            currency: currency.to_owned(),
+            amount,
+            item_id,
+        }
+    }
+}
+
+/// One entry of the store catalogue: what it costs and what it gives (an amount of a currency,
+/// or one unique item of `item_type`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreItem {
+    /// Stock-keeping id, 1-48 characters of `[a-z0-9:_-]`.
+    pub sku: String,
+    /// What the player pays in.
+    pub price_currency: String,
+    /// How much.
+    pub price: u64,
+    /// What the player gets (a currency, or `item:<type>` with `item_type`).
+    pub gives_currency: String,
+    /// How much of it (1 for a unique item).
+    pub gives_amount: u64,
+    /// A unique item of this type, minted per purchase.
+    #[serde(default)]
+    pub item_type: Option<String>,
+}
+
+/// How a submission combines with the stored score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Operator {
+    /// Keep the better of old and new (higher on a descending board, lower on an ascending one).
+    Best,
+    /// Replace.
+    Set,
+    /// Add.
+    Incr,
+    /// Subtract.
+    Decr,
+}
+
+impl Operator {
+    /// The operator's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operator::Best => "best",
+            Operator::Set => "set",
+            Operator::Incr => "incr",
+            Operator::Decr => "decr",
+        }
+    }
+
+    /// The operator named `s`.
+    pub fn parse(s: &str) -> Option<Operator> {
+        Some(match s {
+            "best" => Operator::Best,
+            "set" => Operator::Set,
+            "incr" => Operator::Incr,
+            "decr" => Operator::Decr,
+            _ => return None,
+        })
+    }
+}
+
+/// A board's definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BoardDef {
+    /// 1-64 characters of `[a-z0-9_-]`.
+    pub id: String,
+    /// Higher scores rank first.
+    pub descending: bool,
+    /// How submissions combine.
+    pub operator: Operator,
+    /// Season reset schedule (five-field cron, UTC); the board never resets when absent.
+    #[serde(default)]
+    pub reset_cron: Option<String>,
+}
+
+/// One leaderboard record as queries return it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct BoardRecord {
+    /// 0-based rank in the board's order.
+    pub rank: usize,
+    /// The player.
+    pub player_id: u64,
+    /// The score.
+    pub score: i64,
+    /// What the submitter attached (JSON text, at most 1 KiB).
+    pub metadata: String,
+}
+
+/// `GET /v1/wallet`: balances and unique items.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct WalletView {
+    /// Balances of the player's ledger accounts.
+    pub balances: Vec<Balance>,
+    /// Unique items held: `(item id, item type)`.
+    pub items: Vec<(String, String)>,
+}
+
+/// `POST /v1/bonus/redeem`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedeemRequest {
+    /// The code.
+    pub code: String,
+    /// The player's id for this redemption (a retry with the same id is answered, not applied).
+    pub id: String,
+}
+
+/// `POST /v1/store/purchase`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurchaseRequest {
+    /// The catalogue entry.
+    pub sku: String,
+    /// The player's id for this purchase (idempotency), at most 48 characters.
+    pub id: String,
+}
+
+/// `POST /v1/admin/grant` (server key): currency from the mint, e.g. a match reward.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    /// The studio's id for it (idempotency).
+    pub id: String,
+    /// The receiving player.
+    pub player: u64,
+    /// Currency.
+    pub currency: String,
+    /// Amount.
+    pub amount: u64,
+    /// What it is (default `grant`).
+    #[serde(default)]
+    pub kind: Option<String>,
+}
+
+/// `POST /v1/admin/items` (server key): mint one unique item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MintItemRequest {
+    /// The studio's id for it (idempotency).
+    pub id: String,
+    /// The receiving player.
+    pub player: u64,
+    /// The item's type.
+    pub item_type: String,
+}
+
+/// The answer to a mint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct MintedItem {
+    /// The new item's id.
+    pub item_id: String,
+}
+
+/// `POST /v1/leaderboards/{id}/scores` (server key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRequest {
+    /// The player.
+    pub player: u64,
+    /// The submitted score (combined with the stored one by the board's operator).
+    pub score: i64,
+    /// Any JSON value, kept with the record (at most 1 KiB serialized).
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// The stored score after a submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ScoreReply {
+    /// The score now on the board.
+    pub score: i64,
+}
+
+/// A player's rank on a board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RankReply {
+    /// 0-based rank in the board's order; absent when the player has no record.
+    pub rank: Option<u64>,
+}

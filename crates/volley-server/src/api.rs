@@ -16,8 +16,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use volley_platform::accounts::AuthKind;
 use volley_proto::api::{
-    ChatMessage, ChatPage, CreateLobby, CustomLogin, DeviceLogin, EmailLogin, EmailRegister, Event,
-    Friend, LinkRequest, LobbyInfo, MatchResult, MemberRequest, Presence, RatingInfo,
+    self, ChatMessage, ChatPage, CreateLobby, CustomLogin, DeviceLogin, EmailLogin, EmailRegister,
+    Event, Friend, LinkRequest, LobbyInfo, MatchResult, MemberRequest, Presence, RatingInfo,
     RefreshRequest, SendChat, Session, TicketRequest, TicketStatus, UpdateLobby,
 };
 
@@ -365,6 +365,165 @@ pub(crate) const ROUTES: &[RouteDoc] = &[
         "bearer",
         Some("JoinRoom"),
         Some("JoinTicket")
+    ),    r!(
+        "get",
+        "/v1/wallet",
+        "Balances and unique items",
+        "bearer",
+        None,
+        Some("Wallet")
+    ),
+    r!(
+        "get",
+        "/v1/wallet/history",
+        "Transfers touching the caller, newest first (query: before, limit <= 100)",
+        "bearer",
+        None,
+        Some("TransferList")
+    ),
+    r!(
+        "post",
+        "/v1/wallet/gift",
+        "Give currency or a unique item to another player (idempotent by id; fraud-scored by address and x-volley-device)",
+        "bearer",
+        Some("Gift"),
+        Some("ChainResult")
+    ),
+    r!(
+        "post",
+        "/v1/bonus/redeem",
+        "Redeem a bonus code (idempotent by id; may be held for review)",
+        "bearer",
+        Some("RedeemRequest"),
+        Some("Redemption")
+    ),
+    r!(
+        "get",
+        "/v1/store",
+        "The store catalogue",
+        "bearer",
+        None,
+        Some("StoreCatalogue")
+    ),
+    r!(
+        "post",
+        "/v1/store/purchase",
+        "Buy a catalogue entry: paid and delivered in one chain (idempotent by id)",
+        "bearer",
+        Some("PurchaseRequest"),
+        Some("ChainResult")
+    ),
+    r!(
+        "post",
+        "/v1/admin/store",
+        "Add or replace a catalogue entry",
+        "server",
+        Some("StoreItem"),
+        None
+    ),
+    r!(
+        "post",
+        "/v1/admin/grant",
+        "Grant currency from the mint, e.g. a match reward (idempotent by id)",
+        "server",
+        Some("GrantRequest"),
+        Some("ChainResult")
+    ),
+    r!(
+        "post",
+        "/v1/admin/items",
+        "Mint a unique item for a player (idempotent by id)",
+        "server",
+        Some("MintItemRequest"),
+        Some("MintedItem")
+    ),
+    r!(
+        "post",
+        "/v1/admin/bonus-codes",
+        "Create a bonus code and fund its uses",
+        "server",
+        Some("BonusCode"),
+        None
+    ),
+    r!(
+        "get",
+        "/v1/admin/held",
+        "Transfers held for review",
+        "server",
+        None,
+        Some("HeldList")
+    ),
+    r!(
+        "post",
+        "/v1/admin/held/{id}/approve",
+        "Apply a held transfer",
+        "server",
+        None,
+        Some("ChainResult")
+    ),
+    r!(
+        "post",
+        "/v1/admin/held/{id}/reject",
+        "Reject a held transfer (nothing moves)",
+        "server",
+        None,
+        None
+    ),
+    r!(
+        "get",
+        "/v1/admin/audit",
+        "Check every ledger invariant over the whole database",
+        "server",
+        None,
+        Some("AuditReport")
+    ),
+    r!(
+        "post",
+        "/v1/admin/leaderboards",
+        "Create a leaderboard (idempotent for the same definition)",
+        "server",
+        Some("BoardDef"),
+        None
+    ),
+    r!(
+        "post",
+        "/v1/leaderboards/{id}/scores",
+        "Submit a score (the node or a studio's server only)",
+        "server",
+        Some("ScoreRequest"),
+        Some("ScoreReply")
+    ),
+    r!(
+        "get",
+        "/v1/leaderboards/{id}",
+        "A page in rank order (query: start, count <= 100)",
+        "bearer",
+        None,
+        Some("RecordList")
+    ),
+    r!(
+        "get",
+        "/v1/leaderboards/{id}/around-me",
+        "Records around the caller (query: radius <= 50)",
+        "bearer",
+        None,
+        Some("RecordList")
+    ),
+    r!(
+        "get",
+        "/v1/leaderboards/{id}/rank/{player}",
+        "A player's rank",
+        "bearer",
+        None,
+        Some("RankReply")
+    ),
+    r!(
+        "get",
+        "/v1/leaderboards/{id}/seasons/{season}",
+        "A page of an archived season by final rank (query: start, count)",
+        "bearer",
+        None,
+        Some("RecordList")
     ),
 ];
 
@@ -927,15 +1086,9 @@ async fn report_result(
     Ok(Json(api.platform.report_result(&id, &req).await?))
 }
 
-#[derive(serde::Serialize)]
-struct WalletView {
-    balances: Vec<volley_platform::ledger::Balance>,
-    items: Vec<(String, String)>,
-}
-
 async fn wallet(State(api): State<Api>, headers: HeaderMap) -> Result<Response, Error> {
     let me = authed(&api, &headers).await?;
-    let view = WalletView {
+    let view = api::WalletView {
         balances: api.platform.balances(me).await?,
         items: api.platform.items_of(me).await?,
     };
@@ -955,17 +1108,6 @@ async fn wallet_history(
     Ok(Json(h).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GiftRequest {
-    id: String,
-    to: u64,
-    currency: String,
-    amount: u64,
-    #[serde(default)]
-    item_id: Option<String>,
-}
-
 async fn wallet_gift(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -973,20 +1115,10 @@ async fn wallet_gift(
     body: Bytes,
 ) -> Result<Response, Error> {
     let me = authed(&api, &headers).await?;
-    let req: GiftRequest = parse(&body)?;
+    let gift: api::Gift = parse(&body)?;
     let r = api
         .platform
-        .gift(
-            me,
-            &volley_platform::economy::Gift::new(
-                &req.id,
-                req.to,
-                &req.currency,
-                req.amount,
-                req.item_id,
-            ),
-            &origin(&peer, &headers),
-        )
+        .gift(me, &gift, &origin(&peer, &headers))
         .await?;
     Ok(Json(r).into_response())
 }
@@ -1001,13 +1133,6 @@ fn origin(peer: &SocketAddr, headers: &HeaderMap) -> volley_platform::economy::O
     volley_platform::economy::Origin::new(Some(peer.ip()), device)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RedeemRequest {
-    code: String,
-    id: String,
-}
-
 async fn redeem(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -1015,7 +1140,7 @@ async fn redeem(
     body: Bytes,
 ) -> Result<Response, Error> {
     let me = authed(&api, &headers).await?;
-    let req: RedeemRequest = parse(&body)?;
+    let req: api::RedeemRequest = parse(&body)?;
     let rules = volley_platform::economy::FraudRules::default();
     let r = api
         .platform
@@ -1024,20 +1149,9 @@ async fn redeem(
     Ok(Json(r).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GrantRequest {
-    id: String,
-    player: u64,
-    currency: String,
-    amount: u64,
-    #[serde(default)]
-    kind: Option<String>,
-}
-
 async fn grant(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
     server_key(&api, &headers)?;
-    let req: GrantRequest = parse(&body)?;
+    let req: api::GrantRequest = parse(&body)?;
     let kind = req.kind.unwrap_or_else(|| "grant".into());
     if kind.is_empty() || kind.len() > 32 {
         return Err(bad("kind must be 1-32 characters"));
@@ -1049,21 +1163,13 @@ async fn grant(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Resul
     Ok(Json(r).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MintItemRequest {
-    id: String,
-    player: u64,
-    item_type: String,
-}
-
 async fn mint_item(
     State(api): State<Api>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Error> {
     server_key(&api, &headers)?;
-    let req: MintItemRequest = parse(&body)?;
+    let req: api::MintItemRequest = parse(&body)?;
     if !api.platform.is_active(req.player).await? {
         return Err(volley_platform::PlatformError::not_found("player").into());
     }
@@ -1071,7 +1177,7 @@ async fn mint_item(
         .platform
         .mint_item("sys", &req.id, req.player, &req.item_type)
         .await?;
-    Ok(Json(serde_json::json!({ "item_id": item })).into_response())
+    Ok(Json(api::MintedItem { item_id: item }).into_response())
 }
 
 async fn create_code(
@@ -1125,15 +1231,6 @@ async fn create_board(
     Ok(StatusCode::CREATED)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScoreRequest {
-    player: u64,
-    score: i64,
-    #[serde(default)]
-    metadata: Option<serde_json::Value>,
-}
-
 async fn submit_score(
     State(api): State<Api>,
     headers: HeaderMap,
@@ -1141,7 +1238,7 @@ async fn submit_score(
     body: Bytes,
 ) -> Result<Response, Error> {
     server_key(&api, &headers)?;
-    let req: ScoreRequest = parse(&body)?;
+    let req: api::ScoreRequest = parse(&body)?;
     if !api.platform.is_active(req.player).await? {
         return Err(volley_platform::PlatformError::not_found("player").into());
     }
@@ -1150,7 +1247,7 @@ async fn submit_score(
         .platform
         .submit_score(&id, req.player, req.score, &meta)
         .await?;
-    Ok(Json(serde_json::json!({ "score": score })).into_response())
+    Ok(Json(api::ScoreReply { score }).into_response())
 }
 
 #[derive(Deserialize)]
@@ -1196,7 +1293,10 @@ async fn board_rank(
 ) -> Result<Response, Error> {
     authed(&api, &headers).await?;
     let rank = api.platform.board_rank(&id, id_param(&player)?).await?;
-    Ok(Json(serde_json::json!({ "rank": rank })).into_response())
+    Ok(Json(api::RankReply {
+        rank: rank.map(|r| r as u64),
+    })
+    .into_response())
 }
 
 async fn board_archive(
@@ -1219,20 +1319,13 @@ async fn store(State(api): State<Api>, headers: HeaderMap) -> Result<Response, E
     Ok(Json(api.platform.store_items().await?).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PurchaseRequest {
-    sku: String,
-    id: String,
-}
-
 async fn purchase(
     State(api): State<Api>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Error> {
     let me = authed(&api, &headers).await?;
-    let req: PurchaseRequest = parse(&body)?;
+    let req: api::PurchaseRequest = parse(&body)?;
     Ok(Json(api.platform.purchase(me, &req.sku, &req.id).await?).into_response())
 }
 
@@ -1245,4 +1338,33 @@ async fn put_store_item(
     let item: volley_platform::economy::StoreItem = parse(&body)?;
     api.platform.put_store_item(&item).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    /// Every path the router serves is documented in [`super::ROUTES`] with the same methods
+    /// (the integration test checks the other direction: every documented route answers).
+    #[test]
+    fn every_routed_path_is_documented() {
+        let src = include_str!("api.rs");
+        let router = &src[src.find("pub(crate) fn routes()").unwrap()..];
+        let mut routed = 0;
+        for piece in router.split(".route(").skip(1) {
+            let path = piece.split('"').nth(1).unwrap();
+            let handlers = &piece[..piece.find(")\n").unwrap_or(piece.len())];
+            for method in ["get", "post", "patch", "delete"] {
+                if handlers.contains(&format!("{method}(")) {
+                    routed += 1;
+                    assert!(
+                        super::ROUTES
+                            .iter()
+                            .any(|r| r.path == path && r.method == method),
+                        "{method} {path} is routed but not in ROUTES"
+                    );
+                }
+            }
+        }
+        assert!(routed >= 50, "the router was not parsed: {routed} routes");
+    }
 }

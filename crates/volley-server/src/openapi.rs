@@ -48,6 +48,24 @@ fn schemas() -> Map<String, Value> {
         api::TicketStatus => "TicketStatus",
         api::MatchResult => "MatchResult",
         api::RatingInfo => "RatingInfo",
+        api::WalletView => "Wallet",
+        Vec<api::TransferRecord> => "TransferList",
+        api::Gift => "Gift",
+        api::ChainResult => "ChainResult",
+        api::RedeemRequest => "RedeemRequest",
+        api::Redemption => "Redemption",
+        Vec<api::StoreItem> => "StoreCatalogue",
+        api::StoreItem => "StoreItem",
+        api::PurchaseRequest => "PurchaseRequest",
+        api::GrantRequest => "GrantRequest",
+        api::MintItemRequest => "MintItemRequest",
+        api::MintedItem => "MintedItem",
+        api::BonusCode => "BonusCode",
+        api::BoardDef => "BoardDef",
+        api::ScoreRequest => "ScoreRequest",
+        api::ScoreReply => "ScoreReply",
+        Vec<api::BoardRecord> => "RecordList",
+        api::RankReply => "RankReply",
     );
     let mut all: Map<String, Value> = gen
         .definitions()
@@ -61,61 +79,12 @@ fn schemas() -> Map<String, Value> {
         }
     }
     let loose = |required: &[&str]| json!({"type": "object", "required": required, "additionalProperties": true});
-    all.insert("Wallet".into(), loose(&["balances", "items"]));
+    // Admin views kept loose: their rows are tuples and reports that may grow.
     all.insert(
-        "RecordList".into(),
-        json!({"type": "array", "items": loose(&["rank", "player_id", "score"])}),
+        "HeldList".into(),
+        json!({"type": "array", "items": {"type": "array", "description": "[id, account, score, reasons]"}}),
     );
-    all.insert(
-        "BoardDef".into(),
-        json!({"type": "object", "required": ["id", "descending", "operator"], "additionalProperties": false,
-               "properties": {"id": {"type": "string"}, "descending": {"type": "boolean"},
-                              "operator": {"type": "string", "enum": ["best", "set", "incr", "decr"]},
-                              "reset_cron": {"type": "string", "nullable": true}}}),
-    );
-    all.insert(
-        "ScoreRequest".into(),
-        json!({"type": "object", "required": ["player", "score"], "additionalProperties": false,
-               "properties": {"player": {"type": "integer"}, "score": {"type": "integer"}, "metadata": {}}}),
-    );
-    all.insert(
-        "TransferList".into(),
-        json!({"type": "array", "items": loose(&["seq", "id"])}),
-    );
-    all.insert("ChainResult".into(), loose(&["transfers", "replayed"]));
-    all.insert("Redemption".into(), loose(&["status"]));
     all.insert("AuditReport".into(), loose(&["accounts", "transfers"]));
-    all.insert(
-        "GiftRequest".into(),
-        json!({"type": "object", "required": ["id", "to", "currency", "amount"], "additionalProperties": false,
-               "properties": {"id": {"type": "string"}, "to": {"type": "integer", "minimum": 0},
-                              "currency": {"type": "string"}, "amount": {"type": "integer", "minimum": 1},
-                              "item_id": {"type": "string", "nullable": true}}}),
-    );
-    all.insert(
-        "RedeemRequest".into(),
-        json!({"type": "object", "required": ["code", "id"], "additionalProperties": false,
-               "properties": {"code": {"type": "string"}, "id": {"type": "string"}}}),
-    );
-    all.insert(
-        "GrantRequest".into(),
-        json!({"type": "object", "required": ["id", "player", "currency", "amount"], "additionalProperties": false,
-               "properties": {"id": {"type": "string"}, "player": {"type": "integer"}, "currency": {"type": "string"},
-                              "amount": {"type": "integer", "minimum": 1}, "kind": {"type": "string", "nullable": true}}}),
-    );
-    all.insert(
-        "MintItemRequest".into(),
-        json!({"type": "object", "required": ["id", "player", "item_type"], "additionalProperties": false,
-               "properties": {"id": {"type": "string"}, "player": {"type": "integer"}, "item_type": {"type": "string"}}}),
-    );
-    all.insert(
-        "BonusCode".into(),
-        json!({"type": "object", "required": ["code", "currency", "amount", "global_limit", "per_player_limit", "expires_ms"],
-               "additionalProperties": false,
-               "properties": {"code": {"type": "string"}, "currency": {"type": "string"}, "amount": {"type": "integer"},
-                              "global_limit": {"type": "integer"}, "per_player_limit": {"type": "integer"},
-                              "expires_ms": {"type": "integer"}, "min_account_age_ms": {"type": "integer"}}}),
-    );
     all.insert(
         "SetDisplayName".into(),
         json!({"type": "object", "required": ["display_name"], "additionalProperties": false,

@@ -101,7 +101,7 @@ async fn openapi_lists_exactly_the_routes_that_answer() {
             assert!(status < 500, "{method} {path}: {status} {body}");
         }
     }
-    assert!(ops >= 40, "{ops} operations");
+    assert!(ops >= 60, "{ops} operations");
     // And a route that is not listed is not routed.
     let r = http
         .get(format!("{}/v1/nope", n.base))
@@ -862,5 +862,201 @@ async fn leaderboards_over_http_accept_scores_only_from_the_server() {
         .await
         .unwrap();
     assert_eq!(rank["rank"], 0);
+    n.node.shutdown().await;
+}
+
+/// The economy and leaderboards as a game uses them: only SDK calls, server-key calls included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn economy_and_leaderboards_through_the_sdk() {
+    use volley_proto::api::{
+        BoardDef, BonusCode, Gift, GrantRequest, Operator, Redemption, ScoreRequest, StoreItem,
+    };
+    let n = start_node(|c| c.server_key = Some(KEY.into())).await;
+    let (alice, a) = device(&n.base, "device-sdk-alice").await;
+    let (bob, b) = device(&n.base, "device-sdk-bob").await;
+    let admin = Api::new(&n.base);
+    admin
+        .put_store_item(
+            KEY,
+            &StoreItem {
+                sku: "sword".into(),
+                price_currency: "gold".into(),
+                price: 40,
+                gives_currency: "item:sword".into(),
+                gives_amount: 1,
+                item_type: Some("sword".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(alice.store().await.unwrap()[0].sku, "sword");
+    let grant = GrantRequest {
+        id: "match-77-reward".into(),
+        player: a,
+        currency: "gold".into(),
+        amount: 100,
+        kind: Some("reward".into()),
+    };
+    assert!(!admin.grant(KEY, &grant).await.unwrap().replayed);
+    assert!(admin.grant(KEY, &grant).await.unwrap().replayed, "a retry");
+    // A player cannot grant itself anything.
+    assert!(alice.grant("not-the-key-0123456789", &grant).await.is_err());
+    let bought = alice.purchase("sword", "buy-1").await.unwrap();
+    assert!(!bought.replayed);
+    assert!(alice.purchase("sword", "buy-1").await.unwrap().replayed);
+    let w = alice.wallet().await.unwrap();
+    let gold = |w: &volley_proto::api::WalletView| {
+        w.balances
+            .iter()
+            .find(|x| x.currency == "gold")
+            .map_or(0, |x| x.balance)
+    };
+    assert_eq!(gold(&w), 60, "paid once");
+    assert_eq!(w.items.len(), 1, "delivered once");
+    let sword = w.items[0].0.clone();
+    // The sword and some gold go to Bob; the history shows it.
+    alice
+        .gift(&Gift::new(
+            "give-sword",
+            b,
+            "item:sword",
+            1,
+            Some(sword.clone()),
+        ))
+        .await
+        .unwrap();
+    alice
+        .gift(&Gift::new("give-gold", b, "gold", 25, None))
+        .await
+        .unwrap();
+    let bw = bob.wallet().await.unwrap();
+    assert_eq!(bw.items, vec![(sword, "sword".to_owned())]);
+    assert_eq!(gold(&bw), 25);
+    assert!(alice.wallet().await.unwrap().items.is_empty());
+    assert_eq!(gold(&alice.wallet().await.unwrap()), 35);
+    let h = alice.wallet_history(None, 10).await.unwrap();
+    assert!(h.len() >= 4, "{h:?}");
+    assert!(h.windows(2).all(|p| p[0].seq > p[1].seq), "newest first");
+    let older = alice.wallet_history(Some(h[1].seq), 10).await.unwrap();
+    assert_eq!(older[0], h[2]);
+    // Overspending is refused, not wrapped.
+    assert!(alice
+        .gift(&Gift::new("too-much", b, "gold", 36, None))
+        .await
+        .is_err());
+    // Bonus codes: three accounts on one device; the third redemption is held for review.
+    admin
+        .create_bonus_code(
+            KEY,
+            &BonusCode {
+                code: "WELCOME-5".into(),
+                currency: "gems".into(),
+                amount: 5,
+                global_limit: 100,
+                per_player_limit: 1,
+                expires_ms: volley_platform::now_ms() + 3_600_000,
+                min_account_age_ms: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let mut outcomes = Vec::new();
+    for i in 0..3 {
+        let mut farm = Api::new(&n.base);
+        farm.set_device("one-phone-many-accounts");
+        farm.login_device(&format!("device-farm-sdk-{i}"))
+            .await
+            .unwrap();
+        outcomes.push(farm.redeem("WELCOME-5", "r").await.unwrap());
+    }
+    assert!(matches!(outcomes[0], Redemption::Redeemed { .. }));
+    assert!(matches!(outcomes[1], Redemption::Redeemed { .. }));
+    match &outcomes[2] {
+        Redemption::Held { reasons, .. } => {
+            assert!(
+                reasons.iter().any(|r| r.contains("shared device")),
+                "{reasons:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // Alice's own device is not part of it; her address (loopback, shared with the three) is.
+    match alice.redeem("WELCOME-5", "r").await.unwrap() {
+        Redemption::Held { reasons, .. } => {
+            assert!(
+                reasons.iter().all(|r| !r.contains("shared device")),
+                "{reasons:?}"
+            );
+            assert!(
+                reasons.iter().any(|r| r.contains("shared address")),
+                "{reasons:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Leaderboards.
+    admin
+        .create_leaderboard(
+            KEY,
+            &BoardDef {
+                id: "sdk-weekly".into(),
+                descending: true,
+                operator: Operator::Incr,
+                reset_cron: Some("0 0 * * 1".into()),
+            },
+        )
+        .await
+        .unwrap();
+    for (p, s) in [(a, 10), (b, 7), (a, 5)] {
+        admin
+            .submit_score(
+                KEY,
+                "sdk-weekly",
+                &ScoreRequest {
+                    player: p,
+                    score: s,
+                    metadata: Some(serde_json::json!({"kills": s})),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let top = bob.leaderboard("sdk-weekly", 0, 10).await.unwrap();
+    assert_eq!(
+        top.iter()
+            .map(|r| (r.player_id, r.score))
+            .collect::<Vec<_>>(),
+        vec![(a, 15), (b, 7)]
+    );
+    assert_eq!(top[0].metadata, r#"{"kills":5}"#);
+    assert_eq!(
+        bob.leaderboard_rank("sdk-weekly", b).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        bob.leaderboard_around_me("sdk-weekly", 1)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(bob
+        .leaderboard_season("sdk-weekly", 1, 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // Players cannot submit scores.
+    assert!(bob
+        .submit_score(
+            "wrong-key-0123456789abc",
+            "sdk-weekly",
+            &ScoreRequest {
+                player: b,
+                score: 1000,
+                metadata: None
+            }
+        )
+        .await
+        .is_err());
     n.node.shutdown().await;
 }
