@@ -1,0 +1,342 @@
+//! A manifest → an install directory.
+//!
+//! The new version is built in `<dir>.volley-staging` from chunks of the installed version
+//! (located through its manifest, kept in `<dir>/.volley/manifest`, and re-verified when read)
+//! and chunks fetched from a [`ChunkSource`] into the download cache `<dir>.volley-cache`
+//! (verified before they are stored, so a fetch interrupted at any point resumes without
+//! downloading a verified chunk twice). Then two renames swap it in: `<dir>` → `<dir>.volley-old`,
+//! staging → `<dir>`. Every state in between holds one whole version, and [`recover`] (run first
+//! by every install) finishes or rolls back a swap a crash interrupted.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+
+use crate::manifest::Manifest;
+use crate::store::ChunkStore;
+use crate::{chunk_name, ChunkRef, ContentError};
+
+/// Where chunks come from (the origin over HTTP; peers later).
+pub trait ChunkSource: Send + Sync {
+    /// The chunk's bytes (verified by the caller).
+    fn fetch(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Vec<u8>, ContentError>>;
+}
+
+/// Tunables.
+#[derive(Debug, Clone, Copy)]
+pub struct InstallOptions {
+    /// Chunk requests in flight.
+    pub concurrency: usize,
+    /// Attempts per chunk before the install fails (a corrupt or failed fetch is retried).
+    pub attempts: usize,
+    /// fsync every file of the new version before the swap.
+    pub sync: bool,
+}
+
+impl Default for InstallOptions {
+    fn default() -> Self {
+        InstallOptions {
+            concurrency: 8,
+            attempts: 3,
+            sync: true,
+        }
+    }
+}
+
+/// Progress so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Bytes the new version needs from anywhere but the installed version.
+    pub need_bytes: u64,
+    /// Of those, bytes now in the cache (downloaded in this run or an interrupted one).
+    pub have_bytes: u64,
+    /// Bytes downloaded in this run.
+    pub downloaded_bytes: u64,
+    /// Time since the install began.
+    pub elapsed: Duration,
+}
+
+impl Progress {
+    /// Download rate in bytes per second.
+    pub fn rate(&self) -> f64 {
+        self.downloaded_bytes as f64 / self.elapsed.as_secs_f64().max(1e-3)
+    }
+
+    /// Estimated time left at the current rate.
+    pub fn eta(&self) -> Option<Duration> {
+        let left = self.need_bytes.saturating_sub(self.have_bytes);
+        let r = self.rate();
+        (r > 0.0).then(|| Duration::from_secs_f64(left as f64 / r))
+    }
+}
+
+/// What an install did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstallReport {
+    /// Files in the new version.
+    pub files: usize,
+    /// Its size.
+    pub total_bytes: u64,
+    /// Distinct chunks it has.
+    pub chunks: usize,
+    /// Chunks (and bytes) taken from the installed version.
+    pub reused_chunks: usize,
+    /// See `reused_chunks`.
+    pub reused_bytes: u64,
+    /// Chunks already in the cache from an interrupted run.
+    pub resumed_chunks: usize,
+    /// Chunks (and bytes) downloaded.
+    pub downloaded_chunks: usize,
+    /// See `downloaded_chunks`.
+    pub downloaded_bytes: u64,
+    /// Fetches that failed verification (and were fetched again).
+    pub corrupt_chunks: usize,
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "install".into());
+    dir.with_file_name(format!("{name}.{suffix}"))
+}
+
+const STATE_DIR: &str = ".volley";
+const MANIFEST_FILE: &str = ".volley/manifest";
+
+/// Finishes or rolls back a swap that a crash interrupted: afterwards `dir` holds one whole
+/// version (or nothing, if nothing was ever installed).
+pub fn recover(dir: &Path) -> Result<(), ContentError> {
+    let old = sibling(dir, "volley-old");
+    if old.exists() {
+        if dir.exists() {
+            // The new version is in place; the old one was not yet removed.
+            fs::remove_dir_all(&old).map_err(|e| ContentError::io(&old, e))?;
+        } else {
+            // Crashed between the two renames: the old version goes back.
+            fs::rename(&old, dir).map_err(|e| ContentError::io(dir, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The installed version's signed manifest, if `dir` holds one.
+pub fn installed(dir: &Path) -> Result<Option<(Manifest, Vec<u8>)>, ContentError> {
+    let path = dir.join(MANIFEST_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let (m, _) = Manifest::open(&bytes, None)?;
+            Ok(Some((m, bytes)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ContentError::io(&path, e)),
+    }
+}
+
+/// Installs the version `signed` (already opened as `manifest`) into `dir`.
+pub async fn install(
+    signed: &[u8],
+    manifest: &Manifest,
+    dir: &Path,
+    source: &dyn ChunkSource,
+    opts: InstallOptions,
+    mut progress: impl FnMut(&Progress) + Send,
+) -> Result<InstallReport, ContentError> {
+    let start = Instant::now();
+    recover(dir)?;
+    // Where each chunk of the installed version is.
+    let mut local: HashMap<[u8; 32], (PathBuf, u64, u32)> = HashMap::new();
+    match installed(dir)? {
+        Some((old, _)) => {
+            for f in &old.files {
+                let mut at = 0u64;
+                for c in &f.chunks {
+                    local
+                        .entry(c.hash)
+                        .or_insert_with(|| (dir.join(&f.path), at, c.size));
+                    at += u64::from(c.size);
+                }
+            }
+        }
+        None => {
+            let empty = match fs::read_dir(dir) {
+                Ok(mut d) => d.next().is_none(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                Err(e) => return Err(ContentError::io(dir, e)),
+            };
+            if !empty {
+                return Err(ContentError::Invalid(format!(
+                    "{} is not empty and holds no Volley install; choose a new or empty directory",
+                    dir.display()
+                )));
+            }
+        }
+    }
+    let cache = ChunkStore::open(&sibling(dir, "volley-cache"))?;
+    let mut report = InstallReport {
+        files: manifest.files.len(),
+        total_bytes: manifest.total_size(),
+        ..Default::default()
+    };
+    let mut seen = HashSet::new();
+    let mut wanted = Vec::new();
+    let mut p = Progress::default();
+    for c in manifest.chunks() {
+        if !seen.insert(c.hash) {
+            continue;
+        }
+        if local.contains_key(&c.hash) {
+            report.reused_chunks += 1;
+            report.reused_bytes += u64::from(c.size);
+        } else {
+            p.need_bytes += u64::from(c.size);
+            if cache.has(&c.hash) {
+                report.resumed_chunks += 1;
+                p.have_bytes += u64::from(c.size);
+            } else {
+                wanted.push(*c);
+            }
+        }
+    }
+    report.chunks = seen.len();
+    progress(&p);
+    // Download what is missing, verifying each chunk before it is stored.
+    let cache_ref = &cache;
+    let mut fetches = futures_util::stream::iter(wanted)
+        .map(|c| async move {
+            let mut corrupt = 0;
+            let mut last = None;
+            for _ in 0..opts.attempts.max(1) {
+                match source.fetch(c).await {
+                    Ok(data) if blake3::hash(&data).as_bytes() == &c.hash => {
+                        cache_ref.put(&c.hash, &data, false)?;
+                        return Ok((c, corrupt));
+                    }
+                    Ok(_) => {
+                        corrupt += 1;
+                        last = Some(ContentError::Corrupt(chunk_name(&c.hash)));
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| ContentError::Fetch("no attempt made".into())))
+        })
+        .buffer_unordered(opts.concurrency.max(1));
+    while let Some(r) = fetches.next().await {
+        let (c, corrupt) = r?;
+        report.downloaded_chunks += 1;
+        report.downloaded_bytes += u64::from(c.size);
+        report.corrupt_chunks += corrupt;
+        p.have_bytes += u64::from(c.size);
+        p.downloaded_bytes += u64::from(c.size);
+        p.elapsed = start.elapsed();
+        progress(&p);
+    }
+    drop(fetches);
+    // Build the new version beside the old one.
+    let staging = sibling(dir, "volley-staging");
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(|e| ContentError::io(&staging, e))?;
+    }
+    fs::create_dir_all(staging.join(STATE_DIR)).map_err(|e| ContentError::io(&staging, e))?;
+    let mut open_old: Option<(PathBuf, fs::File)> = None;
+    for f in &manifest.files {
+        let path = staging.join(&f.path);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| ContentError::io(parent, e))?;
+        }
+        let mut out = fs::File::create(&path).map_err(|e| ContentError::io(&path, e))?;
+        for c in &f.chunks {
+            let data = match local.get(&c.hash) {
+                Some((src, at, size)) => read_local(&mut open_old, src, *at, *size, &c.hash)?,
+                None => None,
+            };
+            let data = match data {
+                Some(d) => d,
+                None => match cache.get(&c.hash)? {
+                    Some(d) => d,
+                    None => {
+                        // The installed copy was damaged: fetch it after all.
+                        let d = source.fetch(*c).await?;
+                        if blake3::hash(&d).as_bytes() != &c.hash {
+                            return Err(ContentError::Corrupt(chunk_name(&c.hash)));
+                        }
+                        report.downloaded_chunks += 1;
+                        report.downloaded_bytes += u64::from(c.size);
+                        d
+                    }
+                },
+            };
+            out.write_all(&data)
+                .map_err(|e| ContentError::io(&path, e))?;
+        }
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(f.mode))
+                .map_err(|e| ContentError::io(&path, e))?;
+        }
+        if opts.sync {
+            out.sync_all().map_err(|e| ContentError::io(&path, e))?;
+        }
+    }
+    drop(open_old);
+    let mpath = staging.join(MANIFEST_FILE);
+    fs::write(&mpath, signed).map_err(|e| ContentError::io(&mpath, e))?;
+    if opts.sync {
+        fs::File::open(&mpath)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| ContentError::io(&mpath, e))?;
+    }
+    // Swap.
+    let old = sibling(dir, "volley-old");
+    if dir.exists() {
+        fs::rename(dir, &old).map_err(|e| ContentError::io(dir, e))?;
+    }
+    fs::rename(&staging, dir).map_err(|e| ContentError::io(dir, e))?;
+    sync_parent(dir);
+    if old.exists() {
+        fs::remove_dir_all(&old).map_err(|e| ContentError::io(&old, e))?;
+    }
+    let cache_dir = sibling(dir, "volley-cache");
+    fs::remove_dir_all(&cache_dir).map_err(|e| ContentError::io(&cache_dir, e))?;
+    p.elapsed = start.elapsed();
+    progress(&p);
+    Ok(report)
+}
+
+fn sync_parent(dir: &Path) {
+    if let Some(parent) = dir.parent() {
+        if let Ok(d) = fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+/// A chunk of the installed version, if its bytes still hash right.
+fn read_local(
+    open: &mut Option<(PathBuf, fs::File)>,
+    path: &Path,
+    at: u64,
+    size: u32,
+    hash: &[u8; 32],
+) -> Result<Option<Vec<u8>>, ContentError> {
+    if open.as_ref().map(|(p, _)| p.as_path()) != Some(path) {
+        match fs::File::open(path) {
+            Ok(f) => *open = Some((path.to_owned(), f)),
+            Err(_) => return Ok(None),
+        }
+    }
+    let Some((_, f)) = open.as_mut() else {
+        return Ok(None);
+    };
+    let mut buf = vec![0u8; size as usize];
+    if f.seek(SeekFrom::Start(at)).is_err() || f.read_exact(&mut buf).is_err() {
+        return Ok(None);
+    }
+    Ok((blake3::hash(&buf).as_bytes() == hash).then_some(buf))
+}

@@ -1,0 +1,65 @@
+//! Game builds as content-defined chunks.
+//!
+//! - [`cdc`]: FastCDC chunking; [`manifest`]: signed build manifests.
+//! - [`publish`]: a build directory → manifest + chunks.
+//! - [`store`]: a directory of chunks named by their BLAKE3 hash (the origin's storage, and the
+//!   installer's download cache).
+//! - [`install`]: a manifest → an install directory, reusing every chunk already on disk,
+//!   fetching the rest from a [`install::ChunkSource`], verifying each, writing the new version
+//!   beside the old and swapping it in with renames, so a crash leaves one whole version.
+#![warn(missing_docs, unreachable_pub)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod cdc;
+pub mod install;
+pub mod manifest;
+pub mod publish;
+pub mod store;
+
+pub use manifest::{ChunkRef, FileEntry, Manifest};
+
+/// What can go wrong with content.
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    /// A file system operation failed (disk full, permissions...).
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The manifest's signature is wrong or not from the trusted publisher.
+    #[error("manifest signature: {0}")]
+    BadSignature(String),
+    /// A manifest, name or path breaks a rule.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// A chunk's bytes do not hash to its name.
+    #[error("chunk {0} failed verification")]
+    Corrupt(String),
+    /// A source could not deliver a chunk.
+    #[error("fetch: {0}")]
+    Fetch(String),
+}
+
+impl ContentError {
+    /// An I/O error with the path it concerns.
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        ContentError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// A chunk's name: its BLAKE3 hash in hex.
+pub fn chunk_name(hash: &[u8; 32]) -> String {
+    hex::encode(hash)
+}
+
+/// Parses a chunk name.
+pub fn parse_chunk_name(s: &str) -> Option<[u8; 32]> {
+    let raw = hex::decode(s).ok()?;
+    <[u8; 32]>::try_from(raw).ok()
+}

@@ -1,0 +1,110 @@
+//! A directory of chunks, each stored as `<first two hex digits>/<hash hex>`, written to a
+//! temporary name and renamed into place only after its hash was checked, so the store never
+//! holds a chunk whose bytes differ from its name (unless the disk itself rots; readers verify).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::{chunk_name, ContentError};
+
+/// The store.
+#[derive(Debug, Clone)]
+pub struct ChunkStore {
+    root: PathBuf,
+}
+
+impl ChunkStore {
+    /// A store in `root` (created if missing).
+    pub fn open(root: &Path) -> Result<ChunkStore, ContentError> {
+        fs::create_dir_all(root).map_err(|e| ContentError::io(root, e))?;
+        Ok(ChunkStore {
+            root: root.to_owned(),
+        })
+    }
+
+    /// Where a chunk lives.
+    pub fn path(&self, hash: &[u8; 32]) -> PathBuf {
+        let name = chunk_name(hash);
+        self.root.join(&name[..2]).join(name)
+    }
+
+    /// Whether the store has the chunk.
+    pub fn has(&self, hash: &[u8; 32]) -> bool {
+        self.path(hash).is_file()
+    }
+
+    /// Stores `data` under `hash` after checking it; `sync` makes it durable before returning.
+    pub fn put(&self, hash: &[u8; 32], data: &[u8], sync: bool) -> Result<(), ContentError> {
+        if blake3::hash(data).as_bytes() != hash {
+            return Err(ContentError::Corrupt(chunk_name(hash)));
+        }
+        let path = self.path(hash);
+        if path.is_file() {
+            return Ok(());
+        }
+        let dir = path.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir).map_err(|e| ContentError::io(dir, e))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            chunk_name(hash),
+            rand::random::<u64>()
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(data)?;
+            if sync {
+                f.sync_all()?;
+            }
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            ContentError::io(&path, e)
+        })
+    }
+
+    /// A chunk's bytes, verified; `Ok(None)` when absent, `Corrupt` when the bytes on disk no
+    /// longer match (the bad copy is removed so it is fetched again).
+    pub fn get(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>, ContentError> {
+        let path = self.path(hash);
+        match fs::read(&path) {
+            Ok(data) => {
+                if blake3::hash(&data).as_bytes() == hash {
+                    Ok(Some(data))
+                } else {
+                    let _ = fs::remove_file(&path);
+                    Err(ContentError::Corrupt(chunk_name(hash)))
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ContentError::io(&path, e)),
+        }
+    }
+
+    /// The unverified bytes (for serving: the receiver verifies).
+    pub fn read_raw(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>, ContentError> {
+        let path = self.path(hash);
+        match fs::read(&path) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ContentError::io(&path, e)),
+        }
+    }
+
+    /// Chunks stored.
+    pub fn count(&self) -> usize {
+        let Ok(dirs) = fs::read_dir(&self.root) else {
+            return 0;
+        };
+        dirs.flatten()
+            .filter_map(|d| fs::read_dir(d.path()).ok())
+            .map(|files| {
+                files
+                    .flatten()
+                    .filter(|f| !f.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .sum()
+    }
+}
