@@ -12,6 +12,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod api;
+pub mod content;
 pub mod netplay;
 mod session;
 
@@ -66,4 +67,7 @@ pub enum Error {
     /// The session is over.
     #[error("session closed")]
     Closed,
+    /// Content (a manifest, a chunk, the install directory) was refused or failed.
+    #[error(transparent)]
+    Content(#[from] volley_content::ContentError),
 }

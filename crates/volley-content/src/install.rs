@@ -36,6 +36,8 @@ pub struct InstallOptions {
     pub attempts: usize,
     /// fsync every file of the new version before the swap.
     pub sync: bool,
+    /// Download rate cap, bytes per second (0: none).
+    pub max_bytes_per_s: u64,
 }
 
 impl Default for InstallOptions {
@@ -44,6 +46,7 @@ impl Default for InstallOptions {
             concurrency: 8,
             attempts: 3,
             sync: true,
+            max_bytes_per_s: 0,
         }
     }
 }
@@ -207,11 +210,14 @@ pub async fn install(
     progress(&p);
     // Download what is missing, verifying each chunk before it is stored.
     let cache_ref = &cache;
+    let pace = Pace::new(opts.max_bytes_per_s);
+    let pace = &pace;
     let mut fetches = futures_util::stream::iter(wanted)
         .map(|c| async move {
             let mut corrupt = 0;
             let mut last = None;
             for _ in 0..opts.attempts.max(1) {
+                pace.wait(u64::from(c.size)).await;
                 match source.fetch(c).await {
                     Ok(data) if blake3::hash(&data).as_bytes() == &c.hash => {
                         cache_ref.put(&c.hash, &data, false)?;
@@ -307,6 +313,39 @@ pub async fn install(
     p.elapsed = start.elapsed();
     progress(&p);
     Ok(report)
+}
+
+/// A shared rate cap: each request reserves its bytes' share of time on one schedule.
+struct Pace {
+    rate: u64,
+    next: std::sync::Mutex<Instant>,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Pace {
+        Pace {
+            rate,
+            next: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    async fn wait(&self, bytes: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        let delay = {
+            let Ok(mut next) = self.next.lock() else {
+                return;
+            };
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+            start - now
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
 }
 
 fn sync_parent(dir: &Path) {

@@ -817,3 +817,11 @@ pub struct RankReply {
     /// 0-based rank in the board's order; absent when the player has no record.
     pub rank: Option<u64>,
 }
+
+/// `POST /v1/content/{game}/missing`: chunk names in, the missing ones out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkList {
+    /// Chunk names (hex BLAKE3 hashes).
+    pub chunks: Vec<String>,
+}

@@ -525,6 +525,46 @@ pub(crate) const ROUTES: &[RouteDoc] = &[
         None,
         Some("RecordList")
     ),
+    r!(
+        "get",
+        "/v1/content/{game}/chunks/{hash}",
+        "A build chunk by its BLAKE3 hash (raw bytes)",
+        "none",
+        None,
+        None
+    ),
+    r!(
+        "put",
+        "/v1/content/{game}/chunks/{hash}",
+        "Upload a chunk (raw bytes; refused unless they hash to its name)",
+        "server",
+        None,
+        None
+    ),
+    r!(
+        "post",
+        "/v1/content/{game}/missing",
+        "Which of these chunks the origin lacks",
+        "server",
+        Some("ChunkList"),
+        Some("ChunkList")
+    ),
+    r!(
+        "get",
+        "/v1/content/{game}/versions/{version}",
+        "A version's signed manifest (raw bytes)",
+        "none",
+        None,
+        None
+    ),
+    r!(
+        "put",
+        "/v1/content/{game}/versions/{version}",
+        "Publish a signed manifest whose chunks are all uploaded",
+        "server",
+        None,
+        None
+    ),
 ];
 
 pub(crate) fn routes() -> Router<Api> {
@@ -578,6 +618,28 @@ pub(crate) fn routes() -> Router<Api> {
         .route("/v1/leaderboards/{id}", get(board_page))
         .route("/v1/leaderboards/{id}/around-me", get(board_around))
         .route("/v1/leaderboards/{id}/rank/{player}", get(board_rank))
+        .route(
+            "/v1/content/{game}/chunks/{hash}",
+            get(crate::content::get_chunk)
+                .put(crate::content::put_chunk)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    crate::content::CHUNK_BODY_MAX,
+                )),
+        )
+        .route(
+            "/v1/content/{game}/missing",
+            post(crate::content::missing).layer(axum::extract::DefaultBodyLimit::max(
+                crate::content::LIST_BODY_MAX,
+            )),
+        )
+        .route(
+            "/v1/content/{game}/versions/{version}",
+            get(crate::content::get_manifest)
+                .put(crate::content::put_manifest)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    crate::content::MANIFEST_BODY_MAX,
+                )),
+        )
         .route("/v1/leaderboards/{id}/seasons/{season}", get(board_archive))
         .route("/v1/admin/accounts/{id}/ban", post(ban))
         .route("/v1/admin/accounts/{id}/unban", post(unban))
@@ -587,6 +649,10 @@ pub(crate) fn routes() -> Router<Api> {
 fn id_param(s: &str) -> Result<u64, Error> {
     s.parse()
         .map_err(|_| bad(format!("{s:?} is not a numeric id")))
+}
+
+pub(crate) fn require_server_key(api: &Api, headers: &HeaderMap) -> Result<(), Error> {
+    server_key(api, headers)
 }
 
 fn server_key(api: &Api, headers: &HeaderMap) -> Result<(), Error> {
@@ -1353,7 +1419,7 @@ mod tests {
         for piece in router.split(".route(").skip(1) {
             let path = piece.split('"').nth(1).unwrap();
             let handlers = &piece[..piece.find(")\n").unwrap_or(piece.len())];
-            for method in ["get", "post", "patch", "delete"] {
+            for method in ["get", "post", "put", "patch", "delete"] {
                 if handlers.contains(&format!("{method}(")) {
                     routed += 1;
                     assert!(

@@ -8,6 +8,7 @@
 
 mod api;
 pub mod config;
+mod content;
 mod gate;
 mod http;
 pub mod logic;

@@ -40,6 +40,10 @@ pub struct Metrics {
     pub paths_direct: AtomicU64,
     /// Peer pairs reported on the relay.
     pub paths_relay: AtomicU64,
+    /// Content chunks served (origin).
+    pub content_chunks_served: AtomicU64,
+    /// Bytes of content chunks served (origin).
+    pub content_bytes_served: AtomicU64,
 }
 
 impl Metrics {
@@ -74,7 +78,7 @@ impl Metrics {
                 self.rejected(code)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 13] = [
             (
                 "volley_logic_dropped_total",
                 "Messages to or from room logic dropped.",
@@ -129,6 +133,16 @@ impl Metrics {
                 "volley_relay_dropped_total",
                 "Relay requests dropped.",
                 &self.relay_dropped,
+            ),
+            (
+                "volley_content_chunks_served_total",
+                "Content chunks served as the origin.",
+                &self.content_chunks_served,
+            ),
+            (
+                "volley_content_bytes_served_total",
+                "Bytes of content chunks served as the origin.",
+                &self.content_bytes_served,
             ),
         ];
         for (name, help, c) in counters {

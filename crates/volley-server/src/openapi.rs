@@ -66,6 +66,7 @@ fn schemas() -> Map<String, Value> {
         api::ScoreReply => "ScoreReply",
         Vec<api::BoardRecord> => "RecordList",
         api::RankReply => "RankReply",
+        api::ChunkList => "ChunkList",
     );
     let mut all: Map<String, Value> = gen
         .definitions()

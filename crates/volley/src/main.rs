@@ -12,6 +12,7 @@ mod bench_node;
 mod bench_platform;
 mod bench_sync;
 mod bot;
+mod content_cmd;
 mod demo;
 mod demo_netcode;
 mod modes;
@@ -46,6 +47,11 @@ enum Cmd {
     Bench {
         #[command(subcommand)]
         which: bench::BenchCmd,
+    },
+    /// Game builds: keygen, publish to a node, fetch and install.
+    Content {
+        #[command(subcommand)]
+        which: content_cmd::ContentCmd,
     },
     /// Operator commands against a node's database.
     Admin {
@@ -300,6 +306,10 @@ async fn main() -> anyhow::Result<()> {
             bot::run(args).await
         }
         Cmd::Bench { which } => bench::run(which).await,
+        Cmd::Content { which } => {
+            init_tracing_quiet();
+            content_cmd::run(which).await
+        }
         Cmd::Admin {
             which: AdminCmd::Audit { database, data_dir },
         } => audit(database, data_dir).await,

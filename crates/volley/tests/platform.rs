@@ -82,10 +82,17 @@ async fn openapi_lists_exactly_the_routes_that_answer() {
                     .replace("{pool}", "duel")
                     .replace("{player}", "1")
                     .replace("{season}", "1")
+                    .replace("{game}", "arena")
+                    .replace("{version}", "1.0.0")
+                    .replace(
+                        "{hash}",
+                        "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+                    )
             );
             let req = match method.as_str() {
                 "get" => http.get(&url),
                 "post" => http.post(&url),
+                "put" => http.put(&url),
                 "patch" => http.patch(&url),
                 "delete" => http.delete(&url),
                 m => panic!("method {m}"),

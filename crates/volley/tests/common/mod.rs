@@ -14,6 +14,13 @@ pub struct TestNode {
     _dir: tempfile::TempDir,
 }
 
+impl TestNode {
+    /// The node's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+}
+
 pub async fn start_node(tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = NodeConfig {

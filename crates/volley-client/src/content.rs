@@ -1,0 +1,287 @@
+//! Game builds: publish a build directory to a node (the origin) and install a version from it.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), volley_client::Error> {
+//! use volley_client::content;
+//! let trusted = volley_content::manifest::parse_public_key(
+//!     "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+//! )?;
+//! let report = content::fetch(
+//!     "http://127.0.0.1:7350",
+//!     "arena",
+//!     "1.2.0",
+//!     std::path::Path::new("arena-install"),
+//!     &trusted,
+//!     |p| eprintln!("{} of {} bytes", p.have_bytes, p.need_bytes),
+//! )
+//! .await?;
+//! println!("downloaded {} bytes", report.downloaded_bytes);
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use volley_content::install::{ChunkSource, InstallOptions, InstallReport, Progress};
+use volley_content::{chunk_name, ChunkRef, ContentError, Manifest};
+use volley_proto::api::{ApiError, ChunkList};
+
+use crate::Error;
+
+/// The node as a chunk source.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    http: reqwest::Client,
+    base: String,
+    game: String,
+}
+
+impl Origin {
+    /// The origin of `game` at `base` (e.g. `http://127.0.0.1:7350`).
+    pub fn new(base: &str, game: &str) -> Origin {
+        Origin {
+            http: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_owned(),
+            game: game.to_owned(),
+        }
+    }
+
+    /// A version's signed manifest bytes.
+    pub async fn manifest(&self, version: &str) -> Result<Vec<u8>, Error> {
+        let url = format!("{}/v1/content/{}/versions/{version}", self.base, self.game);
+        get_bytes(&self.http, &url).await
+    }
+}
+
+async fn get_bytes(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, Error> {
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| Error::Http(e.to_string()))?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| Error::Http(e.to_string()))?;
+    if status.is_success() {
+        Ok(body.to_vec())
+    } else {
+        Err(api_error(status.as_u16(), &body))
+    }
+}
+
+fn api_error(status: u16, body: &[u8]) -> Error {
+    let e: ApiError = serde_json::from_slice(body).unwrap_or(ApiError {
+        code: "http".into(),
+        message: String::from_utf8_lossy(body).into_owned(),
+    });
+    Error::Api {
+        status,
+        code: e.code,
+        message: e.message,
+    }
+}
+
+impl ChunkSource for Origin {
+    fn fetch(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Vec<u8>, ContentError>> {
+        Box::pin(async move {
+            let url = format!(
+                "{}/v1/content/{}/chunks/{}",
+                self.base,
+                self.game,
+                chunk_name(&chunk.hash)
+            );
+            get_bytes(&self.http, &url)
+                .await
+                .map_err(|e| ContentError::Fetch(format!("origin: {e}")))
+        })
+    }
+}
+
+/// Downloads and verifies `version` of `game` from the node at `base` and installs it into
+/// `to`, reusing every chunk of the version installed there and resuming an interrupted run.
+/// The manifest must be signed by `trusted`.
+pub async fn fetch(
+    base: &str,
+    game: &str,
+    version: &str,
+    to: &Path,
+    trusted: &VerifyingKey,
+    progress: impl FnMut(&Progress) + Send,
+) -> Result<InstallReport, Error> {
+    fetch_with(
+        base,
+        game,
+        version,
+        to,
+        trusted,
+        InstallOptions::default(),
+        progress,
+    )
+    .await
+}
+
+/// [`fetch`] with explicit options.
+pub async fn fetch_with(
+    base: &str,
+    game: &str,
+    version: &str,
+    to: &Path,
+    trusted: &VerifyingKey,
+    opts: InstallOptions,
+    progress: impl FnMut(&Progress) + Send,
+) -> Result<InstallReport, Error> {
+    let origin = Origin::new(base, game);
+    let signed = origin.manifest(version).await?;
+    let (m, _) = Manifest::open(&signed, Some(trusted))?;
+    if m.game != game || m.version != version {
+        return Err(ContentError::Invalid(format!(
+            "the node served {} {} for {game} {version}",
+            m.game, m.version
+        ))
+        .into());
+    }
+    Ok(volley_content::install::install(&signed, &m, to, &origin, opts, progress).await?)
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishReport {
+    /// Files in the build.
+    pub files: usize,
+    /// Its size.
+    pub total_bytes: u64,
+    /// Distinct chunks.
+    pub chunks: usize,
+    /// Chunks (and bytes) the origin did not have, uploaded now.
+    pub uploaded_chunks: usize,
+    /// See `uploaded_chunks`.
+    pub uploaded_bytes: u64,
+}
+
+/// Chunks the build in `dir`, signs its manifest with `key`, uploads the chunks the node lacks
+/// and then the manifest. Memory stays at a few chunks: the build is read twice (once to name
+/// every chunk, once to upload the missing ones).
+#[allow(clippy::too_many_arguments)]
+pub async fn publish(
+    base: &str,
+    server_key: &str,
+    dir: &Path,
+    game: &str,
+    version: &str,
+    key: &SigningKey,
+    chunk_avg: u32,
+) -> Result<PublishReport, Error> {
+    let base = base.trim_end_matches('/').to_owned();
+    let http = reqwest::Client::new();
+    let (d, g, v) = (dir.to_owned(), game.to_owned(), version.to_owned());
+    let m =
+        blocking(move || volley_content::publish::chunk_dir(&d, &g, &v, chunk_avg, |_, _| Ok(())))
+            .await?;
+    let signed = m.sign(key)?;
+    let mut names: Vec<String> = m.chunks().map(|c| chunk_name(&c.hash)).collect();
+    names.sort();
+    names.dedup();
+    let mut report = PublishReport {
+        files: m.files.len(),
+        total_bytes: m.total_size(),
+        chunks: names.len(),
+        ..Default::default()
+    };
+    let mut missing = std::collections::HashSet::new();
+    for batch in names.chunks(10_000) {
+        let resp = http
+            .post(format!("{base}/v1/content/{game}/missing"))
+            .header("x-volley-server-key", server_key)
+            .json(&ChunkList {
+                chunks: batch.to_vec(),
+            })
+            .send()
+            .await
+            .map_err(|e| Error::Http(e.to_string()))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| Error::Http(e.to_string()))?;
+        if !status.is_success() {
+            return Err(api_error(status.as_u16(), &body));
+        }
+        let l: ChunkList = serde_json::from_slice(&body)
+            .map_err(|e| Error::Http(format!("bad response body: {e}")))?;
+        missing.extend(l.chunks);
+    }
+    // Second pass: the missing chunks, uploaded four at a time.
+    let (tx, rx) = tokio::sync::mpsc::channel::<([u8; 32], Vec<u8>)>(8);
+    let d: PathBuf = dir.to_owned();
+    let (g, v) = (game.to_owned(), version.to_owned());
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut sent = std::collections::HashSet::new();
+        volley_content::publish::chunk_dir(&d, &g, &v, chunk_avg, |h, data| {
+            if missing.contains(&chunk_name(h)) && sent.insert(*h) {
+                tx.blocking_send((*h, data.to_vec()))
+                    .map_err(|_| ContentError::Fetch("upload stopped".into()))?;
+            }
+            Ok(())
+        })
+    });
+    let uploads = tokio_stream_from(rx)
+        .map(|(h, data)| {
+            let http = http.clone();
+            let url = format!("{base}/v1/content/{game}/chunks/{}", chunk_name(&h));
+            async move {
+                let n = data.len() as u64;
+                let resp = http
+                    .put(url)
+                    .header("x-volley-server-key", server_key)
+                    .body(data)
+                    .send()
+                    .await
+                    .map_err(|e| Error::Http(e.to_string()))?;
+                let status = resp.status();
+                if !status.is_success() {
+                    let body = resp.bytes().await.unwrap_or_default();
+                    return Err(api_error(status.as_u16(), &body));
+                }
+                Ok(n)
+            }
+        })
+        .buffer_unordered(4);
+    futures_util::pin_mut!(uploads);
+    while let Some(r) = uploads.next().await {
+        report.uploaded_bytes += r?;
+        report.uploaded_chunks += 1;
+    }
+    let second = reader
+        .await
+        .map_err(|_| Error::Http("chunking stopped".into()))??;
+    if second != m {
+        return Err(
+            ContentError::Invalid("the build changed while it was being published".into()).into(),
+        );
+    }
+    let resp = http
+        .put(format!("{base}/v1/content/{game}/versions/{version}"))
+        .header("x-volley-server-key", server_key)
+        .body(signed)
+        .send()
+        .await
+        .map_err(|e| Error::Http(e.to_string()))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.bytes().await.unwrap_or_default();
+        return Err(api_error(status.as_u16(), &body));
+    }
+    Ok(report)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ContentError> + Send + 'static,
+) -> Result<T, Error> {
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Error::Http("worker failed".into()))??)
+}

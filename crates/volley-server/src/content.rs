@@ -1,0 +1,212 @@
+//! The node as the origin of game builds: chunks named by their BLAKE3 hash and signed
+//! manifests, under `<data_dir>/content/<game>/`. Uploads need the server key; downloads are
+//! public (every chunk is verified by the player against the signed manifest anyway).
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use volley_content::manifest::{check_name, Manifest};
+use volley_content::store::ChunkStore;
+use volley_content::{chunk_name, parse_chunk_name, ContentError};
+use volley_proto::api::ChunkList;
+
+use crate::http::{bad, parse, Api, Error};
+
+/// Largest chunk accepted (four times the largest average an upload may use, 1 MiB).
+pub(crate) const CHUNK_BODY_MAX: usize = 4 << 20;
+/// Largest chunk list accepted (10,000 names and then some).
+pub(crate) const LIST_BODY_MAX: usize = 1 << 20;
+/// Largest manifest accepted.
+pub(crate) const MANIFEST_BODY_MAX: usize = 64 << 20;
+
+fn content_err(e: ContentError) -> Error {
+    match e {
+        ContentError::Io { .. } => {
+            tracing::error!(error = %e, "content storage");
+            Error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage",
+                "content storage failed".into(),
+                None,
+            )
+        }
+        ContentError::Corrupt(_) => Error(
+            StatusCode::BAD_REQUEST,
+            "hash_mismatch",
+            e.to_string(),
+            None,
+        ),
+        other => Error(
+            StatusCode::BAD_REQUEST,
+            "bad_content",
+            other.to_string(),
+            None,
+        ),
+    }
+}
+
+fn game_dir(api: &Api, game: &str) -> Result<PathBuf, Error> {
+    check_name("game", game).map_err(content_err)?;
+    Ok(api.cfg.data_dir.join("content").join(game))
+}
+
+fn store(api: &Api, game: &str) -> Result<ChunkStore, Error> {
+    ChunkStore::open(&game_dir(api, game)?.join("chunks")).map_err(content_err)
+}
+
+fn hash_param(s: &str) -> Result<[u8; 32], Error> {
+    parse_chunk_name(s).ok_or_else(|| bad("a chunk is named by its 64-hex-digit BLAKE3 hash"))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| {
+        Error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "worker failed".into(),
+            None,
+        )
+    })?
+}
+
+/// `PUT /v1/content/{game}/chunks/{hash}` (server key).
+pub(crate) async fn put_chunk(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((game, hash)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<StatusCode, Error> {
+    crate::api::require_server_key(&api, &headers)?;
+    let hash = hash_param(&hash)?;
+    let s = store(&api, &game)?;
+    blocking(move || s.put(&hash, &body, true).map_err(content_err)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/content/{game}/chunks/{hash}`.
+pub(crate) async fn get_chunk(
+    State(api): State<Api>,
+    Path((game, hash)): Path<(String, String)>,
+) -> Result<Response, Error> {
+    let hash = hash_param(&hash)?;
+    let s = store(&api, &game)?;
+    let data = blocking(move || s.read_raw(&hash).map_err(content_err)).await?;
+    let Some(data) = data else {
+        return Err(Error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no chunk {}", chunk_name(&hash)),
+            None,
+        ));
+    };
+    api.metrics
+        .content_chunks_served
+        .fetch_add(1, Ordering::Relaxed);
+    api.metrics
+        .content_bytes_served
+        .fetch_add(data.len() as u64, Ordering::Relaxed);
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+}
+
+/// `POST /v1/content/{game}/missing` (server key): which of these chunks the origin lacks.
+pub(crate) async fn missing(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(game): Path<String>,
+    body: Bytes,
+) -> Result<Json<ChunkList>, Error> {
+    crate::api::require_server_key(&api, &headers)?;
+    let req: ChunkList = parse(&body)?;
+    let mut hashes = Vec::with_capacity(req.chunks.len());
+    for c in &req.chunks {
+        hashes.push(hash_param(c)?);
+    }
+    let s = store(&api, &game)?;
+    let missing = blocking(move || {
+        Ok(hashes
+            .iter()
+            .filter(|h| !s.has(h))
+            .map(chunk_name)
+            .collect::<Vec<_>>())
+    })
+    .await?;
+    Ok(Json(ChunkList { chunks: missing }))
+}
+
+/// `PUT /v1/content/{game}/versions/{version}` (server key): a signed manifest whose chunks are
+/// all here.
+pub(crate) async fn put_manifest(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((game, version)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<StatusCode, Error> {
+    crate::api::require_server_key(&api, &headers)?;
+    check_name("version", &version).map_err(content_err)?;
+    let dir = game_dir(&api, &game)?;
+    let s = store(&api, &game)?;
+    blocking(move || {
+        let (m, _) = Manifest::open(&body, None).map_err(content_err)?;
+        if m.game != game || m.version != version {
+            return Err(bad(format!(
+                "the manifest is for {} {}, not {game} {version}",
+                m.game, m.version
+            )));
+        }
+        let absent = m.chunks().filter(|c| !s.has(&c.hash)).count();
+        if absent > 0 {
+            return Err(Error(
+                StatusCode::CONFLICT,
+                "missing_chunks",
+                format!("{absent} chunks of this version are not uploaded yet"),
+                None,
+            ));
+        }
+        let versions = dir.join("versions");
+        std::fs::create_dir_all(&versions)
+            .map_err(|e| content_err(ContentError::io(&versions, e)))?;
+        let path = versions.join(&version);
+        let tmp = versions.join(format!(".{version}.tmp-{}", rand::random::<u64>()));
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            content_err(ContentError::io(&path, e))
+        })
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/content/{game}/versions/{version}`: the signed manifest.
+pub(crate) async fn get_manifest(
+    State(api): State<Api>,
+    Path((game, version)): Path<(String, String)>,
+) -> Result<Response, Error> {
+    check_name("version", &version).map_err(content_err)?;
+    let path = game_dir(&api, &game)?.join("versions").join(&version);
+    match tokio::fs::read(&path).await {
+        Ok(data) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no version {version} of {game}"),
+            None,
+        )),
+        Err(e) => Err(content_err(ContentError::io(&path, e))),
+    }
+}

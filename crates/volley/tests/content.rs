@@ -1,0 +1,374 @@
+//! Game builds through the real interfaces: `volley content keygen|publish|fetch` as processes
+//! against a node on loopback (the origin).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::start_node;
+use rand::{RngCore, SeedableRng};
+
+const KEY: &str = "studio-server-key-0123456789";
+
+fn volley(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_volley"))
+        .args(args)
+        .env_remove("VOLLEY_SERVER_KEY")
+        .output()
+        .expect("volley runs")
+}
+
+fn ok_json(out: Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON report")
+}
+
+fn random(n: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+/// A build: an executable, two large packs, small files, an empty file, nested directories.
+fn make_build(dir: &Path, mib: usize) {
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::create_dir_all(dir.join("data/levels")).unwrap();
+    std::fs::write(dir.join("bin/game"), random(3 << 20, 1)).unwrap();
+    std::fs::set_permissions(dir.join("bin/game"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("data/levels/one.pak"), random(mib << 20, 2)).unwrap();
+    std::fs::write(dir.join("data/levels/two.pak"), random(mib << 20, 3)).unwrap();
+    std::fs::write(dir.join("readme.txt"), b"hello from the arena\n").unwrap();
+    std::fs::write(dir.join("data/empty"), b"").unwrap();
+}
+
+/// Every file under `dir` (but the installer's `.volley`): bytes and mode.
+fn tree(dir: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
+    fn walk(root: &Path, d: &Path, out: &mut BTreeMap<String, (Vec<u8>, u32)>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_name() == ".volley" {
+                continue;
+            }
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_str().unwrap().to_owned();
+                let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+                out.insert(rel, (std::fs::read(&p).unwrap(), mode));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn keygen(dir: &Path) -> (String, String) {
+    let key = dir.join("publisher.key");
+    let out = volley(&["content", "keygen", "--out", key.to_str().unwrap()]);
+    assert!(out.status.success());
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(public.len(), 64);
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the secret key is private");
+    // Never overwrites.
+    assert!(
+        !volley(&["content", "keygen", "--out", key.to_str().unwrap()])
+            .status
+            .success()
+    );
+    (key.to_str().unwrap().to_owned(), public)
+}
+
+fn publish(base: &str, key: &str, dir: &Path, version: &str) -> serde_json::Value {
+    ok_json(volley(&[
+        "content",
+        "publish",
+        dir.to_str().unwrap(),
+        "--game",
+        "arena",
+        "--version",
+        version,
+        "--key",
+        key,
+        "--node",
+        base,
+        "--server-key",
+        KEY,
+        "--json",
+    ]))
+}
+
+fn fetch(base: &str, public: &str, to: &Path, version: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "content",
+        "fetch",
+        "--node",
+        base,
+        "--game",
+        "arena",
+        "--version",
+        version,
+        "--to",
+        to.to_str().unwrap(),
+        "--trust",
+        public,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    volley(&args)
+}
+
+async fn served(base: &str) -> (u64, u64) {
+    let text = volley_client::Api::raw_get(&format!("{base}/metrics"))
+        .await
+        .unwrap();
+    let get = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        get("volley_content_chunks_served_total"),
+        get("volley_content_bytes_served_total"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_and_an_update_install_byte_identical_and_the_update_moves_only_changed_chunks() {
+    let n = start_node(|c| c.server_key = Some(KEY.into())).await;
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(work.path());
+    let v1 = work.path().join("v1");
+    make_build(&v1, 8);
+    let p1 = publish(&n.base, &key, &v1, "1.0.0");
+    assert_eq!(p1["files"], 5);
+    assert_eq!(
+        p1["uploaded_chunks"], p1["chunks"],
+        "a new build uploads everything"
+    );
+    // Publishing again uploads nothing.
+    assert_eq!(publish(&n.base, &key, &v1, "1.0.0")["uploaded_chunks"], 0);
+    let install = work.path().join("install");
+    let f1 = ok_json(fetch(&n.base, &public, &install, "1.0.0", &[]));
+    assert_eq!(tree(&install), tree(&v1), "byte-identical, same modes");
+    assert_eq!(f1["reused_chunks"], 0);
+    assert_eq!(f1["downloaded_bytes"], f1["total_bytes"]);
+    // Version 2: bytes inserted near the start and in the middle of both packs, one file
+    // removed, one added.
+    let v2 = work.path().join("v2");
+    make_build(&v2, 8);
+    for (name, seed) in [("one.pak", 20), ("two.pak", 30)] {
+        let p = v2.join("data/levels").join(name);
+        let mut data = std::fs::read(&p).unwrap();
+        data.splice(1000..1000, random(100, seed));
+        data.splice(5 << 20..5 << 20, random(40, seed + 1));
+        std::fs::write(&p, data).unwrap();
+    }
+    std::fs::remove_file(v2.join("readme.txt")).unwrap();
+    std::fs::write(v2.join("data/new.cfg"), b"difficulty = 3\n").unwrap();
+    let p2 = publish(&n.base, &key, &v2, "2.0.0");
+    let total = p2["total_bytes"].as_u64().unwrap();
+    let uploaded = p2["uploaded_bytes"].as_u64().unwrap();
+    assert!(
+        uploaded < total / 20,
+        "the update uploads {uploaded} of {total} bytes"
+    );
+    let (_, bytes_before) = served(&n.base).await;
+    let f2 = ok_json(fetch(&n.base, &public, &install, "2.0.0", &[]));
+    let (_, bytes_after) = served(&n.base).await;
+    assert_eq!(tree(&install), tree(&v2));
+    let downloaded = f2["downloaded_bytes"].as_u64().unwrap();
+    assert_eq!(downloaded, bytes_after - bytes_before, "the origin agrees");
+    assert!(
+        downloaded < total / 20,
+        "the update downloads {downloaded} of {total} bytes"
+    );
+    // Four edit sites at a 64 KiB average: a handful of chunks each, nothing like the build.
+    assert!(
+        f2["downloaded_chunks"].as_u64().unwrap() <= 4 * 3 + 2,
+        "{f2}"
+    );
+    // Nothing is left beside the install.
+    for suffix in ["volley-old", "volley-staging", "volley-cache"] {
+        assert!(
+            !work.path().join(format!("install.{suffix}")).exists(),
+            "{suffix}"
+        );
+    }
+    n.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_keys_and_corrupt_chunks_are_refused_and_the_installed_version_stays_whole() {
+    let n = start_node(|c| c.server_key = Some(KEY.into())).await;
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(work.path());
+    let v1 = work.path().join("v1");
+    make_build(&v1, 2);
+    publish(&n.base, &key, &v1, "1.0.0");
+    // Without the server key nothing is published.
+    let out = volley(&[
+        "content",
+        "publish",
+        v1.to_str().unwrap(),
+        "--game",
+        "arena",
+        "--version",
+        "1.0.1",
+        "--key",
+        &key,
+        "--node",
+        &n.base,
+        "--server-key",
+        "wrong-key-0123456789abc",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad_server_key"));
+    // A player trusting another publisher refuses the manifest; nothing is written.
+    let (_, other_public) = keygen(&work.path().join("other").tap_mkdir());
+    let stray = work.path().join("stray");
+    let out = fetch(&n.base, &other_public, &stray, "1.0.0", &[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not the trusted publisher"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stray.exists());
+    // An unknown version is a clear 404.
+    let out = fetch(&n.base, &public, &stray, "9.9.9", &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no version 9.9.9"));
+    // Install 1.0.0, then publish 2.0.0 and rot one of its new chunks on the origin's disk.
+    let install = work.path().join("install");
+    ok_json(fetch(&n.base, &public, &install, "1.0.0", &[]));
+    let v2 = work.path().join("v2");
+    make_build(&v2, 2);
+    std::fs::write(v2.join("bin/game"), random(3 << 20, 99)).unwrap();
+    publish(&n.base, &key, &v2, "2.0.0");
+    let new_chunk = {
+        let mut found = None;
+        let game = std::fs::read(v2.join("bin/game")).unwrap();
+        let first = volley_content::cdc::Params::new(65_536).unwrap().cut(&game);
+        let name = hex::encode(blake3::hash(&game[..first]).as_bytes());
+        let p = n
+            .data_dir()
+            .join("content/arena/chunks")
+            .join(&name[..2])
+            .join(&name);
+        if p.exists() {
+            found = Some(p);
+        }
+        found.expect("the new executable's first chunk is on the origin")
+    };
+    let mut bytes = std::fs::read(&new_chunk).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&new_chunk, bytes).unwrap();
+    let out = fetch(&n.base, &public, &install, "2.0.0", &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("failed verification"), "{err}");
+    assert_eq!(
+        tree(&install),
+        tree(&v1),
+        "the installed version is untouched"
+    );
+    n.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_fetch_resumes_without_downloading_verified_chunks_again() {
+    let n = start_node(|c| c.server_key = Some(KEY.into())).await;
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(work.path());
+    let v1 = work.path().join("v1");
+    make_build(&v1, 8);
+    let p = publish(&n.base, &key, &v1, "1.0.0");
+    let chunks = p["chunks"].as_u64().unwrap();
+    let install = work.path().join("install");
+    let cache = work.path().join("install.volley-cache");
+    let mut killed_at = Vec::new();
+    // Three runs killed at different points (19 MiB at 4 MiB/s takes ~5 s), then one to the end.
+    for wait_ms in [700u64, 1300, 900] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_volley"))
+            .args([
+                "content",
+                "fetch",
+                "--node",
+                &n.base,
+                "--game",
+                "arena",
+                "--version",
+                "1.0.0",
+                "--to",
+                install.to_str().unwrap(),
+                "--trust",
+                &public,
+                "--json",
+                "--concurrency",
+                "2",
+                "--max-kib-per-s",
+                "4096",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        killed_at.push(
+            volley_content::store::ChunkStore::open(&cache)
+                .unwrap()
+                .count(),
+        );
+    }
+    assert!(
+        !install.exists(),
+        "a killed first install leaves no install directory"
+    );
+    let cached = *killed_at.last().unwrap() as u64;
+    assert!(
+        cached > 0 && cached < chunks,
+        "killed mid-way: {killed_at:?} of {chunks}"
+    );
+    let (served_before, _) = served(&n.base).await;
+    let started = Instant::now();
+    let r = ok_json(fetch(&n.base, &public, &install, "1.0.0", &[]));
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let (served_after, _) = served(&n.base).await;
+    assert_eq!(tree(&install), tree(&v1));
+    assert_eq!(r["resumed_chunks"].as_u64().unwrap(), cached, "{r}");
+    assert_eq!(
+        r["resumed_chunks"].as_u64().unwrap() + r["downloaded_chunks"].as_u64().unwrap(),
+        chunks
+    );
+    assert_eq!(
+        served_after - served_before,
+        chunks - cached,
+        "no verified chunk was downloaded again"
+    );
+    n.node.shutdown().await;
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for std::path::PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
