@@ -175,7 +175,8 @@ impl Manifest {
         Ok(())
     }
 
-    fn body(&self) -> Vec<u8> {
+    /// The unsigned body bytes (what the signature covers, after the domain prefix).
+    pub fn body(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(64 + self.files.len() * 64);
         w.raw(MAGIC).u8(FORMAT);
         w.string(&self.game)
@@ -237,6 +238,14 @@ impl Manifest {
         let m = Self::decode_body(body).map_err(|e| ContentError::Invalid(e.to_string()))?;
         m.validate()?;
         Ok((m, key))
+    }
+
+    /// Parses an unsigned body and validates it. Nothing is verified: players use
+    /// [`Manifest::open`]; this is for tools and fuzzing.
+    pub fn parse_body(body: &[u8]) -> Result<Manifest, ContentError> {
+        let m = Self::decode_body(body).map_err(|e| ContentError::Invalid(e.to_string()))?;
+        m.validate()?;
+        Ok(m)
     }
 
     fn decode_body(body: &[u8]) -> Result<Manifest, DecodeError> {

@@ -30,6 +30,9 @@ pub(crate) enum BenchCmd {
     Ledger(crate::bench_platform::LedgerArgs),
     /// Leaderboard submit and rank ops/s, Volley's index vs Redis sorted sets, at 1M records.
     Leaderboard(crate::bench_platform::BoardArgs),
+    /// Chunking speed next to raw BLAKE3; bytes an update moves per chunk size next to fixed
+    /// blocks and the ideal.
+    Content(crate::bench_content::ContentArgs),
     /// The baseline forwarder `bench node` runs in a child process.
     #[command(hide = true)]
     UdpForwarder,
@@ -424,6 +427,7 @@ pub(crate) async fn run(which: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Chat(args) => crate::bench_platform::chat(args).await,
         BenchCmd::Ledger(args) => crate::bench_platform::ledger(args).await,
         BenchCmd::Leaderboard(args) => crate::bench_platform::leaderboard(args).await,
+        BenchCmd::Content(args) => crate::bench_content::run(args),
         BenchCmd::UdpForwarder => crate::bench_node::udp_forwarder().await,
     }
 }

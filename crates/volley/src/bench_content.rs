@@ -1,0 +1,159 @@
+//! `volley bench content`: chunking speed next to raw BLAKE3, and the bytes an update moves for
+//! several average chunk sizes next to fixed-size chunks and the ideal.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use rand::{Rng, RngCore, SeedableRng};
+use serde::Serialize;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct ContentArgs {
+    /// Build size in MiB (random, incompressible bytes).
+    #[arg(long, default_value_t = 512)]
+    mib: usize,
+    /// Scattered small edits (half insertions, half overwrites, 1-100 bytes each).
+    #[arg(long, default_value_t = 40)]
+    edits: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct UpdateRow {
+    chunking: String,
+    transferred_bytes: u64,
+    fraction_of_build: f64,
+    ideal_bytes: u64,
+    ratio_to_ideal: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    build_bytes: u64,
+    raw_blake3_mib_s: f64,
+    chunk_and_hash_mib_s: f64,
+    chunk_hash_ratio: f64,
+    mean_chunk_bytes_at_64k: u64,
+    edits: usize,
+    changed_bytes: u64,
+    updates: Vec<UpdateRow>,
+}
+
+fn chunk_hashes(data: &[u8], cut: impl Fn(&[u8]) -> usize) -> Vec<([u8; 32], usize)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < data.len() {
+        let len = cut(&data[at..]);
+        out.push((*blake3::hash(&data[at..at + len]).as_bytes(), len));
+        at += len;
+    }
+    out
+}
+
+fn moved(old: &[([u8; 32], usize)], new: &[([u8; 32], usize)]) -> u64 {
+    let have: HashSet<[u8; 32]> = old.iter().map(|c| c.0).collect();
+    let mut sent = HashSet::new();
+    new.iter()
+        .filter(|c| !have.contains(&c.0) && sent.insert(c.0))
+        .map(|c| c.1 as u64)
+        .sum()
+}
+
+pub(crate) fn run(args: ContentArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=4096).contains(&args.mib), "--mib must be 1..=4096");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut old = vec![0u8; args.mib << 20];
+    rng.fill_bytes(&mut old);
+    // Raw BLAKE3 over the whole build (one thread), then chunking plus a hash per chunk.
+    let t = Instant::now();
+    let whole = blake3::hash(&old);
+    let raw = old.len() as f64 / t.elapsed().as_secs_f64() / (1 << 20) as f64;
+    let p64 =
+        volley_content::cdc::Params::new(64 << 10).ok_or_else(|| anyhow::anyhow!("params"))?;
+    let t = Instant::now();
+    let c64 = chunk_hashes(&old, |d| p64.cut(d));
+    let cdc = old.len() as f64 / t.elapsed().as_secs_f64() / (1 << 20) as f64;
+    anyhow::ensure!(whole.as_bytes() != &[0u8; 32] && !c64.is_empty());
+    // The update: scattered small insertions and overwrites.
+    let mut new = old.clone();
+    let mut changed = 0u64;
+    let mut spots: Vec<usize> = (0..args.edits)
+        .map(|_| rng.gen_range(0..new.len() - 200))
+        .collect();
+    spots.sort_unstable_by(|a, b| b.cmp(a)); // back to front, so offsets stay valid
+    for (i, at) in spots.iter().enumerate() {
+        let len = rng.gen_range(1..=100);
+        let mut bytes = vec![0u8; len];
+        rng.fill_bytes(&mut bytes);
+        if i % 2 == 0 {
+            new.splice(*at..*at, bytes);
+        } else {
+            new[*at..*at + len].copy_from_slice(&bytes);
+        }
+        changed += len as u64;
+    }
+    let mut updates = Vec::new();
+    for avg in [16u32 << 10, 64 << 10, 256 << 10, 1 << 20] {
+        let p = volley_content::cdc::Params::new(avg).ok_or_else(|| anyhow::anyhow!("params"))?;
+        let a = if avg == 64 << 10 {
+            c64.clone()
+        } else {
+            chunk_hashes(&old, |d| p.cut(d))
+        };
+        let b = chunk_hashes(&new, |d| p.cut(d));
+        let m = moved(&a, &b);
+        let ideal = changed + 2 * u64::from(avg) * args.edits as u64;
+        updates.push(UpdateRow {
+            chunking: format!("FastCDC avg {} KiB", avg >> 10),
+            transferred_bytes: m,
+            fraction_of_build: m as f64 / new.len() as f64,
+            ideal_bytes: ideal,
+            ratio_to_ideal: m as f64 / ideal as f64,
+        });
+    }
+    let fixed = |d: &[u8]| d.len().min(64 << 10);
+    let m = moved(&chunk_hashes(&old, fixed), &chunk_hashes(&new, fixed));
+    let ideal = changed + 2 * (64 << 10) * args.edits as u64;
+    updates.push(UpdateRow {
+        chunking: "fixed 64 KiB blocks".into(),
+        transferred_bytes: m,
+        fraction_of_build: m as f64 / new.len() as f64,
+        ideal_bytes: ideal,
+        ratio_to_ideal: m as f64 / ideal as f64,
+    });
+    let report = Report {
+        build_bytes: old.len() as u64,
+        raw_blake3_mib_s: raw,
+        chunk_and_hash_mib_s: cdc,
+        chunk_hash_ratio: cdc / raw,
+        mean_chunk_bytes_at_64k: (old.len() / c64.len()) as u64,
+        edits: args.edits,
+        changed_bytes: changed,
+        updates,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} MiB: raw BLAKE3 {:.0} MiB/s, FastCDC 64 KiB + BLAKE3 per chunk {:.0} MiB/s (ratio {:.2}); mean chunk {} B",
+            args.mib, raw, cdc, report.chunk_hash_ratio, report.mean_chunk_bytes_at_64k
+        );
+        println!(
+            "update of {} edits ({} changed bytes):",
+            args.edits, changed
+        );
+        for u in &report.updates {
+            println!(
+                "  {:<22} {:>12} B  {:>7.3} % of the build  {:>6.2} × ideal ({} B)",
+                u.chunking,
+                u.transferred_bytes,
+                u.fraction_of_build * 100.0,
+                u.ratio_to_ideal,
+                u.ideal_bytes
+            );
+        }
+    }
+    Ok(())
+}
