@@ -123,6 +123,17 @@ struct HostClient {
     last_frame: u32,
 }
 
+/// Per-client relevance in snapshot mode: entities farther than `radius` from a client's own
+/// entity get an update at most every `far_every` snapshots (the client dead-reckons them in
+/// between along their last velocity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interest {
+    /// Distance within which everything is sent every snapshot, fixed-point 1/256 units.
+    pub radius: i32,
+    /// Snapshots between updates of a far entity.
+    pub far_every: u32,
+}
+
 /// The node's side of snapshot mode.
 #[derive(Debug)]
 pub struct SnapshotHost<G: Game> {
@@ -130,6 +141,7 @@ pub struct SnapshotHost<G: Game> {
     clients: Vec<Option<HostClient>>,
     last_input: Vec<G::Input>,
     snapshot_every: u32,
+    interest: Option<Interest>,
     stats: HostStats,
 }
 
@@ -141,11 +153,26 @@ impl<G: Game> SnapshotHost<G> {
             clients: (0..players).map(|_| None).collect(),
             last_input: vec![G::Input::default(); players],
             snapshot_every: snapshot_every.max(1),
+            interest: None,
             stats: HostStats {
                 inputs_ahead: vec![0; players],
                 ..HostStats::default()
             },
         }
+    }
+
+    /// Turns interest management on (or off with `None`).
+    pub fn set_interest(&mut self, interest: Option<Interest>) {
+        self.interest = interest;
+    }
+
+    /// Entity updates held back by interest management so far, over all clients.
+    pub fn interest_deferred(&self) -> u64 {
+        self.clients
+            .iter()
+            .flatten()
+            .map(|c| c.encoder.stats().interest_deferred)
+            .sum()
     }
 
     /// The authoritative game.
@@ -268,9 +295,31 @@ impl<G: Game> SnapshotHost<G> {
             entities: self.game.entities(),
         };
         let now = self.game.frame();
+        let interest = self.interest;
         for (slot, c) in self.clients.iter_mut().enumerate() {
             let Some(c) = c else { continue };
-            let Ok(body) = c.encoder.encode(&snap, SNAPSHOT_BYTES_MAX) else {
+            let own = snap
+                .entities
+                .iter()
+                .find(|e| usize::from(e.id) == slot)
+                .copied();
+            let period = |e: &EntityView| match (interest, own) {
+                (Some(i), Some(o)) if e.id != o.id => {
+                    let dx = i64::from(e.x) - i64::from(o.x);
+                    let dy = i64::from(e.y) - i64::from(o.y);
+                    let r = i64::from(i.radius);
+                    if dx * dx + dy * dy > r * r {
+                        i.far_every
+                    } else {
+                        1
+                    }
+                }
+                _ => 1,
+            };
+            let Ok(body) = c
+                .encoder
+                .encode_with_interest(&snap, SNAPSHOT_BYTES_MAX, period)
+            else {
                 continue;
             };
             // How many frames of input are waiting: the client aims to keep this small and
@@ -522,7 +571,18 @@ mod tests {
     }
 
     fn run(players: usize, delay: u32, loss_every: u32) -> (HostStats, Vec<ClientStats>, Vec<f64>) {
+        let (h, c, e, _) = run_with(players, delay, loss_every, None);
+        (h, c, e)
+    }
+
+    fn run_with(
+        players: usize,
+        delay: u32,
+        loss_every: u32,
+        interest: Option<Interest>,
+    ) -> (HostStats, Vec<ClientStats>, Vec<f64>, u64) {
         let mut host = SnapshotHost::new(Arena::new(players, 5), players, 2);
+        host.set_interest(interest);
         let mut clients: Vec<SnapshotClient<Arena>> = (0..players)
             .map(|s| {
                 host.join(s as Slot);
@@ -573,7 +633,35 @@ mod tests {
             host.stats().clone(),
             clients.iter().map(|c| c.stats().clone()).collect(),
             final_err,
+            host.interest_deferred(),
         )
+    }
+
+    #[test]
+    fn interest_management_sends_far_entities_less_and_clients_still_track() {
+        let (all, _, _, none_held) = run_with(12, 3, 0, None);
+        let interest = Interest {
+            radius: 16 * 256,
+            far_every: 3,
+        };
+        let (some, clients, err, held) = run_with(12, 3, 0, Some(interest));
+        eprintln!(
+            "interest: {} B vs {} B, {held} updates held back, prediction error {err:?}",
+            some.snapshot_bytes, all.snapshot_bytes
+        );
+        assert_eq!(none_held, 0);
+        assert!(held > 1000, "far entities were held back: {held}");
+        assert!(
+            some.snapshot_bytes * 10 < all.snapshot_bytes * 9,
+            "at least 10 % fewer bytes: {} vs {}",
+            some.snapshot_bytes,
+            all.snapshot_bytes
+        );
+        // The own entity is always near: prediction and reconciliation are as good as before.
+        for c in &clients {
+            assert_eq!(c.refused, 0);
+            assert!(c.corrections * 20 < c.snapshots, "{c:?}");
+        }
     }
 
     #[test]

@@ -266,6 +266,8 @@ pub struct EncoderStats {
     pub deferred_entities: u64,
     /// Acks ignored because they named a tick not in the history (or not newer).
     pub acks_ignored: u64,
+    /// Entity updates held back by interest management (far entities sent less often).
+    pub interest_deferred: u64,
 }
 
 /// The node's side of one client's snapshot stream.
@@ -339,6 +341,19 @@ impl Encoder {
     /// [`SnapshotConfig::max_packet_bytes`]): a delta against the client's newest usable ack, or
     /// a full snapshot when there is none.
     pub fn encode(&mut self, snap: &Snapshot, max_bytes: usize) -> Result<Vec<u8>, EncodeError> {
+        self.encode_with_interest(snap, max_bytes, |_| 1)
+    }
+
+    /// [`Encoder::encode`] with per-client relevance: `period(entity)` says how often a changed
+    /// entity is worth an update to this client (1: every snapshot; `n`: at most every `n`th,
+    /// with the client dead-reckoning it in between). Entities that appear or disappear are
+    /// always sent; an update held back gains priority like one held back by the budget.
+    pub fn encode_with_interest(
+        &mut self,
+        snap: &Snapshot,
+        max_bytes: usize,
+        period: impl Fn(&EntityView) -> u32,
+    ) -> Result<Vec<u8>, EncodeError> {
         if let Some(last) = self.last_tick {
             if snap.tick <= last {
                 return Err(EncodeError::TickNotIncreasing {
@@ -372,22 +387,46 @@ impl Encoder {
         let max_bytes = max_bytes.min(self.config.max_packet_bytes);
 
         let mut send = plan.send_everything();
+        let mut held = 0u64;
+        for (k, slot) in plan.kept.iter().zip(send.kept.iter_mut()) {
+            if !k.changed() {
+                continue;
+            }
+            let p = period(&k.current.to_view()).max(1);
+            let streak = self
+                .deferred_streak
+                .get(&k.current.id)
+                .copied()
+                .unwrap_or(0);
+            if p > 1 && streak + 1 < p {
+                *slot = false;
+                held += 1;
+            }
+        }
+        let allowed = send.clone();
         let writer = match plan.write(&send, max_bytes) {
             Ok(w) => w,
             Err(BitsError::Full { .. }) => {
-                send = self.select_within_budget(&plan, max_bytes)?;
+                send = self.select_within_budget(&plan, &allowed, max_bytes)?;
                 plan.write(&send, max_bytes)?
             }
             Err(e) => return Err(e.into()),
         };
         let bytes = writer.finish();
         self.commit(&plan, &send, bytes.len());
+        self.stats.interest_deferred += held;
+        self.stats.deferred_entities -= held.min(self.stats.deferred_entities);
         Ok(bytes)
     }
 
     /// Picks which records fit when not everything does: longest-deferred first, then lowest
     /// id; greedy, so a small record still fits after a big one did not.
-    fn select_within_budget(&self, plan: &Plan, max_bytes: usize) -> Result<Send, EncodeError> {
+    fn select_within_budget(
+        &self,
+        plan: &Plan,
+        allowed: &Send,
+        max_bytes: usize,
+    ) -> Result<Send, EncodeError> {
         let budget_bits = max_bytes.saturating_mul(8);
         let skeleton_bits = plan.skeleton_bits_max()?;
         if skeleton_bits > budget_bits {
@@ -399,7 +438,7 @@ impl Encoder {
         // (streak, id, is_added, index, cost_bits)
         let mut candidates: Vec<(u32, u16, bool, usize, usize)> = Vec::new();
         for (i, k) in plan.kept.iter().enumerate() {
-            if k.changed() {
+            if k.changed() && allowed.kept.get(i).copied().unwrap_or(false) {
                 let cost = record_bits(&k.predicted, &k.current)?;
                 let streak = self
                     .deferred_streak

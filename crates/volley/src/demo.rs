@@ -30,8 +30,9 @@ pub(crate) struct DemoArgs {
     #[arg(long)]
     relay_only: bool,
     /// `p2p`: bots exchange messages over direct paths and the relay. `snapshot`: the arena
-    /// game, authoritative on the node, with delta snapshots, prediction and interpolation.
-    /// `rollback`: the arena with inputs peer to peer, rollback on every client, the node as
+    /// game, authoritative on the node, with delta snapshots, prediction and interpolation;
+    /// `snapshot-interest` the same with interest management (entities more than 16 units away
+    /// from a player updated every third snapshot for that player). `rollback`: the arena with inputs peer to peer, rollback on every client, the node as
     /// referee.
     #[arg(long, default_value = "p2p")]
     mode: String,
@@ -177,12 +178,13 @@ async fn bot(
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     match args.mode.as_str() {
         "p2p" => {}
-        "snapshot" => {
+        "snapshot" | "snapshot-interest" => {
             return crate::demo_netcode::run_snapshot(
                 args.bots,
                 args.duration_s,
                 &args.profile,
                 args.json,
+                args.mode == "snapshot-interest",
             )
             .await
         }
@@ -196,7 +198,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             )
             .await
         }
-        other => bail!("--mode must be p2p, snapshot or rollback, not {other:?}"),
+        other => {
+            bail!("--mode must be p2p, snapshot, snapshot-interest or rollback, not {other:?}")
+        }
     }
     if !(2..=16).contains(&args.bots) {
         bail!("--bots must be 2..=16");

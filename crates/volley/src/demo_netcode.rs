@@ -129,7 +129,13 @@ pub(crate) async fn run_snapshot(
     duration_s: f64,
     profile_name: &str,
     json: bool,
+    interest: bool,
 ) -> anyhow::Result<()> {
+    let mode = if interest {
+        "snapshot-interest"
+    } else {
+        "snapshot"
+    };
     if !(1..=64).contains(&players) || !(0.5..=600.0).contains(&duration_s) {
         bail!("--bots must be 1..=64 and --duration-s 0.5..=600");
     }
@@ -139,7 +145,7 @@ pub(crate) async fn run_snapshot(
             LinkProfile::names()
         )
     })?;
-    let demo = DemoRoom::start("snapshot", players).await?;
+    let demo = DemoRoom::start(mode, players).await?;
     let (node, owner, room) = (&demo.node, &demo.owner, demo.room);
     let mut links = Vec::new();
     let mut bots = Vec::new();
@@ -231,7 +237,7 @@ pub(crate) async fn run_snapshot(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let node_report = owner.room(room).await?.logic.unwrap_or_default();
     let report = Report {
-        mode: "snapshot",
+        mode,
         players,
         profile: profile_name.to_owned(),
         duration_s: secs,

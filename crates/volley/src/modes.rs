@@ -21,6 +21,7 @@ const TICK_SAMPLES_MAX: usize = 4096;
 /// The arena, authoritative, with delta snapshots.
 struct SnapshotRoom {
     host: SnapshotHost<Arena>,
+    interest: bool,
     slots: HashMap<PlayerId, Slot>,
     free: Vec<Slot>,
     players: u8,
@@ -30,13 +31,16 @@ struct SnapshotRoom {
 }
 
 impl SnapshotRoom {
-    fn new(players: u8) -> Self {
+    fn new(players: u8, interest: Option<volley_sync::netplay::Interest>) -> Self {
+        let mut host = SnapshotHost::new(
+            Arena::new(usize::from(players), 1),
+            usize::from(players),
+            u32::from(SNAPSHOT_EVERY),
+        );
+        host.set_interest(interest);
         SnapshotRoom {
-            host: SnapshotHost::new(
-                Arena::new(usize::from(players), 1),
-                usize::from(players),
-                u32::from(SNAPSHOT_EVERY),
-            ),
+            host,
+            interest: interest.is_some(),
             slots: HashMap::new(),
             free: (0..players).rev().collect(),
             players,
@@ -132,7 +136,8 @@ impl RoomLogic for SnapshotRoom {
     fn report(&self) -> serde_json::Value {
         let s = self.host.stats();
         serde_json::json!({
-            "mode": "snapshot",
+            "mode": if self.interest { "snapshot-interest" } else { "snapshot" },
+            "interest_deferred": self.host.interest_deferred(),
             "frames": s.frames,
             "inputs_late": s.inputs_late,
             "inputs_too_far_ahead": s.inputs_ahead,
@@ -151,13 +156,26 @@ pub(crate) struct Modes;
 
 impl LogicFactory for Modes {
     fn modes(&self) -> Vec<String> {
-        vec!["snapshot".into(), "rollback".into()]
+        vec![
+            "snapshot".into(),
+            "snapshot-interest".into(),
+            "rollback".into(),
+        ]
     }
 
     fn create(&self, mode: &str, max_players: u32) -> Result<Box<dyn RoomLogic>, String> {
         let players = u8::try_from(max_players).map_err(|_| "too many players".to_owned())?;
         match mode {
-            "snapshot" => Ok(Box::new(SnapshotRoom::new(players))),
+            "snapshot" => Ok(Box::new(SnapshotRoom::new(players, None))),
+            // Entities more than 16 world units (a quarter of the arena) from a player are
+            // updated every third snapshot (10 Hz) for that player.
+            "snapshot-interest" => Ok(Box::new(SnapshotRoom::new(
+                players,
+                Some(volley_sync::netplay::Interest {
+                    radius: 16 * 256,
+                    far_every: 3,
+                }),
+            ))),
             "rollback" if (2..=16).contains(&players) => Ok(Box::new(RollbackRoom {
                 players,
                 joined: Vec::new(),

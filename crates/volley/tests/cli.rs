@@ -230,6 +230,47 @@ fn snapshot_demo_on_weak_4g_keeps_every_client_connected_and_fed() {
 }
 
 #[test]
+fn snapshot_interest_demo_holds_back_far_updates_and_keeps_clients_fed() {
+    let out = volley()
+        .args([
+            "demo",
+            "--mode",
+            "snapshot-interest",
+            "--bots",
+            "12",
+            "--duration-s",
+            "3",
+            "--json",
+        ])
+        .output()
+        .expect("run demo");
+    assert!(
+        out.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(r["node"]["mode"], "snapshot-interest");
+    assert!(
+        r["node"]["interest_deferred"]
+            .as_u64()
+            .expect("interest_deferred")
+            > 0,
+        "{}",
+        r["node"]
+    );
+    let clients = r["clients"].as_array().expect("clients");
+    assert_eq!(clients.len(), 12);
+    for c in clients {
+        assert_eq!(c["disconnected"], false, "{c}");
+        assert_eq!(c["refused"], 0, "{c}");
+        let delivery = c["snapshot_delivery"].as_f64().expect("delivery");
+        assert!((0.9..=1.1).contains(&delivery), "{c}");
+        assert!(c["corrections"].as_u64().expect("corrections") < 30, "{c}");
+    }
+}
+
+#[test]
 fn rollback_demo_on_weak_4g_agrees_with_the_referee_and_loses_no_input() {
     let out = volley()
         .args([
