@@ -296,3 +296,101 @@ fn soak() {
         worst[1], worst[2], worst[3]
     );
 }
+
+// ---- The same harness driving the demo arena game ----
+
+use crate::arena::{Arena, ArenaInput};
+
+/// A stateless arena bot: it picks a new heading every 24 frames, sweeps its aim and fires about
+/// one frame in five, all from (slot, frame, seed), as the harness's bot hook requires.
+fn arena_bot(slot: Slot, frame: u32, seed: u64) -> ArenaInput {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let leg = mix(seed ^ (u64::from(slot) << 40) ^ u64::from(frame / 24));
+    ArenaInput {
+        move_x: (leg % 3) as i8 - 1,
+        move_y: ((leg >> 8) % 3) as i8 - 1,
+        aim: ((leg >> 16) as u8).wrapping_add((frame * 3) as u8),
+        fire: mix(seed ^ u64::from(frame) ^ (u64::from(slot) << 20)) % 5 == 0,
+    }
+}
+
+/// What an arena cheater does: fifty kills nobody else saw.
+fn arena_tamper(a: &mut Arena) {
+    for p in a.players.iter_mut() {
+        p.score += 50;
+    }
+}
+
+fn run_arena(config: &SimConfig) -> SimReport {
+    let hooks = SimHooks {
+        bot_input: arena_bot,
+        tamper: arena_tamper,
+    };
+    run(Arena::new(config.players, config.seed), hooks, config).unwrap()
+}
+
+#[test]
+fn arena_honest_players_converge_on_every_profile() {
+    for (name, link) in PROFILES {
+        let config = SimConfig::honest(4, link, 11, 10_000);
+        let report = run_arena(&config);
+        describe(name, &report);
+        assert!(report.verdicts.is_empty(), "{name}: {:?}", report.verdicts);
+        for p in &report.players {
+            assert_eq!(p.checksum_mismatches, 0, "{name} slot {}", p.slot);
+            assert!(p.checksums_compared > 400, "{name} slot {}", p.slot);
+            assert!(p.confirmed_frame + 60 > report.referee_frame, "{name}");
+        }
+        // The bots really play: rollbacks happen wherever the link has delay.
+        if link.one_way_ms > 20 {
+            assert!(
+                report.players.iter().any(|p| p.stats.rollbacks > 0),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn arena_same_seed_same_trace() {
+    let mut config = SimConfig::honest(3, LinkProfile::BAD, 21, 5_000);
+    config.cheats = vec![(2, Cheat::TamperState { at_frame: 150 })];
+    let a = run_arena(&config);
+    let b = run_arena(&config);
+    assert_eq!(a, b);
+    config.seed = 22;
+    assert_ne!(a.trace_hash, run_arena(&config).trace_hash);
+}
+
+#[test]
+fn arena_cheaters_are_named_and_honest_players_unaffected() {
+    for (name, link) in [
+        ("regional", LinkProfile::REGIONAL),
+        ("bad", LinkProfile::BAD),
+    ] {
+        for cheat in [
+            Cheat::TamperState { at_frame: 300 },
+            Cheat::ForgeInputs {
+                victim: 0,
+                from_frame: 300,
+            },
+        ] {
+            let mut config = SimConfig::honest(4, link, 31, 12_000);
+            config.cheats = vec![(2, cheat)];
+            let report = run_arena(&config);
+            describe(name, &report);
+            assert!(report.verdicts_against_honest().is_empty(), "{name}");
+            for p in report.honest() {
+                assert_eq!(p.checksum_mismatches, 0, "{name}: honest slot {}", p.slot);
+            }
+            let d = report.detections[0];
+            assert_eq!(d.verdict.map(|v| v.slot), Some(2), "{name} {cheat:?}");
+            assert!(d.frames_to_detect.unwrap() <= 60, "{name}: {d:?}");
+        }
+    }
+}
