@@ -241,9 +241,11 @@ impl Arena {
         }
     }
 
-    fn step_bullets(&mut self) {
+    fn step_bullets(&mut self, views: &[Option<&[EntityView]>]) {
         let players = &mut self.players;
         self.bullets.retain_mut(|b| {
+            // Where the bullet's owner saw each player (lag compensation), if the node says.
+            let seen = views.get(usize::from(b.owner)).copied().flatten();
             b.x += b.vx;
             b.y += b.vy;
             b.ttl = b.ttl.saturating_sub(1);
@@ -256,7 +258,19 @@ impl Arena {
                 if slot == usize::from(b.owner) || p.health == 0 {
                     continue;
                 }
-                let (dx, dy) = (i64::from(p.x - b.x), i64::from(p.y - b.y));
+                let (px, py) = seen
+                    .and_then(|v| {
+                        // Views are in id order and players are ids 0..n: look there first.
+                        v.get(slot)
+                            .filter(|e| usize::from(e.id) == slot)
+                            .or_else(|| v.iter().find(|e| usize::from(e.id) == slot))
+                            .filter(|e| e.kind == KIND_PLAYER)
+                    })
+                    .map_or((p.x, p.y), |e| (e.x, e.y));
+                let (dx, dy) = (
+                    i64::from(px) - i64::from(b.x),
+                    i64::from(py) - i64::from(b.y),
+                );
                 let r = i64::from(PLAYER_RADIUS);
                 if dx * dx + dy * dy <= r * r {
                     p.health = p.health.saturating_sub(DAMAGE);
@@ -303,11 +317,17 @@ impl Game for Arena {
     type Input = ArenaInput;
 
     fn step(&mut self, inputs: &[ArenaInput]) {
+        self.step_compensated(inputs, &[]);
+    }
+
+    /// Bullets hit players where the bullet's owner saw them (`views[owner]`), so a player who
+    /// aimed at what its screen showed hits; damage lands on the live player.
+    fn step_compensated(&mut self, inputs: &[ArenaInput], views: &[Option<&[EntityView]>]) {
         for slot in 0..self.players.len() {
             let input = inputs.get(slot).copied().unwrap_or_default();
             self.step_player(slot, input);
         }
-        self.step_bullets();
+        self.step_bullets(views);
         self.frame = self.frame.wrapping_add(1);
     }
 
@@ -571,6 +591,64 @@ impl Bot {
 
 #[cfg(test)]
 mod tests {
+
+    /// Lag compensation: a bullet hits a player where its owner saw that player (the view the
+    /// node passes), not where the player is now; without the view the same shot misses.
+    #[test]
+    fn bullets_hit_where_their_owner_saw_the_target() {
+        let setup = || {
+            let mut a = Arena::new(2, 1);
+            a.players[0] = Player {
+                x: 10 * UNIT,
+                y: 32 * UNIT,
+                health: HEALTH_MAX,
+                ..Player::default()
+            };
+            // Now well off the line of fire...
+            a.players[1] = Player {
+                x: 30 * UNIT,
+                y: 40 * UNIT,
+                health: HEALTH_MAX,
+                ..Player::default()
+            };
+            a
+        };
+        // ...but on it in the shooter's (rewound) view.
+        let mut seen = setup().entities();
+        seen[1].y = 32 * UNIT;
+        let fire = ArenaInput {
+            aim: 0,
+            fire: true,
+            ..ArenaInput::default()
+        };
+        let run = |views: &[Option<&[EntityView]>]| {
+            let mut a = setup();
+            a.step_compensated(&[fire, ArenaInput::default()], views);
+            for _ in 0..40 {
+                a.step_compensated(&[ArenaInput::default(); 2], views);
+            }
+            a
+        };
+        let plain = run(&[]);
+        assert_eq!(
+            plain.players[1].health, HEALTH_MAX,
+            "the live target was not in the way"
+        );
+        let compensated = run(&[Some(&seen), None]);
+        assert_eq!(
+            compensated.players[1].health,
+            HEALTH_MAX - DAMAGE,
+            "hit where the shooter saw it"
+        );
+        assert_eq!(
+            compensated.players[1].y,
+            40 * UNIT,
+            "damage lands on the live player"
+        );
+        // Views belong to the bullet's owner only: the target's own view changes nothing.
+        let other = run(&[None, Some(&seen)]);
+        assert_eq!(other.players[1].health, HEALTH_MAX);
+    }
     use super::*;
 
     fn run(frames: u32, players: usize, seed: u64) -> Arena {

@@ -18,6 +18,16 @@ pub trait Game: Clone {
     /// always has one entry per player.
     fn step(&mut self, inputs: &[Self::Input]);
 
+    /// [`Game::step`] on the authority in snapshot mode, with lag compensation: `views[slot]`
+    /// is the world as that player saw it (rewound by its latency and interpolation delay, from
+    /// the node's history), `None` where nothing is rewound. A game that judges a player's hits
+    /// against where that player saw its targets overrides this; the default ignores the views.
+    /// Never used where every machine must simulate the same (rollback): only the node runs it.
+    fn step_compensated(&mut self, inputs: &[Self::Input], views: &[Option<&[EntityView]>]) {
+        let _ = views;
+        self.step(inputs);
+    }
+
     /// The frame number of the state (0 before the first step).
     fn frame(&self) -> u32;
 

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::game::{EntityView, Game, Slot};
 use crate::interp::{InterpConfig, Interpolator};
+use crate::lagcomp::{LagCompConfig, LagHistory};
 use crate::snapshot::{Decoder, Encoder, Snapshot, SnapshotConfig};
 
 /// Inputs in one input packet (the newest and the ones before it).
@@ -114,6 +115,12 @@ pub struct HostStats {
     pub snapshots: u64,
     /// Snapshot bytes sent.
     pub snapshot_bytes: u64,
+    /// Player-steps judged against a rewound view (lag compensation).
+    pub lag_rewinds: u64,
+    /// Ticks rewound, summed over those.
+    pub lag_rewound_ticks: u64,
+    /// Of those, views older than the cap (clamped to it).
+    pub lag_clamped: u64,
 }
 
 #[derive(Debug)]
@@ -142,6 +149,7 @@ pub struct SnapshotHost<G: Game> {
     last_input: Vec<G::Input>,
     snapshot_every: u32,
     interest: Option<Interest>,
+    lag: Option<LagHistory>,
     stats: HostStats,
 }
 
@@ -154,11 +162,20 @@ impl<G: Game> SnapshotHost<G> {
             last_input: vec![G::Input::default(); players],
             snapshot_every: snapshot_every.max(1),
             interest: None,
+            lag: None,
             stats: HostStats {
                 inputs_ahead: vec![0; players],
                 ..HostStats::default()
             },
         }
+    }
+
+    /// Turns lag compensation on (or off with `None`): the node keeps a history of the world
+    /// and steps the game with each player's view of it, rewound by the time since the
+    /// snapshot that player last acknowledged plus its interpolation delay, capped at
+    /// `rewind_ticks_max` (see [`Game::step_compensated`]).
+    pub fn set_lag_compensation(&mut self, config: Option<LagCompConfig>) {
+        self.lag = config.map(LagHistory::new);
     }
 
     /// Turns interest management on (or off with `None`).
@@ -284,7 +301,33 @@ impl<G: Game> SnapshotHost<G> {
             }
             inputs.push(input);
         }
-        self.game.step(&inputs);
+        match &mut self.lag {
+            None => self.game.step(&inputs),
+            Some(history) => {
+                if history.newest_tick().is_none() {
+                    let _ = history.record(self.game.frame(), &self.game.entities());
+                }
+                let newest = history.newest_tick().unwrap_or(0);
+                let floor = newest.saturating_sub(history.config().rewind_ticks_max);
+                // A client renders about two snapshot intervals behind the newest snapshot it
+                // has; the newest it has is (at least) the one it acknowledged.
+                let interp = 2 * self.snapshot_every;
+                let mut views = Vec::with_capacity(self.clients.len());
+                for c in &self.clients {
+                    let view = c.as_ref().and_then(|c| c.encoder.acked_tick()).map(|ack| {
+                        let want = ack.saturating_sub(interp);
+                        let tick = want.clamp(floor, newest);
+                        self.stats.lag_rewinds += 1;
+                        self.stats.lag_rewound_ticks += u64::from(newest - tick);
+                        self.stats.lag_clamped += u64::from(want < floor);
+                        tick
+                    });
+                    views.push(view.and_then(|t| history.rewind(t)));
+                }
+                self.game.step_compensated(&inputs, &views);
+                let _ = history.record(self.game.frame(), &self.game.entities());
+            }
+        }
         self.stats.frames += 1;
         let mut out = Vec::new();
         if !self.game.frame().is_multiple_of(self.snapshot_every) {
@@ -571,7 +614,7 @@ mod tests {
     }
 
     fn run(players: usize, delay: u32, loss_every: u32) -> (HostStats, Vec<ClientStats>, Vec<f64>) {
-        let (h, c, e, _) = run_with(players, delay, loss_every, None);
+        let (h, c, e, _) = run_with(players, delay, loss_every, None, false);
         (h, c, e)
     }
 
@@ -580,9 +623,11 @@ mod tests {
         delay: u32,
         loss_every: u32,
         interest: Option<Interest>,
+        lag: bool,
     ) -> (HostStats, Vec<ClientStats>, Vec<f64>, u64) {
         let mut host = SnapshotHost::new(Arena::new(players, 5), players, 2);
         host.set_interest(interest);
+        host.set_lag_compensation(lag.then(LagCompConfig::default));
         let mut clients: Vec<SnapshotClient<Arena>> = (0..players)
             .map(|s| {
                 host.join(s as Slot);
@@ -638,13 +683,39 @@ mod tests {
     }
 
     #[test]
+    fn lag_compensation_rewinds_by_each_clients_delay_within_the_cap() {
+        let mean = |h: &HostStats| h.lag_rewound_ticks as f64 / h.lag_rewinds.max(1) as f64;
+        let (off, _, _, _) = run_with(4, 1, 0, None, false);
+        assert_eq!(off.lag_rewinds, 0);
+        let (near, clients, _, _) = run_with(4, 1, 0, None, true);
+        let (far, _, _, _) = run_with(4, 4, 0, None, true);
+        eprintln!(
+            "rewind: {:.1} ticks at 1 tick each way, {:.1} at 4 ({} of {} clamped)",
+            mean(&near),
+            mean(&far),
+            far.lag_clamped,
+            far.lag_rewinds
+        );
+        assert!(near.lag_rewinds > 4 * 1000, "every player-step is judged");
+        // Round trip (2 ticks) + snapshot spacing (up to 2) + interpolation (4).
+        assert!((5.0..=9.0).contains(&mean(&near)), "{}", mean(&near));
+        assert!(mean(&far) > mean(&near) + 3.0);
+        assert!(mean(&far) <= 12.0, "capped at rewind_ticks_max");
+        assert_eq!(near.lag_clamped, 0);
+        for c in &clients {
+            assert_eq!(c.refused, 0);
+            assert!(c.corrections * 20 < c.snapshots, "{c:?}");
+        }
+    }
+
+    #[test]
     fn interest_management_sends_far_entities_less_and_clients_still_track() {
-        let (all, _, _, none_held) = run_with(12, 3, 0, None);
+        let (all, _, _, none_held) = run_with(12, 3, 0, None, false);
         let interest = Interest {
             radius: 16 * 256,
             far_every: 3,
         };
-        let (some, clients, err, held) = run_with(12, 3, 0, Some(interest));
+        let (some, clients, err, held) = run_with(12, 3, 0, Some(interest), false);
         eprintln!(
             "interest: {} B vs {} B, {held} updates held back, prediction error {err:?}",
             some.snapshot_bytes, all.snapshot_bytes

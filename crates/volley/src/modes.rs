@@ -38,6 +38,8 @@ impl SnapshotRoom {
             u32::from(SNAPSHOT_EVERY),
         );
         host.set_interest(interest);
+        // Shots are judged where the shooter saw its targets (up to 12 ticks, 200 ms, back).
+        host.set_lag_compensation(Some(volley_sync::lagcomp::LagCompConfig::default()));
         SnapshotRoom {
             host,
             interest: interest.is_some(),
@@ -138,6 +140,8 @@ impl RoomLogic for SnapshotRoom {
         serde_json::json!({
             "mode": if self.interest { "snapshot-interest" } else { "snapshot" },
             "interest_deferred": self.host.interest_deferred(),
+            "lag_rewind_ticks_mean": s.lag_rewound_ticks as f64 / s.lag_rewinds.max(1) as f64,
+            "lag_rewinds_clamped": s.lag_clamped,
             "frames": s.frames,
             "inputs_late": s.inputs_late,
             "inputs_too_far_ahead": s.inputs_ahead,

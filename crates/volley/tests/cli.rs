@@ -226,6 +226,9 @@ fn snapshot_demo_on_weak_4g_keeps_every_client_connected_and_fed() {
     }
     assert!(r["node"]["frames"].as_u64().expect("frames") > 200);
     assert!(r["node"]["tick_us_p99"].as_u64().is_some());
+    // Lag compensation rewinds by about the weak-4g delay plus interpolation (capped at 12).
+    let rewind = r["node"]["lag_rewind_ticks_mean"].as_f64().expect("rewind");
+    assert!((4.0..=12.0).contains(&rewind), "{}", r["node"]);
     assert_eq!(r["node"]["refused_packets"], 0);
 }
 
