@@ -14,8 +14,9 @@ use volley_server::{Node, NodeConfig};
 /// Options of `volley demo`.
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct DemoArgs {
-    /// Bot players in the room (2-16).
-    #[arg(long, default_value_t = 4)]
+    /// Bot players in the room (2-16 in p2p mode, up to 64 in snapshot mode); `--players` is
+    /// the same.
+    #[arg(long, visible_alias = "players", default_value_t = 4)]
     bots: usize,
     /// Seconds of traffic.
     #[arg(long, default_value_t = 5.0)]
