@@ -311,7 +311,7 @@ async fn concurrent_increments(backend: Backend, ranks: Ranks) {
             (*pl, sum)
         })
         .collect();
-    want.sort_by(|x, y| y.1.cmp(&x.1));
+    want.sort_by_key(|w| std::cmp::Reverse(w.1));
     for n in [&a, &b] {
         let got: Vec<(u64, i64)> = n
             .board_page(&board, 0, 10)
