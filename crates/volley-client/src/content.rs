@@ -172,6 +172,13 @@ pub async fn publish(
     key: &SigningKey,
     chunk_avg: u32,
 ) -> Result<PublishReport, Error> {
+    if chunk_avg > volley_content::cdc::AVG_UPLOAD_MAX {
+        return Err(ContentError::Invalid(format!(
+            "nodes accept chunk averages up to {} bytes, not {chunk_avg}",
+            volley_content::cdc::AVG_UPLOAD_MAX
+        ))
+        .into());
+    }
     let base = base.trim_end_matches('/').to_owned();
     let http = reqwest::Client::new();
     let (d, g, v) = (dir.to_owned(), game.to_owned(), version.to_owned());

@@ -30,6 +30,8 @@ static GEAR: [u64; 256] = gear_table();
 pub const AVG_MIN: u32 = 1 << 10;
 /// See [`AVG_MIN`].
 pub const AVG_MAX: u32 = 1 << 24;
+/// Largest average a node accepts uploads for (its chunk bodies are capped at four times this).
+pub const AVG_UPLOAD_MAX: u32 = 1 << 20;
 
 /// Chunking parameters derived from the average size (a power of two): chunks are at least a
 /// quarter and at most four times the average.

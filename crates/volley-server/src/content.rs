@@ -17,8 +17,8 @@ use volley_proto::api::ChunkList;
 
 use crate::http::{bad, parse, Api, Error};
 
-/// Largest chunk accepted (four times the largest average an upload may use, 1 MiB).
-pub(crate) const CHUNK_BODY_MAX: usize = 4 << 20;
+/// Largest chunk accepted: four times the largest average an upload may use.
+pub(crate) const CHUNK_BODY_MAX: usize = 4 * volley_content::cdc::AVG_UPLOAD_MAX as usize;
 /// Largest chunk list accepted (10,000 names and then some).
 pub(crate) const LIST_BODY_MAX: usize = 1 << 20;
 /// Largest manifest accepted.
