@@ -374,3 +374,68 @@ impl TapMkdir for std::path::PathBuf {
         self
     }
 }
+
+/// Unmounts on every exit path.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A fetch onto a full disk fails with the system's error and the path, leaves the installed
+/// version whole, and succeeds once there is room. Needs root (a 6 MiB tmpfs); prints SKIPPED
+/// without it, or fails when `CI` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_reported_and_the_installed_version_stays() {
+    let work = tempfile::tempdir().unwrap();
+    let disk = work.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs root to mount a tmpfs for the disk-full test"
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs (not root?)");
+        return;
+    }
+    let _guard = Mount(disk.clone());
+    let n = start_node(|c| c.server_key = Some(KEY.into())).await;
+    let (key, public) = keygen(work.path());
+    // Version 1 (2.1 MiB) fits with its download cache and staging copy; version 2 (a new
+    // 2 MiB executable) does not fit beside it.
+    let v1 = work.path().join("v1");
+    make_build(&v1, 1);
+    std::fs::write(v1.join("bin/game"), random(64 << 10, 5)).unwrap();
+    publish(&n.base, &key, &v1, "1.0.0");
+    let install = disk.join("install");
+    ok_json(fetch(&n.base, &public, &install, "1.0.0", &[]));
+    let v2 = work.path().join("v2");
+    make_build(&v2, 1);
+    std::fs::write(v2.join("bin/game"), random(2 << 20, 6)).unwrap();
+    publish(&n.base, &key, &v2, "2.0.0");
+    let out = fetch(&n.base, &public, &install, "2.0.0", &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(tree(&install), tree(&v1), "the installed version is whole");
+    // Room made (the disk grown): the same command now completes, reusing what it can.
+    assert!(Command::new("mount")
+        .args(["-o", "remount,size=16m"])
+        .arg(&disk)
+        .status()
+        .unwrap()
+        .success());
+    let r = ok_json(fetch(&n.base, &public, &install, "2.0.0", &[]));
+    assert_eq!(tree(&install), tree(&v2));
+    assert!(r["reused_chunks"].as_u64().unwrap() > 0, "{r}");
+    n.node.shutdown().await;
+}
