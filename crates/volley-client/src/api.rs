@@ -11,6 +11,7 @@ use volley_proto::api::{
     PurchaseRequest, RankReply, RedeemRequest, Redemption, ScoreReply, ScoreRequest, StoreItem,
     TransferRecord, WalletView,
 };
+use volley_proto::api::{PeerAnnounce, SwarmPeers};
 use volley_proto::Fingerprint;
 
 use crate::Error;
@@ -455,6 +456,32 @@ impl Api {
                 .post(self.url("/v1/admin/bonus-codes"))
                 .header("x-volley-server-key", server_key)
                 .json(code),
+        )
+        .await
+    }
+
+    /// Announces that this player holds `have.have_chunks` of a version and serves chunks on
+    /// `have.port`; returns other peers of that version, most complete first. Re-announce
+    /// within 90 s to stay listed.
+    pub async fn announce_peer(
+        &self,
+        game: &str,
+        version: &str,
+        have: &PeerAnnounce,
+    ) -> Result<SwarmPeers, Error> {
+        self.call(
+            self.http
+                .post(self.url(&format!("/v1/content/{game}/versions/{version}/peers")))
+                .json(have),
+        )
+        .await
+    }
+
+    /// Leaves a version's swarm.
+    pub async fn leave_swarm(&self, game: &str, version: &str) -> Result<(), Error> {
+        self.call_empty(
+            self.http
+                .delete(self.url(&format!("/v1/content/{game}/versions/{version}/peers"))),
         )
         .await
     }

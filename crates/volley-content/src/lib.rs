@@ -4,6 +4,7 @@
 //! - [`publish`]: a build directory → manifest + chunks.
 //! - [`store`]: a directory of chunks named by their BLAKE3 hash (the origin's storage, and the
 //!   installer's download cache).
+//! - [`tracker`]: which players hold which version (the node answers announces with peers).
 //! - [`install`]: a manifest → an install directory, reusing every chunk already on disk,
 //!   fetching the rest from a [`install::ChunkSource`], verifying each, writing the new version
 //!   beside the old and swapping it in with renames, so a crash leaves one whole version.
@@ -15,6 +16,7 @@ pub mod install;
 pub mod manifest;
 pub mod publish;
 pub mod store;
+pub mod tracker;
 
 pub use manifest::{ChunkRef, FileEntry, Manifest};
 

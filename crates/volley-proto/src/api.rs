@@ -825,3 +825,36 @@ pub struct ChunkList {
     /// Chunk names (hex BLAKE3 hashes).
     pub chunks: Vec<String>,
 }
+
+/// `POST /v1/content/{game}/versions/{version}/peers`: a player announces that it holds (part
+/// of) a version and serves chunks on `port` (at the address the node sees it from).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PeerAnnounce {
+    /// The UDP port its chunk server listens on.
+    pub port: u16,
+    /// Chunks of the version it holds.
+    pub have_chunks: u32,
+    /// Chunks the version has.
+    pub total_chunks: u32,
+}
+
+/// One peer in a swarm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SwarmPeer {
+    /// The player.
+    pub player_id: u64,
+    /// Where it serves chunks (`ip:port`).
+    pub addr: String,
+    /// Chunks it holds.
+    pub have_chunks: u32,
+    /// Chunks the version has.
+    pub total_chunks: u32,
+}
+
+/// The answer to an announce: other live peers, those holding the most first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SwarmPeers {
+    /// The peers (at most 50).
+    pub peers: Vec<SwarmPeer>,
+}

@@ -565,6 +565,22 @@ pub(crate) const ROUTES: &[RouteDoc] = &[
         None,
         None
     ),
+    r!(
+        "post",
+        "/v1/content/{game}/versions/{version}/peers",
+        "Announce holding (part of) a version; answers with other peers, most complete first",
+        "bearer",
+        Some("PeerAnnounce"),
+        Some("SwarmPeers")
+    ),
+    r!(
+        "delete",
+        "/v1/content/{game}/versions/{version}/peers",
+        "Leave a version's swarm",
+        "bearer",
+        None,
+        None
+    ),
 ];
 
 pub(crate) fn routes() -> Router<Api> {
@@ -631,6 +647,10 @@ pub(crate) fn routes() -> Router<Api> {
             post(crate::content::missing).layer(axum::extract::DefaultBodyLimit::max(
                 crate::content::LIST_BODY_MAX,
             )),
+        )
+        .route(
+            "/v1/content/{game}/versions/{version}/peers",
+            post(crate::content::announce).delete(crate::content::leave),
         )
         .route(
             "/v1/content/{game}/versions/{version}",

@@ -6,14 +6,14 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use volley_content::manifest::{check_name, Manifest};
 use volley_content::store::ChunkStore;
 use volley_content::{chunk_name, parse_chunk_name, ContentError};
-use volley_proto::api::ChunkList;
+use volley_proto::api::{ChunkList, PeerAnnounce, SwarmPeer, SwarmPeers};
 
 use crate::http::{bad, parse, Api, Error};
 
@@ -209,4 +209,68 @@ pub(crate) async fn get_manifest(
         )),
         Err(e) => Err(content_err(ContentError::io(&path, e))),
     }
+}
+
+/// `POST /v1/content/{game}/versions/{version}/peers` (session): announce and get peers. The
+/// address is the one the node sees the request from, with the announced port.
+pub(crate) async fn announce(
+    State(api): State<Api>,
+    ConnectInfo(from): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Path((game, version)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<SwarmPeers>, Error> {
+    let me = crate::http::authed(&api, &headers).await?;
+    check_name("game", &game).map_err(content_err)?;
+    check_name("version", &version).map_err(content_err)?;
+    let req: PeerAnnounce = parse(&body)?;
+    if req.port == 0 {
+        return Err(bad("port must be 1-65535"));
+    }
+    let peer = volley_content::tracker::Peer {
+        id: me,
+        addr: std::net::SocketAddr::new(from.ip(), req.port),
+        have_chunks: req.have_chunks,
+        total_chunks: req.total_chunks,
+        seen_ms: 0,
+    };
+    let now = crate::unix_ms();
+    let peers = api
+        .tracker
+        .lock()
+        .map_err(|_| bad("tracker unavailable"))?
+        .announce(&game, &version, peer, now)
+        .map_err(|e| match e {
+            volley_content::tracker::TrackerError::Full => Error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tracker_full",
+                e.to_string(),
+                Some(30),
+            ),
+            other => bad(other.to_string()),
+        })?;
+    Ok(Json(SwarmPeers {
+        peers: peers
+            .into_iter()
+            .map(|p| SwarmPeer {
+                player_id: p.id,
+                addr: p.addr.to_string(),
+                have_chunks: p.have_chunks,
+                total_chunks: p.total_chunks,
+            })
+            .collect(),
+    }))
+}
+
+/// `DELETE /v1/content/{game}/versions/{version}/peers` (session): leave the swarm.
+pub(crate) async fn leave(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((game, version)): Path<(String, String)>,
+) -> Result<StatusCode, Error> {
+    let me = crate::http::authed(&api, &headers).await?;
+    if let Ok(mut t) = api.tracker.lock() {
+        t.leave(&game, &version, me);
+    }
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -170,6 +170,8 @@ struct Shared {
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
     /// Open event WebSockets per player on this node.
     sockets: Mutex<HashMap<PlayerId, usize>>,
+    /// Content swarms: which players hold which build (this node's announces).
+    tracker: Mutex<volley_content::tracker::Tracker>,
 }
 
 fn unix_ms() -> u64 {
@@ -393,6 +395,7 @@ impl Node {
             handshakes: AtomicUsize::new(0),
             buckets: Mutex::new(HashMap::new()),
             sockets: Mutex::new(HashMap::new()),
+            tracker: Mutex::new(volley_content::tracker::Tracker::new(Default::default())),
         });
         shared
             .platform

@@ -67,6 +67,8 @@ fn schemas() -> Map<String, Value> {
         Vec<api::BoardRecord> => "RecordList",
         api::RankReply => "RankReply",
         api::ChunkList => "ChunkList",
+        api::PeerAnnounce => "PeerAnnounce",
+        api::SwarmPeers => "SwarmPeers",
     );
     let mut all: Map<String, Value> = gen
         .definitions()

@@ -439,3 +439,70 @@ async fn a_full_disk_is_reported_and_the_installed_version_stays() {
     assert!(r["reused_chunks"].as_u64().unwrap() > 0, "{r}");
     n.node.shutdown().await;
 }
+
+/// The tracker over HTTP: players announce what they hold and see each other, most complete
+/// first, at the address the node sees them from; leaving and bad announces behave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tracker_introduces_players_holding_a_version() {
+    use volley_proto::api::PeerAnnounce;
+    let n = start_node(|_| {}).await;
+    let a = common::login(&n.base, "device-swarm-aaaa").await;
+    let b = common::login(&n.base, "device-swarm-bbbb").await;
+    let c = common::login(&n.base, "device-swarm-cccc").await;
+    let have = |port, have_chunks| PeerAnnounce {
+        port,
+        have_chunks,
+        total_chunks: 100,
+    };
+    assert!(a
+        .announce_peer("arena", "1.0.0", &have(7001, 100))
+        .await
+        .unwrap()
+        .peers
+        .is_empty());
+    b.announce_peer("arena", "1.0.0", &have(7002, 40))
+        .await
+        .unwrap();
+    let seen = c
+        .announce_peer("arena", "1.0.0", &have(7003, 0))
+        .await
+        .unwrap()
+        .peers;
+    assert_eq!(
+        seen.iter()
+            .map(|p| (p.addr.as_str(), p.have_chunks))
+            .collect::<Vec<_>>(),
+        vec![("127.0.0.1:7001", 100), ("127.0.0.1:7002", 40)],
+        "most complete first, at the address the node saw"
+    );
+    // Another version is another swarm; leaving removes a player.
+    assert!(c
+        .announce_peer("arena", "2.0.0", &have(7003, 0))
+        .await
+        .unwrap()
+        .peers
+        .is_empty());
+    a.leave_swarm("arena", "1.0.0").await.unwrap();
+    let seen = c
+        .announce_peer("arena", "1.0.0", &have(7003, 5))
+        .await
+        .unwrap()
+        .peers;
+    assert_eq!(seen.len(), 1);
+    // Lies and strangers are refused.
+    let err = c
+        .announce_peer("arena", "1.0.0", &have(7003, 101))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("have_chunks"), "{err}");
+    assert!(c
+        .announce_peer("Arena!", "1.0.0", &have(7003, 0))
+        .await
+        .is_err());
+    let stranger = volley_client::Api::new(&n.base);
+    assert!(stranger
+        .announce_peer("arena", "1.0.0", &have(7009, 0))
+        .await
+        .is_err());
+    n.node.shutdown().await;
+}
