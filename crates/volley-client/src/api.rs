@@ -380,9 +380,7 @@ impl Api {
     /// Server key: creates a leaderboard (idempotent for the same definition).
     pub async fn create_leaderboard(&self, server_key: &str, def: &BoardDef) -> Result<(), Error> {
         self.call_empty(
-            self.http
-                .post(self.url("/v1/admin/leaderboards"))
-                .header("x-volley-server-key", server_key)
+            self.admin_post(server_key, "/v1/admin/leaderboards")
                 .json(def),
         )
         .await
@@ -397,9 +395,7 @@ impl Api {
     ) -> Result<i64, Error> {
         let r: ScoreReply = self
             .call(
-                self.http
-                    .post(self.url(&format!("/v1/leaderboards/{board}/scores")))
-                    .header("x-volley-server-key", server_key)
+                self.admin_post(server_key, &format!("/v1/leaderboards/{board}/scores"))
                     .json(score),
             )
             .await?;
@@ -412,13 +408,8 @@ impl Api {
         server_key: &str,
         grant: &GrantRequest,
     ) -> Result<ChainResult, Error> {
-        self.call(
-            self.http
-                .post(self.url("/v1/admin/grant"))
-                .header("x-volley-server-key", server_key)
-                .json(grant),
-        )
-        .await
+        self.call(self.admin_post(server_key, "/v1/admin/grant").json(grant))
+            .await
     }
 
     /// Server key: mints a unique item (idempotent by `mint.id`); returns its id.
@@ -428,33 +419,21 @@ impl Api {
         mint: &MintItemRequest,
     ) -> Result<String, Error> {
         let r: MintedItem = self
-            .call(
-                self.http
-                    .post(self.url("/v1/admin/items"))
-                    .header("x-volley-server-key", server_key)
-                    .json(mint),
-            )
+            .call(self.admin_post(server_key, "/v1/admin/items").json(mint))
             .await?;
         Ok(r.item_id)
     }
 
     /// Server key: adds or replaces a store catalogue entry.
     pub async fn put_store_item(&self, server_key: &str, item: &StoreItem) -> Result<(), Error> {
-        self.call_empty(
-            self.http
-                .post(self.url("/v1/admin/store"))
-                .header("x-volley-server-key", server_key)
-                .json(item),
-        )
-        .await
+        self.call_empty(self.admin_post(server_key, "/v1/admin/store").json(item))
+            .await
     }
 
     /// Server key: creates a bonus code.
     pub async fn create_bonus_code(&self, server_key: &str, code: &BonusCode) -> Result<(), Error> {
         self.call_empty(
-            self.http
-                .post(self.url("/v1/admin/bonus-codes"))
-                .header("x-volley-server-key", server_key)
+            self.admin_post(server_key, "/v1/admin/bonus-codes")
                 .json(code),
         )
         .await
@@ -484,6 +463,13 @@ impl Api {
                 .delete(self.url(&format!("/v1/content/{game}/versions/{version}/peers"))),
         )
         .await
+    }
+
+    /// A POST carrying the studio's server key.
+    fn admin_post(&self, server_key: &str, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(path))
+            .header("x-volley-server-key", server_key)
     }
 
     /// Round-trip time to this node in ms (median of `samples` `GET /v1/health` calls on one

@@ -56,11 +56,12 @@ impl Origin {
 }
 
 async fn get_bytes(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, Error> {
-    let resp = http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| Error::Http(e.to_string()))?;
+    send(http.get(url)).await
+}
+
+/// Sends a request; the body on success, the node's error otherwise.
+async fn send(req: reqwest::RequestBuilder) -> Result<Vec<u8>, Error> {
+    let resp = req.send().await.map_err(|e| Error::Http(e.to_string()))?;
     let status = resp.status();
     let body = resp.bytes().await.map_err(|e| Error::Http(e.to_string()))?;
     if status.is_success() {
@@ -197,20 +198,14 @@ pub async fn publish(
     };
     let mut missing = std::collections::HashSet::new();
     for batch in names.chunks(10_000) {
-        let resp = http
-            .post(format!("{base}/v1/content/{game}/missing"))
-            .header("x-volley-server-key", server_key)
-            .json(&ChunkList {
-                chunks: batch.to_vec(),
-            })
-            .send()
-            .await
-            .map_err(|e| Error::Http(e.to_string()))?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| Error::Http(e.to_string()))?;
-        if !status.is_success() {
-            return Err(api_error(status.as_u16(), &body));
-        }
+        let body = send(
+            http.post(format!("{base}/v1/content/{game}/missing"))
+                .header("x-volley-server-key", server_key)
+                .json(&ChunkList {
+                    chunks: batch.to_vec(),
+                }),
+        )
+        .await?;
         let l: ChunkList = serde_json::from_slice(&body)
             .map_err(|e| Error::Http(format!("bad response body: {e}")))?;
         missing.extend(l.chunks);
@@ -235,19 +230,13 @@ pub async fn publish(
             let url = format!("{base}/v1/content/{game}/chunks/{}", chunk_name(&h));
             async move {
                 let n = data.len() as u64;
-                let resp = http
-                    .put(url)
-                    .header("x-volley-server-key", server_key)
-                    .body(data)
-                    .send()
-                    .await
-                    .map_err(|e| Error::Http(e.to_string()))?;
-                let status = resp.status();
-                if !status.is_success() {
-                    let body = resp.bytes().await.unwrap_or_default();
-                    return Err(api_error(status.as_u16(), &body));
-                }
-                Ok(n)
+                send(
+                    http.put(url)
+                        .header("x-volley-server-key", server_key)
+                        .body(data),
+                )
+                .await?;
+                Ok::<u64, Error>(n)
             }
         })
         .buffer_unordered(4);
@@ -264,18 +253,12 @@ pub async fn publish(
             ContentError::Invalid("the build changed while it was being published".into()).into(),
         );
     }
-    let resp = http
-        .put(format!("{base}/v1/content/{game}/versions/{version}"))
-        .header("x-volley-server-key", server_key)
-        .body(signed)
-        .send()
-        .await
-        .map_err(|e| Error::Http(e.to_string()))?;
-    let status = resp.status();
-    if !status.is_success() {
-        let body = resp.bytes().await.unwrap_or_default();
-        return Err(api_error(status.as_u16(), &body));
-    }
+    send(
+        http.put(format!("{base}/v1/content/{game}/versions/{version}"))
+            .header("x-volley-server-key", server_key)
+            .body(signed),
+    )
+    .await?;
     Ok(report)
 }
 
