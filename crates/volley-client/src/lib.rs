@@ -14,6 +14,7 @@
 mod api;
 pub mod content;
 pub mod netplay;
+pub mod swarm;
 mod session;
 
 pub use api::{Api, Events};

@@ -16,15 +16,78 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
+use tokio::sync::mpsc;
 
 use crate::manifest::Manifest;
+use crate::pace::Pace;
 use crate::store::ChunkStore;
 use crate::{chunk_name, ChunkRef, ContentError};
 
-/// Where chunks come from (the origin over HTTP; peers later).
+/// A chunk the source delivered, with the number of corrupt copies it threw away on the way.
+pub type Delivered = Result<(ChunkRef, Vec<u8>, usize), ContentError>;
+
+/// Where chunks come from: the origin over HTTP, or a swarm of peers plus the origin.
 pub trait ChunkSource: Send + Sync {
-    /// The chunk's bytes (verified by the caller).
+    /// One chunk's bytes (verified by the caller).
     fn fetch(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Vec<u8>, ContentError>>;
+
+    /// Delivers every chunk of `wanted` on `out`, in any order, each verified (the installer
+    /// checks again). Stops early when `out` is closed. The default fetches `concurrency`
+    /// chunks at a time through [`ChunkSource::fetch`], at most `max_bytes_per_s`, retrying a
+    /// chunk that fails or comes back corrupt up to `attempts` times.
+    fn download<'a>(
+        &'a self,
+        wanted: Vec<ChunkRef>,
+        opts: InstallOptions,
+        out: mpsc::Sender<Delivered>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let pace = Pace::new(opts.max_bytes_per_s);
+            let pace = &pace;
+            let mut fetches = futures_util::stream::iter(wanted)
+                .map(|c| async move {
+                    let mut corrupt = 0;
+                    let mut last = None;
+                    for _ in 0..opts.attempts.max(1) {
+                        pace.wait(u64::from(c.size)).await;
+                        match self.fetch(c).await {
+                            Ok(data) if blake3::hash(&data).as_bytes() == &c.hash => {
+                                return Ok((c, data, corrupt));
+                            }
+                            Ok(_) => {
+                                corrupt += 1;
+                                last = Some(ContentError::Corrupt(chunk_name(&c.hash)));
+                            }
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                    Err(last.unwrap_or_else(|| ContentError::Fetch("no attempt made".into())))
+                })
+                .buffer_unordered(opts.concurrency.max(1));
+            while let Some(r) = fetches.next().await {
+                let failed = r.is_err();
+                if out.send(r).await.is_err() || failed {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// Called after a delivered chunk is stored in the download cache (a swarm starts serving
+    /// it to others).
+    fn stored(&self, _chunk: &ChunkRef) {}
+
+    /// Where delivered bytes came from so far: (peers connected, bytes from peers, bytes from
+    /// the origin). The default counts nothing.
+    fn sources(&self) -> (usize, u64, u64) {
+        (0, 0, 0)
+    }
+}
+
+/// The download cache of the install directory `dir`: verified chunks of the version being
+/// installed, kept across interrupted runs.
+pub fn cache_dir(dir: &Path) -> PathBuf {
+    sibling(dir, "volley-cache")
 }
 
 /// Tunables.
@@ -62,12 +125,28 @@ pub struct Progress {
     pub downloaded_bytes: u64,
     /// Time since the install began.
     pub elapsed: Duration,
+    /// Peers connected (a swarm source; 0 for the origin alone).
+    pub peers: usize,
+    /// Bytes received from peers in this run (a swarm source).
+    pub peer_bytes: u64,
+    /// Bytes received from the origin in this run (a swarm source).
+    pub origin_bytes: u64,
 }
 
 impl Progress {
     /// Download rate in bytes per second.
     pub fn rate(&self) -> f64 {
         self.downloaded_bytes as f64 / self.elapsed.as_secs_f64().max(1e-3)
+    }
+
+    /// The origin's share of the bytes received, 0..=1 (1 when only the origin is used).
+    pub fn origin_share(&self) -> f64 {
+        let all = self.peer_bytes + self.origin_bytes;
+        if all == 0 {
+            1.0
+        } else {
+            self.origin_bytes as f64 / all as f64
+        }
     }
 
     /// Estimated time left at the current rate.
@@ -180,7 +259,7 @@ pub async fn install(
             }
         }
     }
-    let cache = ChunkStore::open(&sibling(dir, "volley-cache"))?;
+    let cache = ChunkStore::open(&cache_dir(dir))?;
     let mut report = InstallReport {
         files: manifest.files.len(),
         total_bytes: manifest.total_size(),
@@ -209,41 +288,32 @@ pub async fn install(
     report.chunks = seen.len();
     progress(&p);
     // Download what is missing, verifying each chunk before it is stored.
-    let cache_ref = &cache;
-    let pace = Pace::new(opts.max_bytes_per_s);
-    let pace = &pace;
-    let mut fetches = futures_util::stream::iter(wanted)
-        .map(|c| async move {
-            let mut corrupt = 0;
-            let mut last = None;
-            for _ in 0..opts.attempts.max(1) {
-                pace.wait(u64::from(c.size)).await;
-                match source.fetch(c).await {
-                    Ok(data) if blake3::hash(&data).as_bytes() == &c.hash => {
-                        cache_ref.put(&c.hash, &data, false)?;
-                        return Ok((c, corrupt));
-                    }
-                    Ok(_) => {
-                        corrupt += 1;
-                        last = Some(ContentError::Corrupt(chunk_name(&c.hash)));
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(last.unwrap_or_else(|| ContentError::Fetch("no attempt made".into())))
-        })
-        .buffer_unordered(opts.concurrency.max(1));
-    while let Some(r) = fetches.next().await {
-        let (c, corrupt) = r?;
-        report.downloaded_chunks += 1;
-        report.downloaded_bytes += u64::from(c.size);
-        report.corrupt_chunks += corrupt;
-        p.have_bytes += u64::from(c.size);
-        p.downloaded_bytes += u64::from(c.size);
-        p.elapsed = start.elapsed();
-        progress(&p);
+    let (tx, mut rx) = mpsc::channel::<Delivered>(16);
+    let downloading = source.download(wanted, opts, tx);
+    let storing = async {
+        while let Some(r) = rx.recv().await {
+            let (c, data, corrupt) = r?;
+            cache.put(&c.hash, &data, false)?;
+            source.stored(&c);
+            report.downloaded_chunks += 1;
+            report.downloaded_bytes += u64::from(c.size);
+            report.corrupt_chunks += corrupt;
+            p.have_bytes += u64::from(c.size);
+            p.downloaded_bytes += u64::from(c.size);
+            p.elapsed = start.elapsed();
+            (p.peers, p.peer_bytes, p.origin_bytes) = source.sources();
+            progress(&p);
+        }
+        Ok::<(), ContentError>(())
+    };
+    let ((), stored) = futures_util::join!(downloading, storing);
+    stored?;
+    if p.have_bytes < p.need_bytes {
+        return Err(ContentError::Fetch(format!(
+            "the source stopped with {} of {} bytes delivered",
+            p.have_bytes, p.need_bytes
+        )));
     }
-    drop(fetches);
     // Build the new version beside the old one.
     let staging = sibling(dir, "volley-staging");
     if staging.exists() {
@@ -313,39 +383,6 @@ pub async fn install(
     p.elapsed = start.elapsed();
     progress(&p);
     Ok(report)
-}
-
-/// A shared rate cap: each request reserves its bytes' share of time on one schedule.
-struct Pace {
-    rate: u64,
-    next: std::sync::Mutex<Instant>,
-}
-
-impl Pace {
-    fn new(rate: u64) -> Pace {
-        Pace {
-            rate,
-            next: std::sync::Mutex::new(Instant::now()),
-        }
-    }
-
-    async fn wait(&self, bytes: u64) {
-        if self.rate == 0 {
-            return;
-        }
-        let delay = {
-            let Ok(mut next) = self.next.lock() else {
-                return;
-            };
-            let now = Instant::now();
-            let start = (*next).max(now);
-            *next = start + Duration::from_secs_f64(bytes as f64 / self.rate as f64);
-            start - now
-        };
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-    }
 }
 
 fn sync_parent(dir: &Path) {

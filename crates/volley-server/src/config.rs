@@ -65,6 +65,8 @@ pub struct NodeConfig {
     pub redis: Option<String>,
     /// Prefix of this cluster's Redis keys.
     pub redis_prefix: String,
+    /// Upload cap for serving content chunks, bytes per second (0: none).
+    pub content_upload_bytes_per_s: u64,
     /// This node's name in the cluster (presence, matches); unique per node.
     pub node_id: String,
     /// Key a studio's backend presents (`x-volley-server-key`) for server-to-server calls:
@@ -114,6 +116,7 @@ impl Default for NodeConfig {
             nats: None,
             redis: None,
             redis_prefix: "volley:".into(),
+            content_upload_bytes_per_s: 0,
             node_id: "node-1".into(),
             server_key: None,
             session_ttl_ms: 3_600_000,

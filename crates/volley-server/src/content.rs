@@ -106,6 +106,7 @@ pub(crate) async fn get_chunk(
             None,
         ));
     };
+    api.content_pace.wait(data.len() as u64).await;
     api.metrics
         .content_chunks_served
         .fetch_add(1, Ordering::Relaxed);

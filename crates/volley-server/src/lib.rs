@@ -172,6 +172,8 @@ struct Shared {
     sockets: Mutex<HashMap<PlayerId, usize>>,
     /// Content swarms: which players hold which build (this node's announces).
     tracker: Mutex<volley_content::tracker::Tracker>,
+    /// The origin's upload cap for chunks.
+    content_pace: volley_content::pace::Pace,
 }
 
 fn unix_ms() -> u64 {
@@ -381,6 +383,7 @@ impl Node {
             source,
         })?;
         let (platform, rooms) = open_platform(&cfg).await?;
+        let content_pace = volley_content::pace::Pace::new(cfg.content_upload_bytes_per_s);
         let shared = Arc::new(Shared {
             cfg,
             public_addr,
@@ -396,6 +399,7 @@ impl Node {
             buckets: Mutex::new(HashMap::new()),
             sockets: Mutex::new(HashMap::new()),
             tracker: Mutex::new(volley_content::tracker::Tracker::new(Default::default())),
+            content_pace,
         });
         shared
             .platform

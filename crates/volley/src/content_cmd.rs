@@ -69,7 +69,123 @@ pub(crate) enum ContentCmd {
         /// Print a JSON report instead of a progress line.
         #[arg(long)]
         json: bool,
+        /// Fetch from peers too (and serve them): join the version's swarm through the node's
+        /// tracker, LAN discovery and `--peer`s.
+        #[arg(long)]
+        swarm: bool,
+        /// After installing, keep serving the version for this many seconds (with `--swarm`).
+        #[arg(long, default_value_t = 0)]
+        seed_secs: u64,
+        #[command(flatten)]
+        peer: PeerArgs,
     },
+    /// Serves an installed version to the swarm (a seed) until interrupted or `--for-secs`.
+    Seed {
+        /// The install directory.
+        #[arg(long)]
+        to: PathBuf,
+        /// The publisher's public key (64 hex characters).
+        #[arg(long, env = "VOLLEY_CONTENT_TRUST")]
+        trust: String,
+        /// The node whose tracker to announce to (none: LAN discovery and `--peer` only).
+        #[arg(long)]
+        node: Option<String>,
+        /// Stop after this many seconds (0: run until interrupted).
+        #[arg(long, default_value_t = 0)]
+        for_secs: u64,
+        /// Print a JSON line with the counters when stopping.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        peer: PeerArgs,
+    },
+}
+
+/// How this process takes part in a swarm.
+#[derive(clap::Args, Debug)]
+pub(crate) struct PeerArgs {
+    /// UDP address the peer endpoint listens on.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    listen: std::net::SocketAddr,
+    /// Another peer to connect to (repeatable).
+    #[arg(long = "peer")]
+    peers: Vec<std::net::SocketAddr>,
+    /// Find peers on the LAN by multicast (and be found).
+    #[arg(long)]
+    lan: bool,
+    /// LAN discovery group (IPv4 multicast address:port).
+    #[arg(long, default_value_t = volley_client::swarm::LAN_GROUP)]
+    lan_group: std::net::SocketAddrV4,
+    /// Interface address for LAN discovery (0.0.0.0: the system's choice).
+    #[arg(long, default_value = "0.0.0.0")]
+    lan_iface: std::net::Ipv4Addr,
+    /// Upload cap for serving peers, KiB/s (0: none).
+    #[arg(long, default_value_t = 0)]
+    max_up_kib_per_s: u64,
+    /// Peers unchoked at once.
+    #[arg(long, default_value_t = 6)]
+    upload_slots: usize,
+    /// Device id to log in to the node's tracker with (default: a random one).
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl PeerArgs {
+    fn options(&self, download_bytes_per_s: u64) -> volley_client::swarm::SwarmOptions {
+        volley_client::swarm::SwarmOptions {
+            listen: self.listen,
+            peers: self.peers.clone(),
+            lan: self.lan.then_some((self.lan_group, self.lan_iface)),
+            upload_bytes_per_s: self.max_up_kib_per_s.saturating_mul(1024),
+            download_bytes_per_s,
+            upload_slots: self.upload_slots,
+            ..Default::default()
+        }
+    }
+
+    async fn tracker(&self, node: &str) -> anyhow::Result<volley_client::Api> {
+        let mut api = volley_client::Api::new(node);
+        let device = self
+            .device
+            .clone()
+            .unwrap_or_else(|| format!("content-peer-{:016x}", rand::random::<u64>()));
+        api.login_device(&device)
+            .await
+            .context("logging in to the node's tracker")?;
+        Ok(api)
+    }
+}
+
+fn stats_json(s: &volley_client::swarm::SwarmStats) -> serde_json::Value {
+    serde_json::json!({
+        "peers": s.peers, "peer_bytes": s.peer_bytes, "origin_bytes": s.origin_bytes,
+        "wasted_bytes": s.wasted_bytes, "uploaded_bytes": s.uploaded_bytes,
+        "banned_peers": s.banned_peers,
+    })
+}
+
+/// Waits `secs` seconds (0: forever) or until SIGINT/SIGTERM.
+async fn run_for(secs: u64) {
+    let limit = async {
+        if secs == 0 {
+            std::future::pending::<()>().await
+        } else {
+            tokio::time::sleep(Duration::from_secs(secs)).await
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = limit => {}
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 fn mib(b: u64) -> f64 {
@@ -146,6 +262,9 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
             concurrency,
             max_kib_per_s,
             json,
+            swarm,
+            seed_secs,
+            peer,
         } => {
             let trusted = volley_content::manifest::parse_public_key(&trust)?;
             let opts = volley_content::install::InstallOptions {
@@ -154,53 +273,126 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let mut last = Instant::now() - Duration::from_secs(1);
-            let r = volley_client::content::fetch_with(
-                &node,
-                &game,
-                &version,
-                &to,
-                &trusted,
-                opts,
-                |p| {
-                    if json || last.elapsed() < Duration::from_millis(200) {
-                        return;
-                    }
-                    last = Instant::now();
-                    let eta = p
-                        .eta()
-                        .map_or("-".to_owned(), |d| format!("{:.0} s", d.as_secs_f64()));
-                    eprint!(
-                        "\r{:.1}/{:.1} MiB  {:.1} MiB/s  peers 0  origin 100%  ETA {eta}   ",
-                        mib(p.have_bytes),
-                        mib(p.need_bytes),
-                        p.rate() / (1024.0 * 1024.0),
-                    );
-                },
-            )
-            .await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "files": r.files, "total_bytes": r.total_bytes, "chunks": r.chunks,
-                        "reused_chunks": r.reused_chunks, "reused_bytes": r.reused_bytes,
-                        "resumed_chunks": r.resumed_chunks,
-                        "downloaded_chunks": r.downloaded_chunks,
-                        "downloaded_bytes": r.downloaded_bytes,
-                        "corrupt_chunks": r.corrupt_chunks,
-                    })
+            let show = |p: &volley_content::install::Progress| {
+                if json || last.elapsed() < Duration::from_millis(200) {
+                    return;
+                }
+                last = Instant::now();
+                let eta = p
+                    .eta()
+                    .map_or("-".to_owned(), |d| format!("{:.0} s", d.as_secs_f64()));
+                eprint!(
+                    "\r{:.1}/{:.1} MiB  {:.1} MiB/s  peers {}  origin {:.0}%  ETA {eta}   ",
+                    mib(p.have_bytes),
+                    mib(p.need_bytes),
+                    p.rate() / (1024.0 * 1024.0),
+                    p.peers,
+                    p.origin_share() * 100.0,
                 );
+            };
+            let started = Instant::now();
+            let (r, swarm) = if swarm {
+                let api = peer.tracker(&node).await?;
+                let f = volley_client::swarm::fetch(
+                    &node,
+                    Some(api),
+                    &game,
+                    &version,
+                    &to,
+                    &trusted,
+                    opts,
+                    peer.options(opts.max_bytes_per_s),
+                    show,
+                )
+                .await?;
+                (f.report, Some((f.swarm, f.stats)))
+            } else {
+                let r = volley_client::content::fetch_with(
+                    &node, &game, &version, &to, &trusted, opts, show,
+                )
+                .await?;
+                (r, None)
+            };
+            let seconds = started.elapsed().as_secs_f64();
+            if json {
+                let mut v = serde_json::json!({
+                    "files": r.files, "total_bytes": r.total_bytes, "chunks": r.chunks,
+                    "reused_chunks": r.reused_chunks, "reused_bytes": r.reused_bytes,
+                    "resumed_chunks": r.resumed_chunks,
+                    "downloaded_chunks": r.downloaded_chunks,
+                    "downloaded_bytes": r.downloaded_bytes,
+                    "corrupt_chunks": r.corrupt_chunks,
+                    "seconds": seconds,
+                });
+                if let Some((_, s)) = &swarm {
+                    v["swarm"] = stats_json(s);
+                }
+                println!("{v}");
             } else {
                 eprintln!();
                 println!(
-                    "installed {game} {version} in {}: {:.1} MiB; {:.1} MiB reused from the installed version, {} chunks resumed, {:.1} MiB downloaded",
+                    "installed {game} {version} in {}: {:.1} MiB; {:.1} MiB reused from the installed version, {} chunks resumed, {:.1} MiB downloaded in {seconds:.1} s",
                     to.display(),
                     mib(r.total_bytes),
                     mib(r.reused_bytes),
                     r.resumed_chunks,
                     mib(r.downloaded_bytes)
                 );
+                if let Some((_, s)) = &swarm {
+                    println!(
+                        "from peers {:.1} MiB, from the origin {:.1} MiB, {} peers, {} dropped for corrupt chunks",
+                        mib(s.peer_bytes),
+                        mib(s.origin_bytes),
+                        s.peers,
+                        s.banned_peers
+                    );
+                }
             }
+            if let Some((swarm, _)) = swarm {
+                if seed_secs > 0 {
+                    run_for(seed_secs).await;
+                }
+                let s = swarm.stats();
+                if json {
+                    println!("{}", serde_json::json!({ "seeded": stats_json(&s) }));
+                }
+                swarm.close().await;
+            }
+            Ok(())
+        }
+        ContentCmd::Seed {
+            to,
+            trust,
+            node,
+            for_secs,
+            json,
+            peer,
+        } => {
+            let trusted = volley_content::manifest::parse_public_key(&trust)?;
+            let api = match &node {
+                Some(n) => Some(peer.tracker(n).await?),
+                None => None,
+            };
+            let swarm = volley_client::swarm::seed(&to, &trusted, api, peer.options(0)).await?;
+            eprintln!(
+                "seeding {} on {}",
+                to.display(),
+                swarm
+                    .local_addr()
+                    .map_or("?".to_owned(), |a| a.to_string())
+            );
+            run_for(for_secs).await;
+            let s = swarm.stats();
+            if json {
+                println!("{}", serde_json::json!({ "seeded": stats_json(&s) }));
+            } else {
+                println!(
+                    "served {:.1} MiB to {} peers",
+                    mib(s.uploaded_bytes),
+                    s.peers
+                );
+            }
+            swarm.close().await;
             Ok(())
         }
     }

@@ -166,6 +166,9 @@ struct ServeArgs {
     /// Prefix of this cluster's Redis keys.
     #[arg(long, env = "VOLLEY_REDIS_PREFIX")]
     redis_prefix: Option<String>,
+    /// Upload cap for serving content chunks, KiB/s (0: none).
+    #[arg(long, env = "VOLLEY_CONTENT_MAX_KIB_PER_S")]
+    content_max_kib_per_s: Option<u64>,
     /// This node's name in the cluster.
     #[arg(long, env = "VOLLEY_NODE_ID")]
     node_id: Option<String>,
@@ -249,6 +252,9 @@ impl ServeArgs {
         }
         if self.server_key.is_some() {
             c.server_key = self.server_key.clone();
+        }
+        if let Some(k) = self.content_max_kib_per_s {
+            c.content_upload_bytes_per_s = k.saturating_mul(1024);
         }
         c.validate()?;
         Ok(c)

@@ -506,3 +506,220 @@ async fn the_tracker_introduces_players_holding_a_version() {
         .is_err());
     n.node.shutdown().await;
 }
+
+/// A `volley content fetch --swarm` process whose first stdout line (the install report) and
+/// last (the seeding counters, after SIGTERM) are collected.
+struct SwarmPeer {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl SwarmPeer {
+    fn spawn(base: &str, public: &str, to: &Path, extra: &[&str]) -> SwarmPeer {
+        let mut args = vec![
+            "content",
+            "fetch",
+            "--node",
+            base,
+            "--game",
+            "arena",
+            "--version",
+            "1.0.0",
+            "--to",
+            to.to_str().unwrap(),
+            "--trust",
+            public,
+            "--json",
+            "--swarm",
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_volley"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("volley runs");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        SwarmPeer { child, lines }
+    }
+
+    fn next_json(&self, within: Duration) -> serde_json::Value {
+        let l = self
+            .lines
+            .recv_timeout(within)
+            .expect("the peer reports in time");
+        serde_json::from_str(&l).expect("JSON line")
+    }
+
+    fn stop(mut self) -> serde_json::Value {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let v = self.next_json(Duration::from_secs(20));
+        let _ = self.child.wait();
+        v
+    }
+}
+
+impl Drop for SwarmPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_of_eight_peers_installs_byte_identical_builds_with_the_origin_sending_about_one_copy(
+) {
+    // The origin uploads at most 4 MiB/s: alone it would need 8 copies of the build.
+    let n = start_node(|c| {
+        c.server_key = Some(KEY.into());
+        c.content_upload_bytes_per_s = 4 << 20;
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(work.path());
+    let build = work.path().join("build");
+    make_build(&build, 8);
+    let size = publish(&n.base, &key, &build, "1.0.0")["total_bytes"]
+        .as_u64()
+        .unwrap();
+    let (_, origin_before) = served(&n.base).await;
+    let peers: Vec<(SwarmPeer, std::path::PathBuf)> = (0..8)
+        .map(|i| {
+            let to = work.path().join(format!("peer{i}"));
+            (
+                SwarmPeer::spawn(&n.base, &public, &to, &["--seed-secs", "120"]),
+                to,
+            )
+        })
+        .collect();
+    let mut from_peers = 0;
+    for (p, to) in &peers {
+        let r = p.next_json(Duration::from_secs(180));
+        assert_eq!(r["total_bytes"], size);
+        assert_eq!(r["downloaded_bytes"], size);
+        assert_eq!(r["corrupt_chunks"], 0);
+        let s = &r["swarm"];
+        assert_eq!(
+            s["peer_bytes"].as_u64().unwrap() + s["origin_bytes"].as_u64().unwrap(),
+            size,
+            "every byte came from a peer or the origin: {r}"
+        );
+        from_peers += s["peer_bytes"].as_u64().unwrap();
+        assert_eq!(tree(to), tree(&build), "byte-identical, same modes");
+    }
+    let (_, origin_after) = served(&n.base).await;
+    let origin = origin_after - origin_before;
+    assert!(
+        origin < 2 * size,
+        "the origin sent {origin} bytes for 8 peers of a {size}-byte build"
+    );
+    assert_eq!(from_peers + origin, 8 * size, "the rest came from peers");
+    let mut uploaded = 0;
+    for (p, _) in peers {
+        uploaded += p.stop()["seeded"]["uploaded_bytes"].as_u64().unwrap();
+    }
+    assert!(
+        uploaded >= from_peers,
+        "peers served {uploaded} bytes, received {from_peers}"
+    );
+}
+
+/// A peer that claims every chunk and answers each request with garbage of the right size.
+async fn malicious_peer(manifest: Vec<u8>) -> (std::net::SocketAddr, tokio::task::JoinHandle<u64>) {
+    use volley_content::wire::{Bits, Hello, Msg};
+    let (m, _) = volley_content::Manifest::open(&manifest, None).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let sizes: Vec<u32> = m
+        .chunks()
+        .filter(|c| seen.insert(c.hash))
+        .map(|c| c.size)
+        .collect();
+    let me = volley_net::tls::Identity::generate("evil").unwrap();
+    let crypto =
+        volley_net::tls::server_crypto(&me, volley_net::tls::Pin::AnyVerifiedKey).unwrap();
+    let cfg = quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto));
+    let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = ep.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut served = 0u64;
+        while let Some(inc) = ep.accept().await {
+            let Ok(conn) = inc.await else { continue };
+            let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+                continue;
+            };
+            let mut len = [0u8; 4];
+            recv.read_exact(&mut len).await.unwrap();
+            let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+            recv.read_exact(&mut body).await.unwrap();
+            let Msg::Hello(h) = Msg::decode(&body).unwrap() else {
+                panic!("hello first")
+            };
+            let mine = Msg::Hello(Hello {
+                peer_id: h.peer_id ^ 1,
+                ..h
+            });
+            send.write_all(&mine.frame()).await.unwrap();
+            let full = Bits::full(sizes.len()).to_bytes();
+            send.write_all(&Msg::Bitfield(full).frame()).await.unwrap();
+            send.write_all(&Msg::Unchoke.frame()).await.unwrap();
+            while let Ok((mut s, mut r)) = conn.accept_bi().await {
+                let mut i = [0u8; 4];
+                if r.read_exact(&mut i).await.is_err() {
+                    break;
+                }
+                let size = sizes[u32::from_be_bytes(i) as usize] as usize;
+                let mut garbage = vec![0u8; size + 1];
+                garbage[1..].fill(0x5a);
+                if s.write_all(&garbage).await.is_err() {
+                    break;
+                }
+                let _ = s.finish();
+                served += 1;
+            }
+            // Dropped by the fetcher: done.
+            return served;
+        }
+        served
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_serving_corrupt_chunks_is_dropped_and_the_build_still_installs() {
+    let n = start_node(|c| c.server_key = Some(KEY.into())).await;
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(work.path());
+    let build = work.path().join("build");
+    make_build(&build, 2);
+    publish(&n.base, &key, &build, "1.0.0");
+    let manifest = volley_client::content::Origin::new(&n.base, "arena")
+        .manifest("1.0.0")
+        .await
+        .unwrap();
+    let (evil, evil_task) = malicious_peer(manifest).await;
+    let to = work.path().join("install");
+    let p = SwarmPeer::spawn(&n.base, &public, &to, &["--peer", &evil.to_string()]);
+    let r = p.next_json(Duration::from_secs(120));
+    assert_eq!(tree(&to), tree(&build), "the result is still right");
+    assert_eq!(r["swarm"]["banned_peers"], 1, "{r}");
+    assert!(r["corrupt_chunks"].as_u64().unwrap() >= 1, "{r}");
+    let served = tokio::time::timeout(Duration::from_secs(30), evil_task)
+        .await
+        .expect("the fetcher hung up on the bad peer")
+        .unwrap();
+    assert!(served >= 1, "the bad peer was asked");
+    // Nothing it sent was kept: every byte came from the origin.
+    assert_eq!(r["swarm"]["peer_bytes"], 0);
+    assert_eq!(r["swarm"]["origin_bytes"], r["total_bytes"]);
+}
