@@ -33,6 +33,9 @@ pub(crate) enum BenchCmd {
     /// Chunking speed next to raw BLAKE3; bytes an update moves per chunk size next to fixed
     /// blocks and the ideal.
     Content(crate::bench_content::ContentArgs),
+    /// One origin and N peers with every upload capped: Volley's swarm next to aria2 and plain
+    /// HTTP, as multiples of the fastest possible time (T_min), origin bytes and wire bytes.
+    Swarm(crate::bench_swarm::SwarmArgs),
     /// The baseline forwarder `bench node` runs in a child process.
     #[command(hide = true)]
     UdpForwarder,
@@ -428,6 +431,7 @@ pub(crate) async fn run(which: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Ledger(args) => crate::bench_platform::ledger(args).await,
         BenchCmd::Leaderboard(args) => crate::bench_platform::leaderboard(args).await,
         BenchCmd::Content(args) => crate::bench_content::run(args),
+        BenchCmd::Swarm(args) => crate::bench_swarm::run(args).await,
         BenchCmd::UdpForwarder => crate::bench_node::udp_forwarder().await,
     }
 }

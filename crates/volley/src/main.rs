@@ -9,6 +9,7 @@
 
 mod bench;
 mod bench_content;
+mod bench_swarm;
 mod bench_node;
 mod bench_platform;
 mod bench_sync;
