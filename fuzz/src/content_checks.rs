@@ -1,4 +1,4 @@
-// Fuzz checks for `volley-content`'s decoders: signed manifests. Compiled by the fuzz crate and
+// Fuzz checks for `volley-content`'s decoders: signed manifests and peer-protocol messages. Compiled by the fuzz crate and
 // by crates/volley-content/tests/fuzz_corpus.rs, which replays corpus-content/ on every
 // `cargo test`. Each check must never panic, and whatever decodes must encode back the same.
 
@@ -8,7 +8,35 @@ use volley_content::Manifest;
 pub type ContentCheck = fn(&[u8]);
 
 /// Every content target and its check.
-pub const CONTENT_TARGETS: &[(&str, ContentCheck)] = &[("manifest", manifest)];
+pub const CONTENT_TARGETS: &[(&str, ContentCheck)] =
+    &[("manifest", manifest), ("peer_wire", peer_wire)];
+
+/// The input as a peer control message body, and (after a 2-byte length) as a bitfield: what
+/// decodes must encode back byte for byte (the wire has one spelling per message).
+pub fn peer_wire(data: &[u8]) {
+    use volley_content::wire::{Bits, Msg};
+    if let Ok(m) = Msg::decode(data) {
+        assert_eq!(
+            m.encode(),
+            data,
+            "a decoded message re-encodes to its bytes"
+        );
+        let f = m.frame();
+        let n = Msg::frame_len([f[0], f[1], f[2], f[3]]);
+        assert_eq!(
+            n.ok(),
+            Some(data.len()).filter(|&l| l <= volley_content::wire::FRAME_MAX)
+        );
+    }
+    if let [a, b, rest @ ..] = data {
+        let len = usize::from(u16::from_be_bytes([*a, *b]));
+        if let Ok(bits) = Bits::from_bytes(rest, len) {
+            assert_eq!(bits.len(), len);
+            assert_eq!(bits.to_bytes(), rest, "a bitfield re-encodes to its bytes");
+            assert!(bits.count() <= len);
+        }
+    }
+}
 
 /// The input as a signed manifest (signature path) and as an unsigned body (parser path, which
 /// mutations reach: any change breaks a signature).

@@ -14,8 +14,8 @@
 mod api;
 pub mod content;
 pub mod netplay;
-pub mod swarm;
 mod session;
+pub mod swarm;
 
 pub use api::{Api, Events};
 pub use session::{Client, ClientConfig, Event, NodeQuality, PeerStatus, Session};

@@ -208,19 +208,19 @@ impl Swarm {
         let mut chunks = Vec::new();
         let mut index = HashMap::new();
         for c in manifest.chunks() {
-            if !index.contains_key(&c.hash) {
-                index.insert(c.hash, chunks.len() as u32);
+            if let std::collections::hash_map::Entry::Vacant(e) = index.entry(c.hash) {
+                e.insert(chunks.len() as u32);
                 chunks.push(*c);
             }
         }
         let me = Identity::generate("volley-peer").map_err(|e| Error::Http(e.to_string()))?;
         let transport = Arc::new(transport(opts.peer_depth));
-        let server = tls::server_crypto(&me, Pin::AnyVerifiedKey)
-            .map_err(|e| Error::Http(e.to_string()))?;
+        let server =
+            tls::server_crypto(&me, Pin::AnyVerifiedKey).map_err(|e| Error::Http(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
         server.transport_config(transport.clone());
-        let client = tls::client_crypto(&me, Pin::AnyVerifiedKey)
-            .map_err(|e| Error::Http(e.to_string()))?;
+        let client =
+            tls::client_crypto(&me, Pin::AnyVerifiedKey).map_err(|e| Error::Http(e.to_string()))?;
         let mut client_cfg = quinn::ClientConfig::new(Arc::new(client));
         client_cfg.transport_config(transport);
         let socket = std::net::UdpSocket::bind(opts.listen)
@@ -310,7 +310,9 @@ impl Swarm {
     /// Serves every chunk from the version installed in `dir` (which must be this version).
     pub fn serve_installed(&self, dir: &Path) -> Result<(), Error> {
         let Some((m, signed)) = volley_content::install::installed(dir)? else {
-            return Err(ContentError::Invalid(format!("{} holds no install", dir.display())).into());
+            return Err(
+                ContentError::Invalid(format!("{} holds no install", dir.display())).into(),
+            );
         };
         if blake3::hash(&signed).as_bytes() != &self.inner.manifest_id {
             return Err(ContentError::Invalid(format!(
@@ -396,6 +398,11 @@ fn transport(depth: usize) -> quinn::TransportConfig {
     t.stream_receive_window(quinn::VarInt::from_u32(1 << 20));
     t.receive_window(quinn::VarInt::from_u32(8 << 20));
     t.send_window(8 << 20);
+    // Builds are bulk transfers: let MTU discovery find large datagrams where the path allows
+    // them (loopback, jumbo-frame LANs); elsewhere probes fail and it stays at 1452 bytes.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(16_384);
+    t.mtu_discovery_config(Some(mtu));
     t
 }
 
@@ -922,9 +929,7 @@ fn set_choke(peer: &Peer, choke: bool) {
     let mut st = lock(&peer.state);
     if st.choked != choke {
         st.choked = choke;
-        let _ = peer
-            .ctl
-            .send(if choke { Msg::Choke } else { Msg::Unchoke });
+        let _ = peer.ctl.send(if choke { Msg::Choke } else { Msg::Unchoke });
     }
 }
 
@@ -1186,11 +1191,7 @@ async fn announce_loop(inner: Arc<Inner>) {
 
 /// LAN discovery: every 2 s, multicast `VLYL` + manifest id + peer id + port; connect to
 /// every member of the same version heard.
-async fn lan_loop(
-    inner: Arc<Inner>,
-    group: SocketAddrV4,
-    iface: Ipv4Addr,
-) -> std::io::Result<()> {
+async fn lan_loop(inner: Arc<Inner>, group: SocketAddrV4, iface: Ipv4Addr) -> std::io::Result<()> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;

@@ -15,11 +15,11 @@ pub mod cdc;
 pub mod install;
 pub mod manifest;
 pub mod pace;
+pub mod picker;
 pub mod publish;
 pub mod store;
 pub mod tracker;
 pub mod wire;
-pub mod picker;
 
 pub use manifest::{ChunkRef, FileEntry, Manifest};
 

@@ -67,6 +67,10 @@ mod tests {
             t.await.unwrap_or(());
         }
         // 200 kB at 1 MB/s: 200 ms less the 50 ms burst allowance.
-        assert!(start.elapsed() >= Duration::from_millis(140), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(140),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

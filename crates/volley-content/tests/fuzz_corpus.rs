@@ -49,9 +49,29 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             },
         ],
     };
+    use volley_content::wire::{Bits, Hello, Msg};
+    let mut bits = Bits::new(13);
+    bits.set(0);
+    bits.set(12);
+    let mut bitfield = 13u16.to_be_bytes().to_vec();
+    bitfield.extend_from_slice(&bits.to_bytes());
     vec![
         ("manifest", "seed-signed", m.sign(&key).unwrap()),
         ("manifest", "seed-body", m.body()),
+        (
+            "peer_wire",
+            "seed-hello",
+            Msg::Hello(Hello {
+                peer_id: 7,
+                manifest_id: [3; 32],
+                chunks: 13,
+            })
+            .encode(),
+        ),
+        ("peer_wire", "seed-bitfield", bitfield),
+        ("peer_wire", "seed-have", Msg::Have(12).encode()),
+        ("peer_wire", "seed-claim", Msg::Claim(4).encode()),
+        ("peer_wire", "seed-choke", Msg::Choke.encode()),
     ]
 }
 

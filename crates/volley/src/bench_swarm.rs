@@ -43,6 +43,10 @@ pub(crate) struct SwarmArgs {
     /// Skip the aria2 run.
     #[arg(long)]
     skip_aria2: bool,
+    /// Instead of the swarm runs: peak memory of one `fetch --swarm` for a build of this many
+    /// MiB next to one of `--mib` MiB.
+    #[arg(long)]
+    memory_mib: Option<u64>,
     /// Working directory (default: a temporary one, removed afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -70,11 +74,15 @@ struct Row {
 const KEY: &str = "bench-swarm-server-key-0123456789";
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 struct Proc(Child);
@@ -114,9 +122,8 @@ fn make_build(dir: &Path, mib: u64) -> anyhow::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     for i in 0..4 {
         use std::io::Write;
-        let mut f = std::io::BufWriter::new(std::fs::File::create(
-            dir.join(format!("pack{i}.bin")),
-        )?);
+        let mut f =
+            std::io::BufWriter::new(std::fs::File::create(dir.join(format!("pack{i}.bin")))?);
         let mut left = per;
         while left > 0 {
             let n = left.min(buf.len() as u64) as usize;
@@ -202,7 +209,11 @@ async fn volley_run(
     cap_kib: u64,
     swarm: bool,
 ) -> anyhow::Result<Row> {
-    let tag = format!("{}-{n}-{}", if swarm { "swarm" } else { "http" }, stagger.as_millis());
+    let tag = format!(
+        "{}-{n}-{}",
+        if swarm { "swarm" } else { "http" },
+        stagger.as_millis()
+    );
     let dir = work.join(&tag);
     let node = start_node(exe, &dir.join("node"), cap_kib).await?;
     let key = volley_content::manifest::generate_key();
@@ -223,10 +234,7 @@ async fn volley_run(
             cmd.args(["--swarm", "--seed-secs", "3600", "--listen", "127.0.0.1:0"])
                 .args(["--max-up-kib-per-s", &cap_kib.to_string()]);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
         let rx = lines(&mut child);
         procs.push((Proc(child), rx, start.elapsed()));
     }
@@ -438,9 +446,7 @@ async fn aria2_run(
                 .arg(&torrent)
                 .spawn()?,
         );
-        let marker = pdir
-            .join(&build_name)
-            .join(format!("{first}.bench-done"));
+        let marker = pdir.join(&build_name).join(format!("{first}.bench-done"));
         leechers.push((p, rpc, marker));
     }
     let mut done: Vec<Option<f64>> = vec![None; n];
@@ -484,7 +490,71 @@ async fn aria2_run(
     })
 }
 
+/// Peak resident memory (VmHWM) of one `fetch --swarm` process installing a `mib` MiB build
+/// from an uncapped origin.
+async fn fetch_peak_kib(exe: &Path, work: &Path, mib: u64) -> anyhow::Result<(u64, f64)> {
+    let dir = work.join(format!("memory-{mib}"));
+    let build = dir.join("build");
+    make_build(&build, mib)?;
+    let node = start_node(exe, &dir.join("node"), 0).await?;
+    let key = volley_content::manifest::generate_key();
+    let publisher = hex::encode(key.verifying_key().as_bytes());
+    volley_client::content::publish(&node.base, KEY, &build, "bench", "1", &key, 65_536).await?;
+    let start = Instant::now();
+    let mut child = Command::new(exe)
+        .args(["content", "fetch", "--node", &node.base, "--game", "bench"])
+        .args(["--version", "1", "--trust", &publisher, "--json", "--swarm"])
+        .args(["--listen", "127.0.0.1:0", "--to"])
+        .arg(dir.join("install"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let rx = lines(&mut child);
+    let status = format!("/proc/{}/status", child.id());
+    let p = Proc(child);
+    let mut peak = 0u64;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status) {
+            if let Some(kib) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak = peak.max(kib);
+            }
+        }
+        if rx.try_recv().is_ok() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(3600) {
+            bail!("the fetch did not finish");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(p);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((peak, secs))
+}
+
 pub(crate) async fn run(args: SwarmArgs) -> anyhow::Result<()> {
+    if let Some(big) = args.memory_mib {
+        let exe = std::env::current_exe()?;
+        let tmp = tempfile::tempdir()?;
+        let work = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+        let (small_kib, small_s) = fetch_peak_kib(&exe, &work, args.mib).await?;
+        let (big_kib, big_s) = fetch_peak_kib(&exe, &work, big).await?;
+        println!(
+            "peak memory of fetch --swarm: {} MiB build {:.1} MiB ({small_s:.1} s), {big} MiB build {:.1} MiB ({big_s:.1} s); ratio {:.2} for {:.0}x the size",
+            args.mib,
+            small_kib as f64 / 1024.0,
+            big_kib as f64 / 1024.0,
+            big_kib as f64 / small_kib.max(1) as f64,
+            big as f64 / args.mib as f64
+        );
+        return Ok(());
+    }
     let exe = std::env::current_exe()?;
     let tmp;
     let work = match &args.dir {
@@ -515,16 +585,31 @@ pub(crate) async fn run(args: SwarmArgs) -> anyhow::Result<()> {
                 .map_or("-".to_owned(), |w| format!("{w:.3}"))
         );
     };
-    let r = volley_run(&exe, &work, &build, f, args.peers, Duration::ZERO, cap_kib, true).await?;
+    let r = volley_run(
+        &exe,
+        &work,
+        &build,
+        f,
+        args.peers,
+        Duration::ZERO,
+        cap_kib,
+        true,
+    )
+    .await?;
     report(&r);
     rows.push(r);
     if !args.skip_aria2 {
-        if ["aria2c", "opentracker", "mktorrent"].iter().all(|t| have(t)) {
+        if ["aria2c", "opentracker", "mktorrent"]
+            .iter()
+            .all(|t| have(t))
+        {
             let r = aria2_run(&work, &build, f, args.peers, cap_kib).await?;
             report(&r);
             rows.push(r);
         } else {
-            eprintln!("aria2c, opentracker or mktorrent missing: scripts/bench-deps.sh installs them");
+            eprintln!(
+                "aria2c, opentracker or mktorrent missing: scripts/bench-deps.sh installs them"
+            );
         }
     }
     if args.staggered_peers > 0 {
@@ -544,8 +629,17 @@ pub(crate) async fn run(args: SwarmArgs) -> anyhow::Result<()> {
         rows.push(r);
     }
     if !args.skip_http {
-        let r =
-            volley_run(&exe, &work, &build, f, args.peers, Duration::ZERO, cap_kib, false).await?;
+        let r = volley_run(
+            &exe,
+            &work,
+            &build,
+            f,
+            args.peers,
+            Duration::ZERO,
+            cap_kib,
+            false,
+        )
+        .await?;
         report(&r);
         rows.push(r);
     }

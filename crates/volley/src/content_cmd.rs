@@ -377,9 +377,7 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
             eprintln!(
                 "seeding {} on {}",
                 to.display(),
-                swarm
-                    .local_addr()
-                    .map_or("?".to_owned(), |a| a.to_string())
+                swarm.local_addr().map_or("?".to_owned(), |a| a.to_string())
             );
             run_for(for_secs).await;
             let s = swarm.stats();

@@ -9,9 +9,9 @@
 
 mod bench;
 mod bench_content;
-mod bench_swarm;
 mod bench_node;
 mod bench_platform;
+mod bench_swarm;
 mod bench_sync;
 mod bot;
 mod content_cmd;

@@ -646,8 +646,7 @@ async fn malicious_peer(manifest: Vec<u8>) -> (std::net::SocketAddr, tokio::task
         .map(|c| c.size)
         .collect();
     let me = volley_net::tls::Identity::generate("evil").unwrap();
-    let crypto =
-        volley_net::tls::server_crypto(&me, volley_net::tls::Pin::AnyVerifiedKey).unwrap();
+    let crypto = volley_net::tls::server_crypto(&me, volley_net::tls::Pin::AnyVerifiedKey).unwrap();
     let cfg = quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto));
     let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = ep.local_addr().unwrap();
@@ -722,4 +721,48 @@ async fn a_peer_serving_corrupt_chunks_is_dropped_and_the_build_still_installs()
     // Nothing it sent was kept: every byte came from the origin.
     assert_eq!(r["swarm"]["peer_bytes"], 0);
     assert_eq!(r["swarm"]["origin_bytes"], r["total_bytes"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_found_by_lan_discovery_serves_a_fetch_without_the_tracker_knowing_it() {
+    // The origin is slow (2 MiB/s); the seed on the "LAN" is not announced to the node.
+    let n = start_node(|c| {
+        c.server_key = Some(KEY.into());
+        c.content_upload_bytes_per_s = 2 << 20;
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(work.path());
+    let build = work.path().join("build");
+    make_build(&build, 1);
+    let size = publish(&n.base, &key, &build, "1.0.0")["total_bytes"]
+        .as_u64()
+        .unwrap();
+    let first = work.path().join("first");
+    ok_json(fetch(&n.base, &public, &first, "1.0.0", &[]));
+    // A multicast group and port of this test's own (several tests may run at once).
+    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    let group = format!("239.255.76.77:{port}");
+    let lan = ["--lan", "--lan-group", &group, "--lan-iface", "127.0.0.1"];
+    let seed = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .args(["content", "seed", "--to", first.to_str().unwrap()])
+        .args(["--trust", &public, "--json", "--listen", "127.0.0.1:0"])
+        .args(lan)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let second = work.path().join("second");
+    let p = SwarmPeer::spawn(&n.base, &public, &second, &lan);
+    let r = p.next_json(Duration::from_secs(120));
+    assert_eq!(tree(&second), tree(&build));
+    let from_peers = r["swarm"]["peer_bytes"].as_u64().unwrap();
+    assert!(
+        from_peers > size / 2,
+        "the LAN seed served {from_peers} of {size} bytes: {r}"
+    );
+    unsafe { libc::kill(seed.id() as i32, libc::SIGTERM) };
+    let out = seed.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["seeded"]["uploaded_bytes"].as_u64().unwrap() >= from_peers);
 }

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the peers `volley bench swarm` runs beside Volley's swarm: aria2 (BitTorrent client),
+# opentracker (tracker) and mktorrent, all Debian packages. Safe to run again.
+set -euo pipefail
+
+need=()
+command -v aria2c >/dev/null 2>&1 || need+=(aria2)
+command -v opentracker >/dev/null 2>&1 || need+=(opentracker)
+command -v mktorrent >/dev/null 2>&1 || need+=(mktorrent)
+if [ "${#need[@]}" -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bench-deps: missing ${need[*]}; run as root or: apt-get install -y ${need[*]}" >&2
+  exit 1
+fi
+echo "bench-deps: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${need[@]}" >/dev/null
