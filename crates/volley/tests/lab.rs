@@ -1117,3 +1117,182 @@ fn direct_path_silent_cut_fails_over_within_1s_and_comes_back() -> Result<(), Fa
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Content swarm over rate-capped links
+
+/// Every upload in the swarm test: the `tbf` rate on each host's `eth0`.
+const SWARM_LINK_RATE: &str = "40mbit";
+
+/// Files under `dir` (but the installer's `.volley`), by relative path.
+fn files(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &std::path::Path, d: &std::path::Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_name() == ".volley" {
+                continue;
+            }
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else if let (Ok(rel), Ok(bytes)) = (p.strip_prefix(root), std::fs::read(&p)) {
+                out.insert(rel.display().to_string(), bytes);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// One origin and eight peers, each in its own namespace with its uplink shaped by `tbf`
+/// (40 Mbit/s): every peer installs the build byte-identical, and the origin sends about one
+/// copy while the peers exchange the rest over their own links.
+#[test]
+fn swarm_of_eight_in_namespaces_with_tbf_capped_links() -> Result<(), Failure> {
+    if !lab_required("swarm_of_eight_in_namespaces_with_tbf_capped_links")? {
+        return Ok(());
+    }
+    let mut lab = Lab::new("sw")?;
+    let origin_host = lab.add_public_host()?;
+    let peers: Vec<HostHandle> = (0..8)
+        .map(|_| lab.add_public_host())
+        .collect::<Result<_, _>>()?;
+    for h in std::iter::once(&origin_host).chain(&peers) {
+        h.run(
+            "tc",
+            &[
+                "qdisc",
+                "replace",
+                "dev",
+                "eth0",
+                "root",
+                "tbf",
+                "rate",
+                SWARM_LINK_RATE,
+                "burst",
+                "64kb",
+                "latency",
+                "200ms",
+            ],
+        )?;
+    }
+    let work = tempfile::tempdir()?;
+    let build = work.path().join("build");
+    std::fs::create_dir_all(build.join("data"))?;
+    let mut seed = 0x5eed_u64;
+    for (name, size) in [
+        ("data/a.pak", 3 << 20),
+        ("data/b.pak", 3 << 20),
+        ("game", 1 << 20),
+    ] {
+        let bytes: Vec<u8> = (0..size)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        std::fs::write(build.join(name), bytes)?;
+    }
+    let size: u64 = files(&build).values().map(|b| b.len() as u64).sum();
+    let key = work.path().join("publisher.key");
+    let out = Command::new(VOLLEY)
+        .args(["content", "keygen", "--out"])
+        .arg(&key)
+        .output()?;
+    let public = String::from_utf8(out.stdout)?.trim().to_owned();
+    let data_dir = tempfile::tempdir()?;
+    let ip = origin_host.ip();
+    let server_key = "lab-swarm-server-key-0123456789";
+    let mut node = Proc::spawn(
+        &origin_host,
+        &format!("node {}", lab.name()),
+        &[
+            "serve".into(),
+            "--data-dir".into(),
+            data_dir.path().display().to_string(),
+            "--http-addr".into(),
+            format!("{ip}:{HTTP_PORT}"),
+            "--quic-addr".into(),
+            format!("{ip}:{QUIC_PORT}"),
+            "--server-key".into(),
+            server_key.into(),
+        ],
+    )?;
+    node.line_where(Instant::now() + NODE_READY_MAX, "ready line", |l| {
+        l.starts_with("volley node: ")
+    })?;
+    let base = format!("http://{ip}:{HTTP_PORT}");
+    let published = origin_host
+        .command(VOLLEY)
+        .args(["content", "publish"])
+        .arg(&build)
+        .args(["--game", "arena", "--version", "1", "--key"])
+        .arg(&key)
+        .args(["--node", &base, "--server-key", server_key])
+        .output()?;
+    if !published.status.success() {
+        return Err(format!(
+            "publish failed: {}\n{}",
+            String::from_utf8_lossy(&published.stderr),
+            node.logs()
+        )
+        .into());
+    }
+    let mut procs = Vec::new();
+    for (i, h) in peers.iter().enumerate() {
+        let to = work.path().join(format!("peer{i}"));
+        let args: Vec<String> = [
+            "content",
+            "fetch",
+            "--node",
+            &base,
+            "--game",
+            "arena",
+            "--version",
+            "1",
+            "--trust",
+            &public,
+            "--json",
+            "--swarm",
+            "--seed-secs",
+            "120",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "--to".into(),
+            to.display().to_string(),
+            "--listen".into(),
+            format!("{}:0", h.ip()),
+        ])
+        .collect();
+        procs.push((
+            Proc::spawn(h, &format!("peer {i} ({})", h.ip()), &args)?,
+            to,
+        ));
+    }
+    let want = files(&build);
+    let (mut from_origin, mut from_peers) = (0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    for (p, to) in &mut procs {
+        let line = p.line_where(deadline, "install report", |l| l.starts_with('{'))?;
+        let r: serde_json::Value = serde_json::from_str(&line)?;
+        from_origin += r["swarm"]["origin_bytes"].as_u64().unwrap_or(0);
+        from_peers += r["swarm"]["peer_bytes"].as_u64().unwrap_or(0);
+        if files(to) != want {
+            return Err(format!("{}: the install differs from the build", p.name).into());
+        }
+    }
+    eprintln!(
+        "swarm in namespaces: {size} bytes to 8 peers; {from_origin} from the origin, {from_peers} between peers"
+    );
+    if from_origin + from_peers != 8 * size {
+        return Err(format!("received {from_origin} + {from_peers} bytes, not 8 × {size}").into());
+    }
+    if from_origin >= 2 * size {
+        return Err(format!("the origin sent {from_origin} bytes for a {size}-byte build").into());
+    }
+    Ok(())
+}
