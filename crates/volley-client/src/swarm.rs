@@ -21,8 +21,8 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, Notify};
 use volley_content::install::{ChunkSource, Delivered, InstallOptions};
 use volley_content::pace::Pace;
+use volley_content::pack::PackCache;
 use volley_content::picker::Picker;
-use volley_content::store::ChunkStore;
 use volley_content::wire::{Bits, Hello, Msg, Status, WireError};
 use volley_content::{chunk_name, ChunkRef, ContentError, Manifest};
 use volley_net::tls::{self, Identity, Pin};
@@ -106,7 +106,7 @@ pub struct SwarmStats {
 /// Where served chunks are read from.
 enum Serve {
     /// The download cache of an install in progress.
-    Cache(ChunkStore),
+    Cache(Arc<PackCache>),
     /// An installed version: per chunk index, the file and offset.
     Installed(Vec<(PathBuf, u64)>),
 }
@@ -292,19 +292,17 @@ impl Swarm {
         self.inner.peer_id
     }
 
-    /// Serves the verified chunks in the download cache of the install directory `dir`
-    /// (those there now, and each new one as the installer stores it).
-    pub fn serve_cache(&self, dir: &Path) -> Result<(), Error> {
-        let store = ChunkStore::open(&volley_content::install::cache_dir(dir))?;
+    /// Serves the verified chunks in an install's download cache (those there now, and each
+    /// new one as the installer stores it).
+    pub fn serve_cache(&self, cache: Arc<PackCache>) {
         let mut held = Bits::new(self.inner.chunks.len());
         for (i, c) in self.inner.chunks.iter().enumerate() {
-            if store.has(&c.hash) {
+            if cache.has(&c.hash) {
                 held.set(i);
             }
         }
-        *lock(&self.inner.serve) = Serve::Cache(store);
+        *lock(&self.inner.serve) = Serve::Cache(cache);
         self.replace_held(held);
-        Ok(())
     }
 
     /// Serves every chunk from the version installed in `dir` (which must be this version).
@@ -439,7 +437,7 @@ impl Inner {
         }
         let c = self.idx(i)?;
         let loc = match &*lock(&self.serve) {
-            Serve::Cache(store) => return store.get(&c.hash).ok().flatten(),
+            Serve::Cache(pack) => return pack.get(&c.hash).ok().flatten(),
             Serve::Installed(at) => at.get(i as usize)?.clone(),
         };
         use std::io::{Read, Seek, SeekFrom};
@@ -588,6 +586,10 @@ impl ChunkSource for Swarm {
                 update_interest(inner, p);
             }
         })
+    }
+
+    fn attach_cache(&self, cache: Arc<PackCache>) {
+        self.serve_cache(cache);
     }
 
     fn stored(&self, chunk: &ChunkRef) {
@@ -1279,7 +1281,6 @@ pub async fn fetch(
     }
     volley_content::install::recover(to)?;
     let swarm = Swarm::start(&signed, &m, Some(origin), api, opts)?;
-    swarm.serve_cache(to)?;
     let r = volley_content::install::install(&signed, &m, to, &swarm, install, progress).await;
     let stats = swarm.stats();
     match r {

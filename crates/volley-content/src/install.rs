@@ -2,7 +2,8 @@
 //!
 //! The new version is built in `<dir>.volley-staging` from chunks of the installed version
 //! (located through its manifest, kept in `<dir>/.volley/manifest`, and re-verified when read)
-//! and chunks fetched from a [`ChunkSource`] into the download cache `<dir>.volley-cache`
+//! and chunks fetched from a [`ChunkSource`] into the download cache `<dir>.volley-cache` (one
+//! append-only pack, [`crate::pack`])
 //! (verified before they are stored, so a fetch interrupted at any point resumes without
 //! downloading a verified chunk twice). Then two renames swap it in: `<dir>` → `<dir>.volley-old`,
 //! staging → `<dir>`. Every state in between holds one whole version, and [`recover`] (run first
@@ -20,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::manifest::Manifest;
 use crate::pace::Pace;
-use crate::store::ChunkStore;
+use crate::pack::PackCache;
 use crate::{chunk_name, ChunkRef, ContentError};
 
 /// A chunk the source delivered, with the number of corrupt copies it threw away on the way.
@@ -72,6 +73,10 @@ pub trait ChunkSource: Send + Sync {
             }
         })
     }
+
+    /// The download cache the installer stores into (a swarm serves from it). Called once,
+    /// before [`ChunkSource::download`].
+    fn attach_cache(&self, _cache: std::sync::Arc<PackCache>) {}
 
     /// Called after a delivered chunk is stored in the download cache (a swarm starts serving
     /// it to others).
@@ -259,7 +264,8 @@ pub async fn install(
             }
         }
     }
-    let cache = ChunkStore::open(&cache_dir(dir))?;
+    let cache = std::sync::Arc::new(PackCache::open(&cache_dir(dir))?);
+    source.attach_cache(cache.clone());
     let mut report = InstallReport {
         files: manifest.files.len(),
         total_bytes: manifest.total_size(),
@@ -293,7 +299,7 @@ pub async fn install(
     let storing = async {
         while let Some(r) = rx.recv().await {
             let (c, data, corrupt) = r?;
-            cache.put(&c.hash, &data, false)?;
+            cache.put(&c.hash, &data)?;
             source.stored(&c);
             report.downloaded_chunks += 1;
             report.downloaded_bytes += u64::from(c.size);

@@ -15,6 +15,7 @@ pub mod cdc;
 pub mod install;
 pub mod manifest;
 pub mod pace;
+pub mod pack;
 pub mod picker;
 pub mod publish;
 pub mod store;

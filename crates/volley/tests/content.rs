@@ -329,7 +329,7 @@ async fn a_killed_fetch_resumes_without_downloading_verified_chunks_again() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         killed_at.push(
-            volley_content::store::ChunkStore::open(&cache)
+            volley_content::pack::PackCache::open(&cache)
                 .unwrap()
                 .count(),
         );
