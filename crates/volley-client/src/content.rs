@@ -53,6 +53,25 @@ impl Origin {
         let url = format!("{}/v1/content/{}/versions/{version}", self.base, self.game);
         get_bytes(&self.http, &url).await
     }
+
+    /// A version's signed manifest bytes and the manifest, checked against `trusted` and
+    /// against the game and version asked for.
+    pub async fn open_version(
+        &self,
+        version: &str,
+        trusted: &VerifyingKey,
+    ) -> Result<(Vec<u8>, Manifest), Error> {
+        let signed = self.manifest(version).await?;
+        let (m, _) = Manifest::open(&signed, Some(trusted))?;
+        if m.game != self.game || m.version != version {
+            return Err(ContentError::Invalid(format!(
+                "the node served {} {} for {} {version}",
+                m.game, m.version, self.game
+            ))
+            .into());
+        }
+        Ok((signed, m))
+    }
 }
 
 async fn get_bytes(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, Error> {
@@ -133,15 +152,7 @@ pub async fn fetch_with(
     progress: impl FnMut(&Progress) + Send,
 ) -> Result<InstallReport, Error> {
     let origin = Origin::new(base, game);
-    let signed = origin.manifest(version).await?;
-    let (m, _) = Manifest::open(&signed, Some(trusted))?;
-    if m.game != game || m.version != version {
-        return Err(ContentError::Invalid(format!(
-            "the node served {} {} for {game} {version}",
-            m.game, m.version
-        ))
-        .into());
-    }
+    let (signed, m) = origin.open_version(version, trusted).await?;
     Ok(volley_content::install::install(&signed, &m, to, &origin, opts, progress).await?)
 }
 

@@ -405,20 +405,7 @@ fn transport(depth: usize) -> quinn::TransportConfig {
 }
 
 fn rand_u64() -> u64 {
-    let mut b = [0u8; 8];
-    if getrandom(&mut b).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
-        return t ^ u64::from(std::process::id()) << 32;
-    }
-    u64::from_le_bytes(b)
-}
-
-fn getrandom(b: &mut [u8]) -> std::io::Result<()> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")?.read_exact(b)
+    rand::random()
 }
 
 impl Inner {
@@ -1270,15 +1257,7 @@ pub async fn fetch(
     progress: impl FnMut(&volley_content::install::Progress) + Send,
 ) -> Result<SwarmFetch, Error> {
     let origin = Origin::new(base, game);
-    let signed = origin.manifest(version).await?;
-    let (m, _) = Manifest::open(&signed, Some(trusted))?;
-    if m.game != game || m.version != version {
-        return Err(ContentError::Invalid(format!(
-            "the node served {} {} for {game} {version}",
-            m.game, m.version
-        ))
-        .into());
-    }
+    let (signed, m) = origin.open_version(version, trusted).await?;
     volley_content::install::recover(to)?;
     let swarm = Swarm::start(&signed, &m, Some(origin), api, opts)?;
     let r = volley_content::install::install(&signed, &m, to, &swarm, install, progress).await;

@@ -538,6 +538,24 @@ async fn fetch_peak_kib(exe: &Path, work: &Path, mib: u64) -> anyhow::Result<(u6
     Ok((peak, secs))
 }
 
+/// A row of the results table (also the progress line after each run).
+fn table_row(r: &Row) -> String {
+    format!(
+        "| {} | {} | {} | {:.1} | {:.1} | {} | {:.3} | {:.1} % | {} |",
+        r.system,
+        r.peers,
+        r.arrivals,
+        r.seconds,
+        r.t_min_seconds,
+        r.ratio_to_t_min
+            .map_or("-".to_owned(), |x| format!("{x:.2}")),
+        r.origin_bytes_over_f,
+        r.offload * 100.0,
+        r.wire_bytes_over_nf
+            .map_or("-".to_owned(), |w| format!("{w:.3}"))
+    )
+}
+
 pub(crate) async fn run(args: SwarmArgs) -> anyhow::Result<()> {
     if let Some(big) = args.memory_mib {
         let exe = std::env::current_exe()?;
@@ -569,22 +587,7 @@ pub(crate) async fn run(args: SwarmArgs) -> anyhow::Result<()> {
     // Mbit/s → KiB/s.
     let cap_kib = args.cap_mbit * 1_000_000 / 8 / 1024;
     let mut rows = Vec::new();
-    let report = |r: &Row| {
-        eprintln!(
-            "{:<20} N={:<3} {:<14} {:>7.1} s  T_min {:>6.1} s  ratio {}  origin {:.2} F  offload {:.1}%  wire {}",
-            r.system,
-            r.peers,
-            r.arrivals,
-            r.seconds,
-            r.t_min_seconds,
-            r.ratio_to_t_min
-                .map_or("-".to_owned(), |x| format!("{x:.2}")),
-            r.origin_bytes_over_f,
-            r.offload * 100.0,
-            r.wire_bytes_over_nf
-                .map_or("-".to_owned(), |w| format!("{w:.3}"))
-        );
-    };
+    let report = |r: &Row| eprintln!("{}", table_row(r));
     let r = volley_run(
         &exe,
         &work,
@@ -654,20 +657,7 @@ pub(crate) async fn run(args: SwarmArgs) -> anyhow::Result<()> {
         );
         println!("|---|---|---|---|---|---|---|---|---|");
         for r in &rows {
-            println!(
-                "| {} | {} | {} | {:.1} | {:.1} | {} | {:.3} | {:.1} % | {} |",
-                r.system,
-                r.peers,
-                r.arrivals,
-                r.seconds,
-                r.t_min_seconds,
-                r.ratio_to_t_min
-                    .map_or("-".to_owned(), |x| format!("{x:.2}")),
-                r.origin_bytes_over_f,
-                r.offload * 100.0,
-                r.wire_bytes_over_nf
-                    .map_or("-".to_owned(), |w| format!("{w:.3}"))
-            );
+            println!("{}", table_row(r));
         }
     }
     Ok(())
