@@ -124,7 +124,12 @@ async fn bad_bodies_get_4xx_with_codes_never_5xx() {
     let n = start_node(|c| c.server_key = Some(KEY.into())).await;
     let (api, _) = device(&n.base, "device-bodies-1").await;
     let token = api.token().unwrap().to_owned();
-    let http = reqwest::Client::new();
+    // A fresh connection per request: after refusing an oversized body the node closes that
+    // connection, and a pooled client could otherwise send the next POST on it as it closes.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let bodies: &[&[u8]] = &[
         b"",
         b"{",
