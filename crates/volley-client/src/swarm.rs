@@ -21,8 +21,8 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, Notify};
 use volley_content::install::{ChunkSource, Delivered, InstallOptions};
 use volley_content::pace::Pace;
-use volley_content::pack::PackCache;
 use volley_content::picker::Picker;
+use volley_content::staging::Staging;
 use volley_content::wire::{Bits, Hello, Msg, Status, WireError};
 use volley_content::{chunk_name, ChunkRef, ContentError, Manifest};
 use volley_net::tls::{self, Identity, Pin};
@@ -105,8 +105,8 @@ pub struct SwarmStats {
 
 /// Where served chunks are read from.
 enum Serve {
-    /// The download cache of an install in progress.
-    Cache(Arc<PackCache>),
+    /// The staging area of an install in progress.
+    Staging(Arc<Staging>),
     /// An installed version: per chunk index, the file and offset.
     Installed(Vec<(PathBuf, u64)>),
 }
@@ -197,7 +197,7 @@ const CLOSE_DUPLICATE: u32 = 3;
 impl Swarm {
     /// A swarm for the version `signed` (already opened as `manifest`). `origin` serves what
     /// peers cannot; `api` (logged in) announces to the node's tracker. Serves nothing until
-    /// [`Swarm::serve_cache`] or [`Swarm::serve_installed`].
+    /// [`Swarm::serve_staging`] or [`Swarm::serve_installed`].
     pub fn start(
         signed: &[u8],
         manifest: &Manifest,
@@ -292,16 +292,16 @@ impl Swarm {
         self.inner.peer_id
     }
 
-    /// Serves the verified chunks in an install's download cache (those there now, and each
-    /// new one as the installer stores it).
-    pub fn serve_cache(&self, cache: Arc<PackCache>) {
+    /// Serves the verified chunks in an install's staging area (those there now, and each
+    /// new one as the installer writes it).
+    pub fn serve_staging(&self, staging: Arc<Staging>) {
         let mut held = Bits::new(self.inner.chunks.len());
         for (i, c) in self.inner.chunks.iter().enumerate() {
-            if cache.has(&c.hash) {
+            if staging.has(&c.hash) {
                 held.set(i);
             }
         }
-        *lock(&self.inner.serve) = Serve::Cache(cache);
+        *lock(&self.inner.serve) = Serve::Staging(staging);
         self.replace_held(held);
     }
 
@@ -424,7 +424,7 @@ impl Inner {
         }
         let c = self.idx(i)?;
         let loc = match &*lock(&self.serve) {
-            Serve::Cache(pack) => return pack.get(&c.hash).ok().flatten(),
+            Serve::Staging(staging) => return staging.get(&c.hash).ok().flatten(),
             Serve::Installed(at) => at.get(i as usize)?.clone(),
         };
         use std::io::{Read, Seek, SeekFrom};
@@ -575,8 +575,8 @@ impl ChunkSource for Swarm {
         })
     }
 
-    fn attach_cache(&self, cache: Arc<PackCache>) {
-        self.serve_cache(cache);
+    fn attach_staging(&self, staging: Arc<Staging>) {
+        self.serve_staging(staging);
     }
 
     fn stored(&self, chunk: &ChunkRef) {

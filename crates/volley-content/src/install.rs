@@ -1,17 +1,17 @@
 //! A manifest → an install directory.
 //!
-//! The new version is built in `<dir>.volley-staging` from chunks of the installed version
-//! (located through its manifest, kept in `<dir>/.volley/manifest`, and re-verified when read)
-//! and chunks fetched from a [`ChunkSource`] into the download cache `<dir>.volley-cache` (one
-//! append-only pack, [`crate::pack`])
-//! (verified before they are stored, so a fetch interrupted at any point resumes without
-//! downloading a verified chunk twice). Then two renames swap it in: `<dir>` → `<dir>.volley-old`,
+//! The new version is built in place in `<dir>.volley-staging` ([`crate::staging`]): every file
+//! at its size from the start, chunks of the installed version (located through its manifest,
+//! kept in `<dir>/.volley/manifest`, and re-verified when read) copied to their offsets, and
+//! chunks fetched from a [`ChunkSource`] written to theirs once verified (and re-verified when a
+//! run resumes, so a fetch interrupted at any point never downloads a whole chunk twice). Then
+//! two renames swap it in: `<dir>` → `<dir>.volley-old`,
 //! staging → `<dir>`. Every state in between holds one whole version, and [`recover`] (run first
 //! by every install) finishes or rolls back a swap a crash interrupted.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::manifest::Manifest;
 use crate::pace::Pace;
-use crate::pack::PackCache;
+use crate::staging::Staging;
 use crate::{chunk_name, ChunkRef, ContentError};
 
 /// A chunk the source delivered, with the number of corrupt copies it threw away on the way.
@@ -74,11 +74,11 @@ pub trait ChunkSource: Send + Sync {
         })
     }
 
-    /// The download cache the installer stores into (a swarm serves from it). Called once,
-    /// before [`ChunkSource::download`].
-    fn attach_cache(&self, _cache: std::sync::Arc<PackCache>) {}
+    /// The staging area the installer writes chunks into (a swarm serves from it). Called
+    /// once, before [`ChunkSource::download`].
+    fn attach_staging(&self, _staging: std::sync::Arc<Staging>) {}
 
-    /// Called after a delivered chunk is stored in the download cache (a swarm starts serving
+    /// Called after a delivered chunk is written into the staging area (a swarm starts serving
     /// it to others).
     fn stored(&self, _chunk: &ChunkRef) {}
 
@@ -89,10 +89,10 @@ pub trait ChunkSource: Send + Sync {
     }
 }
 
-/// The download cache of the install directory `dir`: verified chunks of the version being
-/// installed, kept across interrupted runs.
-pub fn cache_dir(dir: &Path) -> PathBuf {
-    sibling(dir, "volley-cache")
+/// The staging area of the install directory `dir`: the version being installed, kept across
+/// interrupted runs ([`crate::staging`]).
+pub fn staging_dir(dir: &Path) -> PathBuf {
+    sibling(dir, "volley-staging")
 }
 
 /// Tunables.
@@ -183,6 +183,11 @@ pub struct InstallReport {
     pub downloaded_bytes: u64,
     /// Fetches that failed verification (and were fetched again).
     pub corrupt_chunks: usize,
+    /// Time from the start until the last missing chunk was stored.
+    pub download_time: Duration,
+    /// Time spent after that: building the new version beside the old one, syncing and
+    /// swapping it into place.
+    pub build_time: Duration,
 }
 
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
@@ -193,7 +198,6 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     dir.with_file_name(format!("{name}.{suffix}"))
 }
 
-const STATE_DIR: &str = ".volley";
 const MANIFEST_FILE: &str = ".volley/manifest";
 
 /// Finishes or rolls back a swap that a crash interrupted: afterwards `dir` holds one whole
@@ -264,42 +268,56 @@ pub async fn install(
             }
         }
     }
-    let cache = std::sync::Arc::new(PackCache::open(&cache_dir(dir))?);
-    source.attach_cache(cache.clone());
+    let staging = std::sync::Arc::new(Staging::open(&staging_dir(dir), manifest, signed)?);
     let mut report = InstallReport {
         files: manifest.files.len(),
         total_bytes: manifest.total_size(),
+        chunks: staging.chunks(),
         ..Default::default()
     };
     let mut seen = HashSet::new();
     let mut wanted = Vec::new();
     let mut p = Progress::default();
+    let mut open_old: Option<(PathBuf, fs::File)> = None;
     for c in manifest.chunks() {
         if !seen.insert(c.hash) {
             continue;
         }
-        if local.contains_key(&c.hash) {
-            report.reused_chunks += 1;
-            report.reused_bytes += u64::from(c.size);
-        } else {
-            p.need_bytes += u64::from(c.size);
-            if cache.has(&c.hash) {
-                report.resumed_chunks += 1;
-                p.have_bytes += u64::from(c.size);
-            } else {
-                wanted.push(*c);
+        if let Some((src, at, size)) = local.get(&c.hash) {
+            // From the installed version into place (unless a resumed run already did), if its
+            // bytes there still hash right; a damaged copy is downloaded instead.
+            let copied = staging.has(&c.hash)
+                || match read_local(&mut open_old, src, *at, *size, &c.hash)? {
+                    Some(d) => {
+                        staging.put(&c.hash, &d)?;
+                        true
+                    }
+                    None => false,
+                };
+            if copied {
+                report.reused_chunks += 1;
+                report.reused_bytes += u64::from(c.size);
+                continue;
             }
         }
+        p.need_bytes += u64::from(c.size);
+        if staging.has(&c.hash) {
+            report.resumed_chunks += 1;
+            p.have_bytes += u64::from(c.size);
+        } else {
+            wanted.push(*c);
+        }
     }
-    report.chunks = seen.len();
+    drop(open_old);
+    source.attach_staging(staging.clone());
     progress(&p);
-    // Download what is missing, verifying each chunk before it is stored.
+    // Download what is missing, verifying each chunk before it is written in place.
     let (tx, mut rx) = mpsc::channel::<Delivered>(16);
     let downloading = source.download(wanted, opts, tx);
     let storing = async {
         while let Some(r) = rx.recv().await {
             let (c, data, corrupt) = r?;
-            cache.put(&c.hash, &data)?;
+            staging.put(&c.hash, &data)?;
             source.stored(&c);
             report.downloaded_chunks += 1;
             report.downloaded_bytes += u64::from(c.size);
@@ -320,73 +338,20 @@ pub async fn install(
             p.have_bytes, p.need_bytes
         )));
     }
-    // Build the new version beside the old one.
-    let staging = sibling(dir, "volley-staging");
-    if staging.exists() {
-        fs::remove_dir_all(&staging).map_err(|e| ContentError::io(&staging, e))?;
-    }
-    fs::create_dir_all(staging.join(STATE_DIR)).map_err(|e| ContentError::io(&staging, e))?;
-    let mut open_old: Option<(PathBuf, fs::File)> = None;
-    for f in &manifest.files {
-        let path = staging.join(&f.path);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(|e| ContentError::io(parent, e))?;
-        }
-        let mut out = fs::File::create(&path).map_err(|e| ContentError::io(&path, e))?;
-        for c in &f.chunks {
-            let data = match local.get(&c.hash) {
-                Some((src, at, size)) => read_local(&mut open_old, src, *at, *size, &c.hash)?,
-                None => None,
-            };
-            let data = match data {
-                Some(d) => d,
-                None => match cache.get(&c.hash)? {
-                    Some(d) => d,
-                    None => {
-                        // The installed copy was damaged: fetch it after all.
-                        let d = source.fetch(*c).await?;
-                        if blake3::hash(&d).as_bytes() != &c.hash {
-                            return Err(ContentError::Corrupt(chunk_name(&c.hash)));
-                        }
-                        report.downloaded_chunks += 1;
-                        report.downloaded_bytes += u64::from(c.size);
-                        d
-                    }
-                },
-            };
-            out.write_all(&data)
-                .map_err(|e| ContentError::io(&path, e))?;
-        }
-        {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&path, fs::Permissions::from_mode(f.mode))
-                .map_err(|e| ContentError::io(&path, e))?;
-        }
-        if opts.sync {
-            out.sync_all().map_err(|e| ContentError::io(&path, e))?;
-        }
-    }
-    drop(open_old);
-    let mpath = staging.join(MANIFEST_FILE);
-    fs::write(&mpath, signed).map_err(|e| ContentError::io(&mpath, e))?;
-    if opts.sync {
-        fs::File::open(&mpath)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| ContentError::io(&mpath, e))?;
-    }
-    // Swap.
+    report.download_time = start.elapsed();
+    // Every chunk is in place: modes, fsync, the manifest; then the swap.
+    staging.finish(signed, MANIFEST_FILE, opts.sync)?;
     let old = sibling(dir, "volley-old");
     if dir.exists() {
         fs::rename(dir, &old).map_err(|e| ContentError::io(dir, e))?;
     }
-    fs::rename(&staging, dir).map_err(|e| ContentError::io(dir, e))?;
+    fs::rename(staging.root(), dir).map_err(|e| ContentError::io(dir, e))?;
     sync_parent(dir);
     if old.exists() {
         fs::remove_dir_all(&old).map_err(|e| ContentError::io(&old, e))?;
     }
-    let cache_dir = sibling(dir, "volley-cache");
-    fs::remove_dir_all(&cache_dir).map_err(|e| ContentError::io(&cache_dir, e))?;
     p.elapsed = start.elapsed();
+    report.build_time = p.elapsed.saturating_sub(report.download_time);
     progress(&p);
     Ok(report)
 }

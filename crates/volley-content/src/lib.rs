@@ -2,8 +2,8 @@
 //!
 //! - [`cdc`]: FastCDC chunking; [`manifest`]: signed build manifests.
 //! - [`publish`]: a build directory → manifest + chunks.
-//! - [`store`]: a directory of chunks named by their BLAKE3 hash (the origin's storage, and the
-//!   installer's download cache).
+//! - [`store`]: a directory of chunks named by their BLAKE3 hash (the origin's storage).
+//! - [`staging`]: the version being installed, each verified chunk written in place.
 //! - [`tracker`]: which players hold which version (the node answers announces with peers).
 //! - [`install`]: a manifest → an install directory, reusing every chunk already on disk,
 //!   fetching the rest from a [`install::ChunkSource`], verifying each, writing the new version
@@ -15,9 +15,9 @@ pub mod cdc;
 pub mod install;
 pub mod manifest;
 pub mod pace;
-pub mod pack;
 pub mod picker;
 pub mod publish;
+pub mod staging;
 pub mod store;
 pub mod tracker;
 pub mod wire;

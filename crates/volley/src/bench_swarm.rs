@@ -69,6 +69,12 @@ struct Row {
     wire_bytes_over_nf: Option<f64>,
     peer_seconds_p50: f64,
     peer_seconds_max: f64,
+    /// Where the slowest peer's time went (Volley only): before the install began (login,
+    /// manifest, swarm start), downloading, and building + syncing + swapping the new version.
+    slowest_phases_s: Option<[f64; 3]>,
+    /// When the bench read the last report line (an upper bound on `seconds` that also
+    /// counts process start-up).
+    last_report_read_s: Option<f64>,
 }
 
 const KEY: &str = "bench-swarm-server-key-0123456789";
@@ -240,6 +246,8 @@ async fn volley_run(
     }
     let mut done = Vec::new();
     let mut last = 0.0f64;
+    let mut slowest: Option<[f64; 3]> = None;
+    let mut read_last = 0.0f64;
     for (p, rx, began) in &procs {
         let line = tokio::task::block_in_place(|| rx.recv_timeout(Duration::from_secs(3600)))
             .context("a peer did not finish")?;
@@ -248,10 +256,16 @@ async fn volley_run(
             bail!("a peer reported {line}");
         }
         let at = start.elapsed().as_secs_f64();
+        read_last = read_last.max(at);
         // Each peer's own time (arrival to completion); the report line arrives in order of
         // spawning, so the time it is read is an upper bound for a peer that finished earlier.
         let own = v["seconds"].as_f64().unwrap_or(at - began.as_secs_f64());
         done.push(own);
+        if began.as_secs_f64() + own >= last {
+            let dl = v["download_seconds"].as_f64().unwrap_or(0.0);
+            let build = v["build_seconds"].as_f64().unwrap_or(0.0);
+            slowest = Some([own - dl - build, dl, build]);
+        }
         last = last.max(began.as_secs_f64() + own);
         let _ = p;
     }
@@ -290,6 +304,8 @@ async fn volley_run(
         wire_bytes_over_nf: swarm.then(|| (origin + uploaded) as f64 / nf),
         peer_seconds_p50: percentile(&mut done.clone(), 0.5),
         peer_seconds_max: percentile(&mut done, 1.0),
+        slowest_phases_s: slowest,
+        last_report_read_s: Some(read_last),
     })
 }
 
@@ -487,6 +503,8 @@ async fn aria2_run(
         wire_bytes_over_nf: Some((origin + uploaded) as f64 / nf),
         peer_seconds_p50: percentile(&mut times, 0.5),
         peer_seconds_max: last,
+        slowest_phases_s: None,
+        last_report_read_s: None,
     })
 }
 
@@ -587,7 +605,14 @@ pub(crate) async fn run(args: SwarmArgs) -> anyhow::Result<()> {
     // Mbit/s → KiB/s.
     let cap_kib = args.cap_mbit * 1_000_000 / 8 / 1024;
     let mut rows = Vec::new();
-    let report = |r: &Row| eprintln!("{}", table_row(r));
+    let report = |r: &Row| {
+        eprintln!("{}", table_row(r));
+        if let (Some([setup, dl, build]), Some(read)) = (r.slowest_phases_s, r.last_report_read_s) {
+            eprintln!(
+                "  slowest peer: {setup:.2} s before the install, {dl:.2} s downloading, {build:.2} s completing the version; last report read at {read:.2} s"
+            );
+        }
+    };
     let r = volley_run(
         &exe,
         &work,

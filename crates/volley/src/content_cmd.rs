@@ -323,6 +323,8 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
                     "downloaded_bytes": r.downloaded_bytes,
                     "corrupt_chunks": r.corrupt_chunks,
                     "seconds": seconds,
+                    "download_seconds": r.download_time.as_secs_f64(),
+                    "build_seconds": r.build_time.as_secs_f64(),
                 });
                 if let Some((_, s)) = &swarm {
                     v["swarm"] = stats_json(s);

@@ -201,7 +201,7 @@ async fn a_build_and_an_update_install_byte_identical_and_the_update_moves_only_
         "{f2}"
     );
     // Nothing is left beside the install.
-    for suffix in ["volley-old", "volley-staging", "volley-cache"] {
+    for suffix in ["volley-old", "volley-staging"] {
         assert!(
             !work.path().join(format!("install.{suffix}")).exists(),
             "{suffix}"
@@ -297,7 +297,7 @@ async fn a_killed_fetch_resumes_without_downloading_verified_chunks_again() {
     let p = publish(&n.base, &key, &v1, "1.0.0");
     let chunks = p["chunks"].as_u64().unwrap();
     let install = work.path().join("install");
-    let cache = work.path().join("install.volley-cache");
+    let staging = volley_content::install::staging_dir(&install);
     let mut killed_at = Vec::new();
     // Three runs killed at different points (19 MiB at 4 MiB/s takes ~5 s), then one to the end.
     for wait_ms in [700u64, 1300, 900] {
@@ -328,11 +328,16 @@ async fn a_killed_fetch_resumes_without_downloading_verified_chunks_again() {
         std::thread::sleep(Duration::from_millis(wait_ms));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        killed_at.push(
-            volley_content::pack::PackCache::open(&cache)
-                .unwrap()
-                .count(),
-        );
+        // Chunks whole in the staging area, by the installer's own check.
+        killed_at.push(match volley_content::staging::target(&staging) {
+            Some(signed) => {
+                let (m, _) = volley_content::Manifest::open(&signed, None).unwrap();
+                volley_content::staging::Staging::open(&staging, &m, &signed)
+                    .unwrap()
+                    .count()
+            }
+            None => 0,
+        });
     }
     assert!(
         !install.exists(),
@@ -409,8 +414,8 @@ async fn a_full_disk_is_reported_and_the_installed_version_stays() {
     let _guard = Mount(disk.clone());
     let n = start_node(|c| c.server_key = Some(KEY.into())).await;
     let (key, public) = keygen(work.path());
-    // Version 1 (2.1 MiB) fits with its download cache and staging copy; version 2 (a new
-    // 2 MiB executable) does not fit beside it.
+    // Version 1 (2.1 MiB) fits with its staging area; version 2 (5.1 MiB, a new 3 MiB executable)
+    // does not fit beside it.
     let v1 = work.path().join("v1");
     make_build(&v1, 1);
     std::fs::write(v1.join("bin/game"), random(64 << 10, 5)).unwrap();
@@ -419,7 +424,7 @@ async fn a_full_disk_is_reported_and_the_installed_version_stays() {
     ok_json(fetch(&n.base, &public, &install, "1.0.0", &[]));
     let v2 = work.path().join("v2");
     make_build(&v2, 1);
-    std::fs::write(v2.join("bin/game"), random(2 << 20, 6)).unwrap();
+    std::fs::write(v2.join("bin/game"), random(3 << 20, 6)).unwrap();
     publish(&n.base, &key, &v2, "2.0.0");
     let out = fetch(&n.base, &public, &install, "2.0.0", &[]);
     assert!(!out.status.success());

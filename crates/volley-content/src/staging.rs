@@ -1,0 +1,440 @@
+//! The version being installed, built in place beside the installed one.
+//!
+//! `<dir>.volley-staging` holds every file of the new version at its final size from the start
+//! (space reserved up front, so a full disk is reported before anything is downloaded), and each
+//! chunk is written at its offsets in those files as soon as it is verified: no second copy of
+//! the download, nothing to assemble at the end but an fsync, and writeback is started as data
+//! arrives so that fsync finds little left to do. `.volley/target` names the version being
+//! built (its signed manifest); reopening a staging area for the same version re-verifies every
+//! chunk at every offset, so a fetch killed at any point resumes with exactly the chunks that
+//! are whole on disk. A staging area of another version is discarded.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::manifest::Manifest;
+use crate::{chunk_name, ContentError};
+
+const TARGET_FILE: &str = ".volley/target";
+/// Open files kept for writing and serving (a build may have thousands of files).
+const OPEN_MAX: usize = 64;
+/// Writeback of written data is started every this many bytes.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+struct Slot {
+    hash: [u8; 32],
+    size: u32,
+    /// (file index, offset) of every place the chunk occurs.
+    at: Vec<(u32, u64)>,
+    have: AtomicBool,
+}
+
+#[derive(Default)]
+struct Dirty {
+    bytes: u64,
+    files: Vec<u32>,
+}
+
+/// A staging area (see the module docs).
+pub struct Staging {
+    root: PathBuf,
+    paths: Vec<PathBuf>,
+    modes: Vec<u32>,
+    slots: Vec<Slot>,
+    index: HashMap<[u8; 32], u32>,
+    held: AtomicUsize,
+    open: Mutex<HashMap<u32, Arc<File>>>,
+    dirty: Mutex<Dirty>,
+}
+
+impl std::fmt::Debug for Staging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staging")
+            .field("root", &self.root)
+            .field("chunks", &self.slots.len())
+            .field("held", &self.count())
+            .finish()
+    }
+}
+
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The version a staging area at `root` is building, if any.
+pub fn target(root: &Path) -> Option<Vec<u8>> {
+    fs::read(root.join(TARGET_FILE)).ok()
+}
+
+impl Staging {
+    /// Opens the staging area at `root` for the version `signed` (opened as `manifest`):
+    /// reuses one already building that version, verifying what it holds, or starts a new one
+    /// with every file created at its size.
+    pub fn open(root: &Path, manifest: &Manifest, signed: &[u8]) -> Result<Staging, ContentError> {
+        let resume = target(root).as_deref() == Some(signed);
+        if !resume && root.exists() {
+            fs::remove_dir_all(root).map_err(|e| ContentError::io(root, e))?;
+        }
+        let state = root.join(".volley");
+        fs::create_dir_all(&state).map_err(|e| ContentError::io(&state, e))?;
+        let mut slots: Vec<Slot> = Vec::new();
+        let mut index: HashMap<[u8; 32], u32> = HashMap::new();
+        let mut paths = Vec::with_capacity(manifest.files.len());
+        let mut modes = Vec::with_capacity(manifest.files.len());
+        for (fi, f) in manifest.files.iter().enumerate() {
+            let path = root.join(&f.path);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(|e| ContentError::io(parent, e))?;
+            }
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| ContentError::io(&path, e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| ContentError::io(&path, e))?
+                .len();
+            if len != f.size {
+                file.set_len(f.size)
+                    .map_err(|e| ContentError::io(&path, e))?;
+            }
+            reserve(&file, f.size).map_err(|e| ContentError::io(&path, e))?;
+            let mut at = 0u64;
+            for c in &f.chunks {
+                let i = *index.entry(c.hash).or_insert_with(|| {
+                    slots.push(Slot {
+                        hash: c.hash,
+                        size: c.size,
+                        at: Vec::new(),
+                        have: AtomicBool::new(false),
+                    });
+                    (slots.len() - 1) as u32
+                });
+                slots[i as usize].at.push((fi as u32, at));
+                at += u64::from(c.size);
+            }
+            paths.push(path);
+            modes.push(f.mode);
+        }
+        if !resume {
+            let t = root.join(TARGET_FILE);
+            fs::write(&t, signed).map_err(|e| ContentError::io(&t, e))?;
+        }
+        let s = Staging {
+            root: root.to_owned(),
+            paths,
+            modes,
+            slots,
+            index,
+            held: AtomicUsize::new(0),
+            open: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(Dirty::default()),
+        };
+        if resume {
+            s.verify_all()?;
+        }
+        Ok(s)
+    }
+
+    /// Marks every chunk that is whole at all its offsets.
+    fn verify_all(&self) -> Result<(), ContentError> {
+        let mut buf = Vec::new();
+        let mut held = 0;
+        for slot in &self.slots {
+            buf.resize(slot.size as usize, 0);
+            let mut whole = true;
+            for &(fi, at) in &slot.at {
+                let f = self.file(fi)?;
+                if f.read_exact_at(&mut buf, at).is_err()
+                    || blake3::hash(&buf).as_bytes() != &slot.hash
+                {
+                    whole = false;
+                    break;
+                }
+            }
+            slot.have.store(whole, Ordering::Relaxed);
+            held += usize::from(whole);
+        }
+        self.held.store(held, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The open file `fi`.
+    fn file(&self, fi: u32) -> Result<Arc<File>, ContentError> {
+        let mut open = guard(&self.open);
+        if let Some(f) = open.get(&fi) {
+            return Ok(f.clone());
+        }
+        let path = &self.paths[fi as usize];
+        let f = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| ContentError::io(path, e))?,
+        );
+        if open.len() >= OPEN_MAX {
+            if let Some(k) = open.keys().next().copied() {
+                open.remove(&k);
+            }
+        }
+        open.insert(fi, f.clone());
+        Ok(f)
+    }
+
+    /// Where the staging area is.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether the chunk is whole in the staging area.
+    pub fn has(&self, hash: &[u8; 32]) -> bool {
+        self.index
+            .get(hash)
+            .is_some_and(|&i| self.slots[i as usize].have.load(Ordering::Acquire))
+    }
+
+    /// Distinct chunks whole in the staging area.
+    pub fn count(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Distinct chunks of the version.
+    pub fn chunks(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Writes `data` at every offset of the chunk `hash`, after checking it.
+    pub fn put(&self, hash: &[u8; 32], data: &[u8]) -> Result<(), ContentError> {
+        let Some(&i) = self.index.get(hash) else {
+            return Err(ContentError::Invalid(format!(
+                "chunk {} is not part of this version",
+                chunk_name(hash)
+            )));
+        };
+        let slot = &self.slots[i as usize];
+        if slot.have.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if data.len() != slot.size as usize || blake3::hash(data).as_bytes() != hash {
+            return Err(ContentError::Corrupt(chunk_name(hash)));
+        }
+        for &(fi, at) in &slot.at {
+            self.file(fi)?
+                .write_all_at(data, at)
+                .map_err(|e| ContentError::io(&self.paths[fi as usize], e))?;
+        }
+        if !slot.have.swap(true, Ordering::AcqRel) {
+            self.held.fetch_add(1, Ordering::Relaxed);
+        }
+        self.written(slot, data.len() as u64);
+        Ok(())
+    }
+
+    /// Starts writeback once enough has been written since the last time.
+    fn written(&self, slot: &Slot, bytes: u64) {
+        let files = {
+            let mut d = guard(&self.dirty);
+            d.bytes += bytes * slot.at.len() as u64;
+            for &(fi, _) in &slot.at {
+                if !d.files.contains(&fi) {
+                    d.files.push(fi);
+                }
+            }
+            if d.bytes < WRITEBACK_EVERY {
+                return;
+            }
+            d.bytes = 0;
+            std::mem::take(&mut d.files)
+        };
+        for fi in files {
+            if let Ok(f) = self.file(fi) {
+                start_writeback(&f);
+            }
+        }
+    }
+
+    /// A chunk's bytes, verified; `Ok(None)` when it is not whole here (the bytes on disk no
+    /// longer matching included: the chunk is then forgotten, to be fetched again).
+    pub fn get(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>, ContentError> {
+        let Some(&i) = self.index.get(hash) else {
+            return Ok(None);
+        };
+        let slot = &self.slots[i as usize];
+        if !slot.have.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let (fi, at) = slot.at[0];
+        let mut buf = vec![0u8; slot.size as usize];
+        self.file(fi)?
+            .read_exact_at(&mut buf, at)
+            .map_err(|e| ContentError::io(&self.paths[fi as usize], e))?;
+        if blake3::hash(&buf).as_bytes() == hash {
+            Ok(Some(buf))
+        } else {
+            if slot.have.swap(false, Ordering::AcqRel) {
+                self.held.fetch_sub(1, Ordering::Relaxed);
+            }
+            Ok(None)
+        }
+    }
+
+    /// Completes the version once every chunk is whole: sets each file's mode, syncs every
+    /// file (with `sync`), and records `signed` as the version's manifest in `.volley/manifest`.
+    /// The area is then ready to be renamed into place.
+    pub fn finish(
+        &self,
+        signed: &[u8],
+        manifest_file: &str,
+        sync: bool,
+    ) -> Result<(), ContentError> {
+        if self.count() != self.slots.len() {
+            return Err(ContentError::Fetch(format!(
+                "{} of {} chunks are in place",
+                self.count(),
+                self.slots.len()
+            )));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        for (fi, (path, mode)) in self.paths.iter().zip(&self.modes).enumerate() {
+            fs::set_permissions(path, fs::Permissions::from_mode(*mode))
+                .map_err(|e| ContentError::io(path, e))?;
+            if sync {
+                self.file(fi as u32)?
+                    .sync_all()
+                    .map_err(|e| ContentError::io(path, e))?;
+            }
+        }
+        let mpath = self.root.join(manifest_file);
+        fs::write(&mpath, signed).map_err(|e| ContentError::io(&mpath, e))?;
+        if sync {
+            File::open(&mpath)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| ContentError::io(&mpath, e))?;
+        }
+        let t = self.root.join(TARGET_FILE);
+        fs::remove_file(&t).map_err(|e| ContentError::io(&t, e))?;
+        guard(&self.open).clear();
+        Ok(())
+    }
+}
+
+/// Reserves the file's blocks, so that a full disk shows now rather than mid-download. A file
+/// system that cannot reserve is left sparse.
+fn reserve(file: &File, len: u64) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let Ok(len) = libc::off_t::try_from(len) else {
+            return Ok(());
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: a valid open descriptor; KEEP_SIZE-free mode 0 only allocates.
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+                _ => Err(e),
+            };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, len);
+    Ok(())
+}
+
+/// Asks the kernel to start writing the file's dirty pages now, without waiting for them.
+fn start_writeback(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open descriptor; the call only schedules I/O.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::{ChunkRef, FileEntry};
+
+    fn version(files: &[(&str, &[&[u8]])]) -> (Manifest, Vec<u8>) {
+        let m = Manifest {
+            game: "g".into(),
+            version: "1".into(),
+            chunk_avg: 1 << 16,
+            files: files
+                .iter()
+                .map(|(path, chunks)| FileEntry {
+                    path: (*path).into(),
+                    mode: 0o644,
+                    size: chunks.iter().map(|c| c.len() as u64).sum(),
+                    chunks: chunks
+                        .iter()
+                        .map(|c| ChunkRef {
+                            hash: *blake3::hash(c).as_bytes(),
+                            size: c.len() as u32,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        // The staging area compares these bytes only; they need not be signed here.
+        let signed = m.body();
+        (m, signed)
+    }
+
+    #[test]
+    fn chunks_land_at_every_offset_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        let a: &[u8] = b"aaaa";
+        let b: &[u8] = b"bb";
+        let (m, signed) = version(&[("x", &[a, b, a]), ("d/y", &[b])]);
+        let s = Staging::open(&root, &m, &signed).unwrap();
+        assert_eq!(s.chunks(), 2);
+        assert_eq!(fs::metadata(root.join("x")).unwrap().len(), 10);
+        let ha = *blake3::hash(a).as_bytes();
+        let hb = *blake3::hash(b).as_bytes();
+        assert!(matches!(s.put(&ha, b"aaab"), Err(ContentError::Corrupt(_))));
+        s.put(&ha, a).unwrap();
+        assert!(s.has(&ha) && !s.has(&hb));
+        drop(s);
+        // Reopened: what is whole is kept; a chunk damaged at one of its offsets is not.
+        let s = Staging::open(&root, &m, &signed).unwrap();
+        assert_eq!(s.count(), 1);
+        s.put(&hb, b).unwrap();
+        assert_eq!(fs::read(root.join("x")).unwrap(), b"aaaabbaaaa");
+        assert_eq!(fs::read(root.join("d/y")).unwrap(), b"bb");
+        let f = OpenOptions::new().write(true).open(root.join("x")).unwrap();
+        f.write_all_at(b"z", 8).unwrap();
+        drop(s);
+        let s = Staging::open(&root, &m, &signed).unwrap();
+        assert!(!s.has(&ha) && s.has(&hb));
+        // A staging area of another version is discarded.
+        let (m2, signed2) = version(&[("x", &[a])]);
+        let s2 = Staging::open(&root, &m2, &signed2).unwrap();
+        assert_eq!(s2.count(), 0);
+        assert!(!root.join("d/y").exists());
+        drop(s);
+        s2.put(&ha, a).unwrap();
+        s2.finish(&signed2, ".volley/manifest", true).unwrap();
+        assert_eq!(fs::read(root.join(".volley/manifest")).unwrap(), signed2);
+        assert!(target(&root).is_none());
+    }
+}
