@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, Notify};
 use volley_content::install::{ChunkSource, Delivered, InstallOptions};
@@ -24,7 +25,7 @@ use volley_content::pace::Pace;
 use volley_content::picker::Picker;
 use volley_content::staging::Staging;
 use volley_content::wire::{Bits, Hello, Msg, Status, WireError};
-use volley_content::{chunk_name, ChunkRef, ContentError, Manifest};
+use volley_content::{chunk_name, ChunkRef, ContentError, Manifest, Verified};
 use volley_net::tls::{self, Identity, Pin};
 
 use crate::content::Origin;
@@ -152,6 +153,9 @@ struct Inner {
     version: String,
     held: Mutex<Bits>,
     serve: Mutex<Serve>,
+    /// The chunks delivered or served last, verified, to serve again without a disk read (a
+    /// new chunk is what the other peers ask for next).
+    recent: Mutex<Recent>,
     picker: Mutex<Option<Picker>>,
     out: Mutex<Option<mpsc::Sender<Delivered>>>,
     peers: Mutex<HashMap<u64, Arc<Peer>>>,
@@ -168,6 +172,39 @@ struct Inner {
     uploaded_bytes: AtomicU64,
     corrupt_pending: AtomicUsize,
     banned_count: AtomicUsize,
+}
+
+/// Bytes of recent chunks kept in memory for serving.
+const RECENT_BYTES: usize = 4 << 20;
+
+#[derive(Default)]
+struct Recent {
+    chunks: std::collections::VecDeque<(u32, Bytes)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn get(&self, i: u32) -> Option<Bytes> {
+        self.chunks
+            .iter()
+            .rev()
+            .find(|(j, _)| *j == i)
+            .map(|(_, b)| b.clone())
+    }
+
+    fn push(&mut self, i: u32, b: Bytes) {
+        if self.chunks.iter().any(|(j, _)| *j == i) {
+            return;
+        }
+        self.bytes += b.len();
+        self.chunks.push_back((i, b));
+        while self.bytes > RECENT_BYTES {
+            match self.chunks.pop_front() {
+                Some((_, old)) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -249,6 +286,7 @@ impl Swarm {
             version: manifest.version.clone(),
             held: Mutex::new(Bits::new(n)),
             serve: Mutex::new(Serve::Installed(Vec::new())),
+            recent: Mutex::new(Recent::default()),
             picker: Mutex::new(None),
             out: Mutex::new(None),
             peers: Mutex::new(HashMap::new()),
@@ -417,6 +455,14 @@ impl Inner {
         self.chunks.get(i as usize).copied()
     }
 
+    /// Chunk `i` from the recent ones in memory, if held.
+    fn recent_chunk(&self, i: u32) -> Option<Bytes> {
+        if !lock(&self.held).get(i as usize) {
+            return None;
+        }
+        lock(&self.recent).get(i)
+    }
+
     /// Reads and verifies chunk `i` for serving.
     fn read_chunk(&self, i: u32) -> Option<Vec<u8>> {
         if !lock(&self.held).get(i as usize) {
@@ -442,8 +488,8 @@ impl Inner {
     }
 
     /// A verified chunk arrived (from a peer or the origin): hand it to the installer.
-    async fn deliver(&self, i: u32, data: Vec<u8>, from_peer: bool) {
-        let n = data.len() as u64;
+    async fn deliver(&self, i: u32, data: Verified, from_peer: bool) {
+        let n = data.bytes().len() as u64;
         let new = lock(&self.picker)
             .as_mut()
             .is_some_and(|p| p.finished(i, true));
@@ -456,10 +502,11 @@ impl Inner {
         } else {
             self.origin_bytes.fetch_add(n, Ordering::Relaxed);
         }
+        lock(&self.recent).push(i, data.shared());
         let out = lock(&self.out).clone();
-        if let (Some(out), Some(c)) = (out, self.idx(i)) {
+        if let Some(out) = out {
             let corrupt = self.corrupt_pending.swap(0, Ordering::Relaxed);
-            let _ = out.send(Ok((c, data, corrupt))).await;
+            let _ = out.send(Ok((data, corrupt))).await;
         }
         self.wake.notify_waiters();
     }
@@ -617,12 +664,12 @@ async fn origin_worker(inner: Arc<Inner>, settle: Instant, attempts: u32) {
         let Some(c) = inner.idx(i) else { return };
         inner.broadcast(Msg::Claim(i));
         inner.down.wait(u64::from(c.size)).await;
-        match origin.fetch(c).await {
-            Ok(d) if blake3::hash(&d).as_bytes() == &c.hash => {
-                inner.deliver(i, d, false).await;
+        match origin.fetch(c).await.map(|d| Verified::check(c, d)) {
+            Ok(Ok(v)) => {
+                inner.deliver(i, v, false).await;
             }
             other => {
-                if let Ok(d) = other {
+                if let Ok(Err(d)) = other {
                     inner
                         .wasted_bytes
                         .fetch_add(d.len() as u64, Ordering::Relaxed);
@@ -944,14 +991,21 @@ async fn serve_requests(inner: Arc<Inner>, peer: Arc<Peer>) {
             } else {
                 Status::Ok
             };
-            let data = if status == Status::Ok {
+            let data = if status != Status::Ok {
+                None
+            } else if let Some(b) = inner.recent_chunk(i) {
+                Some(b)
+            } else {
                 let inner2 = inner.clone();
-                tokio::task::spawn_blocking(move || inner2.read_chunk(i))
+                let read = tokio::task::spawn_blocking(move || inner2.read_chunk(i))
                     .await
                     .ok()
                     .flatten()
-            } else {
-                None
+                    .map(Bytes::from);
+                if let Some(b) = &read {
+                    lock(&inner.recent).push(i, b.clone());
+                }
+                read
             };
             let Some(data) = data else {
                 let s = if status == Status::Ok {
@@ -964,14 +1018,13 @@ async fn serve_requests(inner: Arc<Inner>, peer: Arc<Peer>) {
                 return;
             };
             inner.up.wait(data.len() as u64).await;
+            let n = data.len();
             if send.write_all(&[Status::Ok as u8]).await.is_ok()
-                && send.write_all(&data).await.is_ok()
+                && send.write_chunk(data).await.is_ok()
                 && send.finish().is_ok()
             {
-                inner
-                    .uploaded_bytes
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                lock(&peer.state).sent_round += data.len() as u64;
+                inner.uploaded_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                lock(&peer.state).sent_round += n as u64;
             }
         });
     }
@@ -1017,7 +1070,7 @@ async fn download_from(inner: Arc<Inner>, peer: Arc<Peer>) {
             lock(&peer.state).asked.remove(&i);
             match r {
                 Ok(data) => {
-                    lock(&peer.state).got_round += data.len() as u64;
+                    lock(&peer.state).got_round += data.bytes().len() as u64;
                     inner.deliver(i, data, true).await;
                 }
                 Err(Fail::Choked) => {
@@ -1050,7 +1103,7 @@ enum Fail {
     Gone,
 }
 
-async fn request(inner: &Inner, peer: &Peer, i: u32) -> Result<Vec<u8>, Fail> {
+async fn request(inner: &Inner, peer: &Peer, i: u32) -> Result<Verified, Fail> {
     let c = inner.idx(i).ok_or(Fail::Protocol)?;
     inner.down.wait(u64::from(c.size)).await;
     let (mut send, mut recv) = peer.conn.open_bi().await.map_err(|_| Fail::Gone)?;
@@ -1058,22 +1111,21 @@ async fn request(inner: &Inner, peer: &Peer, i: u32) -> Result<Vec<u8>, Fail> {
         .await
         .map_err(|_| Fail::Gone)?;
     let _ = send.finish();
+    let mut status = [0u8; 1];
+    recv.read_exact(&mut status).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(_) => Fail::Protocol,
+        quinn::ReadExactError::ReadError(_) => Fail::Gone,
+    })?;
     let body = recv
-        .read_to_end(c.size as usize + 1)
+        .read_to_end(c.size as usize)
         .await
         .map_err(|e| match e {
             quinn::ReadToEndError::TooLong => Fail::Protocol,
             quinn::ReadToEndError::Read(_) => Fail::Gone,
         })?;
-    let (&status, data) = body.split_first().ok_or(Fail::Protocol)?;
-    match Status::from_byte(status) {
-        Some(Status::Ok) => {
-            if blake3::hash(data).as_bytes() == &c.hash {
-                Ok(data.to_vec())
-            } else {
-                Err(Fail::Corrupt(data.len() as u64))
-            }
-        }
+    match Status::from_byte(status[0]) {
+        Some(Status::Ok) => Verified::check(c, body).map_err(|d| Fail::Corrupt(d.len() as u64)),
+        Some(_) if !body.is_empty() => Err(Fail::Protocol),
         Some(Status::Choked) => Err(Fail::Choked),
         Some(Status::DontHave) => Err(Fail::DontHave),
         Some(Status::BadIndex) | None => Err(Fail::Protocol),

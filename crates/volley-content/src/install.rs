@@ -22,18 +22,17 @@ use tokio::sync::mpsc;
 use crate::manifest::Manifest;
 use crate::pace::Pace;
 use crate::staging::Staging;
-use crate::{chunk_name, ChunkRef, ContentError};
+use crate::{chunk_name, ChunkRef, ContentError, Verified};
 
 /// A chunk the source delivered, with the number of corrupt copies it threw away on the way.
-pub type Delivered = Result<(ChunkRef, Vec<u8>, usize), ContentError>;
+pub type Delivered = Result<(Verified, usize), ContentError>;
 
 /// Where chunks come from: the origin over HTTP, or a swarm of peers plus the origin.
 pub trait ChunkSource: Send + Sync {
     /// One chunk's bytes (verified by the caller).
     fn fetch(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Vec<u8>, ContentError>>;
 
-    /// Delivers every chunk of `wanted` on `out`, in any order, each verified (the installer
-    /// checks again). Stops early when `out` is closed. The default fetches `concurrency`
+    /// Delivers every chunk of `wanted` on `out`, in any order, each verified. Stops early when `out` is closed. The default fetches `concurrency`
     /// chunks at a time through [`ChunkSource::fetch`], at most `max_bytes_per_s`, retrying a
     /// chunk that fails or comes back corrupt up to `attempts` times.
     fn download<'a>(
@@ -51,11 +50,9 @@ pub trait ChunkSource: Send + Sync {
                     let mut last = None;
                     for _ in 0..opts.attempts.max(1) {
                         pace.wait(u64::from(c.size)).await;
-                        match self.fetch(c).await {
-                            Ok(data) if blake3::hash(&data).as_bytes() == &c.hash => {
-                                return Ok((c, data, corrupt));
-                            }
-                            Ok(_) => {
+                        match self.fetch(c).await.map(|d| Verified::check(c, d)) {
+                            Ok(Ok(v)) => return Ok((v, corrupt)),
+                            Ok(Err(_)) => {
                                 corrupt += 1;
                                 last = Some(ContentError::Corrupt(chunk_name(&c.hash)));
                             }
@@ -287,9 +284,9 @@ pub async fn install(
             // From the installed version into place (unless a resumed run already did), if its
             // bytes there still hash right; a damaged copy is downloaded instead.
             let copied = staging.has(&c.hash)
-                || match read_local(&mut open_old, src, *at, *size, &c.hash)? {
-                    Some(d) => {
-                        staging.put(&c.hash, &d)?;
+                || match read_local(&mut open_old, src, *at, *size, c)? {
+                    Some(v) => {
+                        staging.put(&v)?;
                         true
                     }
                     None => false,
@@ -316,8 +313,9 @@ pub async fn install(
     let downloading = source.download(wanted, opts, tx);
     let storing = async {
         while let Some(r) = rx.recv().await {
-            let (c, data, corrupt) = r?;
-            staging.put(&c.hash, &data)?;
+            let (v, corrupt) = r?;
+            let c = v.chunk();
+            staging.put(&v)?;
             source.stored(&c);
             report.downloaded_chunks += 1;
             report.downloaded_bytes += u64::from(c.size);
@@ -370,8 +368,8 @@ fn read_local(
     path: &Path,
     at: u64,
     size: u32,
-    hash: &[u8; 32],
-) -> Result<Option<Vec<u8>>, ContentError> {
+    chunk: &ChunkRef,
+) -> Result<Option<Verified>, ContentError> {
     if open.as_ref().map(|(p, _)| p.as_path()) != Some(path) {
         match fs::File::open(path) {
             Ok(f) => *open = Some((path.to_owned(), f)),
@@ -385,5 +383,5 @@ fn read_local(
     if f.seek(SeekFrom::Start(at)).is_err() || f.read_exact(&mut buf).is_err() {
         return Ok(None);
     }
-    Ok((blake3::hash(&buf).as_bytes() == hash).then_some(buf))
+    Ok(Verified::check(*chunk, buf).ok())
 }

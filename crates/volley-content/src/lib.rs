@@ -59,6 +59,41 @@ impl ContentError {
     }
 }
 
+/// A chunk's bytes, checked against its reference: only [`Verified::check`] makes one, so
+/// whoever holds one need not hash the bytes again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    chunk: ChunkRef,
+    data: bytes::Bytes,
+}
+
+impl Verified {
+    /// The bytes, if they have the chunk's size and hash; otherwise they come back.
+    pub fn check(chunk: ChunkRef, data: impl Into<bytes::Bytes>) -> Result<Verified, bytes::Bytes> {
+        let data = data.into();
+        if data.len() == chunk.size as usize && blake3::hash(&data).as_bytes() == &chunk.hash {
+            Ok(Verified { chunk, data })
+        } else {
+            Err(data)
+        }
+    }
+
+    /// Which chunk.
+    pub fn chunk(&self) -> ChunkRef {
+        self.chunk
+    }
+
+    /// Its bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Its bytes, shared (cloning them does not copy).
+    pub fn shared(&self) -> bytes::Bytes {
+        self.data.clone()
+    }
+}
+
 /// A chunk's name: its BLAKE3 hash in hex.
 pub fn chunk_name(hash: &[u8; 32]) -> String {
     hex::encode(hash)

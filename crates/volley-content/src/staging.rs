@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::manifest::Manifest;
-use crate::{chunk_name, ContentError};
+use crate::{chunk_name, ContentError, Verified};
 
 const TARGET_FILE: &str = ".volley/target";
 /// Open files kept for writing and serving (a build may have thousands of files).
@@ -211,8 +211,10 @@ impl Staging {
         self.slots.len()
     }
 
-    /// Writes `data` at every offset of the chunk `hash`, after checking it.
-    pub fn put(&self, hash: &[u8; 32], data: &[u8]) -> Result<(), ContentError> {
+    /// Writes the chunk at every offset it has in the version.
+    pub fn put(&self, v: &Verified) -> Result<(), ContentError> {
+        let hash = &v.chunk().hash;
+        let data = v.bytes();
         let Some(&i) = self.index.get(hash) else {
             return Err(ContentError::Invalid(format!(
                 "chunk {} is not part of this version",
@@ -222,9 +224,6 @@ impl Staging {
         let slot = &self.slots[i as usize];
         if slot.have.load(Ordering::Acquire) {
             return Ok(());
-        }
-        if data.len() != slot.size as usize || blake3::hash(data).as_bytes() != hash {
-            return Err(ContentError::Corrupt(chunk_name(hash)));
         }
         for &(fi, at) in &slot.at {
             self.file(fi)?
@@ -409,16 +408,18 @@ mod tests {
         let s = Staging::open(&root, &m, &signed).unwrap();
         assert_eq!(s.chunks(), 2);
         assert_eq!(fs::metadata(root.join("x")).unwrap().len(), 10);
-        let ha = *blake3::hash(a).as_bytes();
-        let hb = *blake3::hash(b).as_bytes();
-        assert!(matches!(s.put(&ha, b"aaab"), Err(ContentError::Corrupt(_))));
-        s.put(&ha, a).unwrap();
+        let (ca, cb) = (m.files[0].chunks[0], m.files[0].chunks[1]);
+        let (ha, hb) = (ca.hash, cb.hash);
+        let va = Verified::check(ca, a.to_vec()).unwrap();
+        let vb = Verified::check(cb, b.to_vec()).unwrap();
+        assert!(Verified::check(ca, b"aaab".to_vec()).is_err());
+        s.put(&va).unwrap();
         assert!(s.has(&ha) && !s.has(&hb));
         drop(s);
         // Reopened: what is whole is kept; a chunk damaged at one of its offsets is not.
         let s = Staging::open(&root, &m, &signed).unwrap();
         assert_eq!(s.count(), 1);
-        s.put(&hb, b).unwrap();
+        s.put(&vb).unwrap();
         assert_eq!(fs::read(root.join("x")).unwrap(), b"aaaabbaaaa");
         assert_eq!(fs::read(root.join("d/y")).unwrap(), b"bb");
         let f = OpenOptions::new().write(true).open(root.join("x")).unwrap();
@@ -432,7 +433,7 @@ mod tests {
         assert_eq!(s2.count(), 0);
         assert!(!root.join("d/y").exists());
         drop(s);
-        s2.put(&ha, a).unwrap();
+        s2.put(&va).unwrap();
         s2.finish(&signed2, ".volley/manifest", true).unwrap();
         assert_eq!(fs::read(root.join(".volley/manifest")).unwrap(), signed2);
         assert!(target(&root).is_none());

@@ -25,9 +25,10 @@ pub(crate) struct SwarmArgs {
     /// Build size in MiB (random bytes in four files).
     #[arg(long, default_value_t = 512)]
     mib: u64,
-    /// Peers in the simultaneous runs.
-    #[arg(long, default_value_t = 8)]
-    peers: usize,
+    /// Peers in the simultaneous runs: one Volley run and one aria2 run per value
+    /// (comma-separated); the plain-HTTP run uses the first.
+    #[arg(long, value_delimiter = ',', default_values_t = [8usize, 16])]
+    peers: Vec<usize>,
     /// Peers in the staggered run (0: skip it).
     #[arg(long, default_value_t = 16)]
     staggered_peers: usize,
@@ -613,31 +614,21 @@ pub(crate) async fn run(args: SwarmArgs) -> anyhow::Result<()> {
             );
         }
     };
-    let r = volley_run(
-        &exe,
-        &work,
-        &build,
-        f,
-        args.peers,
-        Duration::ZERO,
-        cap_kib,
-        true,
-    )
-    .await?;
-    report(&r);
-    rows.push(r);
-    if !args.skip_aria2 {
-        if ["aria2c", "opentracker", "mktorrent"]
+    let aria2 = !args.skip_aria2
+        && ["aria2c", "opentracker", "mktorrent"]
             .iter()
-            .all(|t| have(t))
-        {
-            let r = aria2_run(&work, &build, f, args.peers, cap_kib).await?;
+            .all(|t| have(t));
+    if !args.skip_aria2 && !aria2 {
+        eprintln!("aria2c, opentracker or mktorrent missing: scripts/bench-deps.sh installs them");
+    }
+    for &n in &args.peers {
+        let r = volley_run(&exe, &work, &build, f, n, Duration::ZERO, cap_kib, true).await?;
+        report(&r);
+        rows.push(r);
+        if aria2 {
+            let r = aria2_run(&work, &build, f, n, cap_kib).await?;
             report(&r);
             rows.push(r);
-        } else {
-            eprintln!(
-                "aria2c, opentracker or mktorrent missing: scripts/bench-deps.sh installs them"
-            );
         }
     }
     if args.staggered_peers > 0 {
@@ -662,7 +653,7 @@ pub(crate) async fn run(args: SwarmArgs) -> anyhow::Result<()> {
             &work,
             &build,
             f,
-            args.peers,
+            args.peers.first().copied().unwrap_or(8),
             Duration::ZERO,
             cap_kib,
             false,
