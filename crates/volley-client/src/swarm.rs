@@ -134,9 +134,20 @@ struct Peer {
     /// We opened the connection.
     outbound: bool,
     conn: quinn::Connection,
-    ctl: mpsc::UnboundedSender<Msg>,
+    ctl: mpsc::Sender<Msg>,
     state: Mutex<PeerState>,
     wake: Notify,
+}
+
+impl Peer {
+    /// Queues a control message; a peer that lets `CTL_DEPTH` of them pile up (it stopped
+    /// reading its control stream) is disconnected rather than buffered for without bound.
+    fn send(&self, m: Msg) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.ctl.try_send(m) {
+            self.conn
+                .close(CLOSE_SLOW.into(), b"control stream backed up");
+        }
+    }
 }
 
 struct Inner {
@@ -164,6 +175,9 @@ struct Inner {
     up: Pace,
     down: Pace,
     wake: Notify,
+    /// Announce to the tracker now (the version became complete here, or what is served
+    /// changed), not at the next scheduled time.
+    announce_now: Notify,
     start: Instant,
     closed: AtomicBool,
     peer_bytes: AtomicU64,
@@ -230,6 +244,11 @@ const CLOSE_DONE: u32 = 0;
 const CLOSE_PROTOCOL: u32 = 1;
 const CLOSE_CORRUPT: u32 = 2;
 const CLOSE_DUPLICATE: u32 = 3;
+const CLOSE_SLOW: u32 = 4;
+/// Control messages queued for one peer at most.
+const CTL_DEPTH: usize = 4096;
+/// Control messages written to the stream at once.
+const CTL_BATCH: usize = 64;
 
 impl Swarm {
     /// A swarm for the version `signed` (already opened as `manifest`). `origin` serves what
@@ -293,6 +312,7 @@ impl Swarm {
             connecting: Mutex::new(HashSet::new()),
             banned: Mutex::new(HashSet::new()),
             wake: Notify::new(),
+            announce_now: Notify::new(),
             start: Instant::now(),
             closed: AtomicBool::new(false),
             peer_bytes: AtomicU64::new(0),
@@ -382,12 +402,13 @@ impl Swarm {
         let complete = held.is_full();
         *lock(&self.inner.held) = held;
         for p in lock(&self.inner.peers).values() {
-            let _ = p.ctl.send(Msg::Bitfield(bytes.clone()));
+            p.send(Msg::Bitfield(bytes.clone()));
             if complete {
-                let _ = p.ctl.send(Msg::NotInterested);
+                p.send(Msg::NotInterested);
             }
         }
         self.inner.wake.notify_waiters();
+        self.inner.announce_now.notify_waiters();
     }
 
     /// Counters so far.
@@ -483,7 +504,7 @@ impl Inner {
 
     fn broadcast(&self, m: Msg) {
         for p in lock(&self.peers).values() {
-            let _ = p.ctl.send(m.clone());
+            p.send(m.clone());
         }
     }
 
@@ -630,8 +651,15 @@ impl ChunkSource for Swarm {
         let Some(&i) = self.inner.index.get(&chunk.hash) else {
             return;
         };
-        if lock(&self.inner.held).set(i as usize) {
+        let (new, full) = {
+            let mut held = lock(&self.inner.held);
+            (held.set(i as usize), held.is_full())
+        };
+        if new {
             self.inner.broadcast(Msg::Have(i));
+            if full {
+                self.inner.announce_now.notify_waiters();
+            }
         }
     }
 
@@ -704,7 +732,7 @@ fn update_interest(inner: &Inner, p: &Peer) {
         .is_some_and(|pk| !pk.done() && pk.interesting(&st.bits));
     if interesting != st.we_are_interested {
         st.we_are_interested = interesting;
-        let _ = p.ctl.send(if interesting {
+        p.send(if interesting {
             Msg::Interested
         } else {
             Msg::NotInterested
@@ -829,7 +857,7 @@ async fn run_peer(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let (ctl, mut ctl_rx) = mpsc::unbounded_channel::<Msg>();
+    let (ctl, mut ctl_rx) = mpsc::channel::<Msg>(CTL_DEPTH);
     let peer = Arc::new(Peer {
         id: h.peer_id,
         addr: conn.remote_address(),
@@ -863,11 +891,17 @@ async fn run_peer(
         peers.insert(h.peer_id, peer.clone());
     }
     let bitfield = lock(&inner.held).to_bytes();
-    let _ = peer.ctl.send(Msg::Bitfield(bitfield));
-    // Writer: control messages in order.
+    peer.send(Msg::Bitfield(bitfield));
+    // Writer: control messages in order, those waiting written together.
     let writer = tokio::spawn(async move {
-        while let Some(m) = ctl_rx.recv().await {
-            if send.write_all(&m.frame()).await.is_err() {
+        let mut batch = Vec::with_capacity(CTL_BATCH);
+        let mut buf = Vec::new();
+        while ctl_rx.recv_many(&mut batch, CTL_BATCH).await > 0 {
+            buf.clear();
+            for m in batch.drain(..) {
+                buf.extend_from_slice(&m.frame());
+            }
+            if send.write_all(&buf).await.is_err() {
                 break;
             }
         }
@@ -965,7 +999,7 @@ fn set_choke(peer: &Peer, choke: bool) {
     let mut st = lock(&peer.state);
     if st.choked != choke {
         st.choked = choke;
-        let _ = peer.ctl.send(if choke { Msg::Choke } else { Msg::Unchoke });
+        peer.send(if choke { Msg::Choke } else { Msg::Unchoke });
     }
 }
 
@@ -1199,6 +1233,8 @@ async fn announce_loop(inner: Arc<Inner>) {
         if inner.closed.load(Ordering::Relaxed) {
             return;
         }
+        // Registered before announcing, so a change during the announce is not missed.
+        let notified = inner.announce_now.notified();
         let have = lock(&inner.held).count() as u32;
         match api
             .announce_peer(
@@ -1221,12 +1257,10 @@ async fn announce_loop(inner: Arc<Inner>) {
             }
             Err(e) => tracing::debug!(error = %e, "tracker announce failed"),
         }
-        let notified = inner.wake.notified();
+        // Re-announce on schedule, or as soon as this peer became a seed (others then see
+        // it as complete); never more than 5 times a second.
         let _ = tokio::time::timeout(inner.opts.announce_every, notified).await;
-        // Re-announce on schedule, or soon after finishing (so others see a seed).
-        if lock(&inner.held).is_full() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

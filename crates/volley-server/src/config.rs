@@ -60,8 +60,8 @@ pub struct NodeConfig {
     pub database: Option<String>,
     /// NATS URL (`nats://host:4222`) for events between nodes; in-process when absent.
     pub nats: Option<String>,
-    /// Redis URL (`redis://host:6379/`) for leaderboard ranks shared by every node (sorted
-    /// sets); in-memory indexes per node when absent.
+    /// Redis URL (`redis://host:6379/`) for state shared by every node: leaderboard ranks
+    /// (sorted sets) and the content tracker; in memory per node when absent.
     pub redis: Option<String>,
     /// Prefix of this cluster's Redis keys.
     pub redis_prefix: String,

@@ -238,18 +238,9 @@ pub(crate) async fn announce(
     let now = crate::unix_ms();
     let peers = api
         .tracker
-        .lock()
-        .map_err(|_| bad("tracker unavailable"))?
         .announce(&game, &version, peer, now)
-        .map_err(|e| match e {
-            volley_content::tracker::TrackerError::Full => Error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "tracker_full",
-                e.to_string(),
-                Some(30),
-            ),
-            other => bad(other.to_string()),
-        })?;
+        .await
+        .map_err(tracker_err)?;
     Ok(Json(SwarmPeers {
         peers: peers
             .into_iter()
@@ -270,8 +261,34 @@ pub(crate) async fn leave(
     Path((game, version)): Path<(String, String)>,
 ) -> Result<StatusCode, Error> {
     let me = crate::http::authed(&api, &headers).await?;
-    if let Ok(mut t) = api.tracker.lock() {
-        t.leave(&game, &version, me);
-    }
+    check_name("game", &game).map_err(content_err)?;
+    check_name("version", &version).map_err(content_err)?;
+    api.tracker
+        .leave(&game, &version, me)
+        .await
+        .map_err(tracker_err)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn tracker_err(e: crate::swarm_tracker::AnnounceError) -> Error {
+    use crate::swarm_tracker::AnnounceError;
+    use volley_content::tracker::TrackerError;
+    match e {
+        AnnounceError::Refused(TrackerError::Full) => Error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tracker_full",
+            e.to_string(),
+            Some(30),
+        ),
+        AnnounceError::Refused(other) => bad(other.to_string()),
+        AnnounceError::Unavailable(why) => {
+            tracing::error!(error = %why, "tracker unavailable");
+            Error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tracker_unavailable",
+                "the tracker is unavailable".into(),
+                Some(5),
+            )
+        }
+    }
 }

@@ -16,6 +16,7 @@ pub mod metrics;
 mod openapi;
 mod room;
 mod store;
+mod swarm_tracker;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -170,8 +171,9 @@ struct Shared {
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
     /// Open event WebSockets per player on this node.
     sockets: Mutex<HashMap<PlayerId, usize>>,
-    /// Content swarms: which players hold which build (this node's announces).
-    tracker: Mutex<volley_content::tracker::Tracker>,
+    /// Content swarms: which players hold which build (this node's announces, or the
+    /// cluster's in Redis).
+    tracker: swarm_tracker::SwarmTracker,
     /// The origin's upload cap for chunks.
     content_pace: volley_content::pace::Pace,
 }
@@ -384,6 +386,14 @@ impl Node {
         })?;
         let (platform, rooms) = open_platform(&cfg).await?;
         let content_pace = volley_content::pace::Pace::new(cfg.content_upload_bytes_per_s);
+        let tracker = match &cfg.redis {
+            Some(url) => {
+                swarm_tracker::SwarmTracker::redis(url, &cfg.redis_prefix, Default::default())
+                    .await
+                    .map_err(|e| StartError::Platform(format!("redis (tracker): {e}")))?
+            }
+            None => swarm_tracker::SwarmTracker::memory(Default::default()),
+        };
         let shared = Arc::new(Shared {
             cfg,
             public_addr,
@@ -398,7 +408,7 @@ impl Node {
             handshakes: AtomicUsize::new(0),
             buckets: Mutex::new(HashMap::new()),
             sockets: Mutex::new(HashMap::new()),
-            tracker: Mutex::new(volley_content::tracker::Tracker::new(Default::default())),
+            tracker,
             content_pace,
         });
         shared

@@ -36,6 +36,8 @@ pub(crate) enum BenchCmd {
     /// One origin and N peers with every upload capped: Volley's swarm next to aria2 and plain
     /// HTTP, as multiples of the fastest possible time (T_min), origin bytes and wire bytes.
     Swarm(crate::bench_swarm::SwarmArgs),
+    /// Announces/s and latency: the node's tracker in memory and in Redis next to opentracker.
+    Tracker(crate::bench_tracker::TrackerArgs),
     /// The baseline forwarder `bench node` runs in a child process.
     #[command(hide = true)]
     UdpForwarder,
@@ -432,6 +434,7 @@ pub(crate) async fn run(which: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Leaderboard(args) => crate::bench_platform::leaderboard(args).await,
         BenchCmd::Content(args) => crate::bench_content::run(args),
         BenchCmd::Swarm(args) => crate::bench_swarm::run(args).await,
+        BenchCmd::Tracker(args) => crate::bench_tracker::run(args).await,
         BenchCmd::UdpForwarder => crate::bench_node::udp_forwarder().await,
     }
 }

@@ -13,6 +13,7 @@ mod bench_node;
 mod bench_platform;
 mod bench_swarm;
 mod bench_sync;
+mod bench_tracker;
 mod bot;
 mod content_cmd;
 mod demo;
@@ -161,7 +162,8 @@ struct ServeArgs {
     /// NATS URL for events between nodes (default: in-process).
     #[arg(long, env = "VOLLEY_NATS")]
     nats: Option<String>,
-    /// Redis URL for leaderboard ranks shared by all nodes (default: in-memory per node).
+    /// Redis URL for leaderboard ranks and the content tracker, shared by all nodes (default:
+    /// in memory per node).
     #[arg(long, env = "VOLLEY_REDIS")]
     redis: Option<String>,
     /// Prefix of this cluster's Redis keys.

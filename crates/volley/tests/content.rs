@@ -771,3 +771,137 @@ async fn a_seed_found_by_lan_discovery_serves_a_fetch_without_the_tracker_knowin
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["seeded"]["uploaded_bytes"].as_u64().unwrap() >= from_peers);
 }
+
+/// Two nodes of one cluster (one PostgreSQL, one Redis): a seed announced through node 1 is
+/// introduced to a player fetching through node 2 and serves it most of the build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_sharing_redis_share_one_tracker() {
+    let db = volley_store::testing::empty_postgres()
+        .await
+        .expect("PostgreSQL for tests");
+    let redis = format!(
+        "redis://{}/",
+        std::env::var("VOLLEY_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into())
+    );
+    let prefix = format!(
+        "volley-test-tracker:{}:{}:",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let node = |id: &'static str, slow: bool| {
+        let (db, redis, prefix) = (db.clone(), redis.clone(), prefix.clone());
+        start_node(move |c| {
+            c.database = Some(db);
+            c.redis = Some(redis);
+            c.redis_prefix = prefix;
+            c.node_id = id.into();
+            c.server_key = Some(KEY.into());
+            if slow {
+                c.content_upload_bytes_per_s = 2 << 20;
+            }
+        })
+    };
+    let n1 = node("node-a", false).await;
+    let n2 = node("node-b", true).await;
+    // Announces through either node land in one swarm, most complete first; leaving through
+    // one node is seen through the other; lies are refused on the shared path too.
+    use volley_proto::api::PeerAnnounce;
+    let have = |port, have_chunks| PeerAnnounce {
+        port,
+        have_chunks,
+        total_chunks: 100,
+    };
+    let a = common::login(&n1.base, "device-shared-aaaa").await;
+    let b = common::login(&n2.base, "device-shared-bbbb").await;
+    let c = common::login(&n2.base, "device-shared-cccc").await;
+    assert!(a
+        .announce_peer("arena", "0.9.0", &have(7001, 100))
+        .await
+        .unwrap()
+        .peers
+        .is_empty());
+    b.announce_peer("arena", "0.9.0", &have(7002, 40))
+        .await
+        .unwrap();
+    let seen = c
+        .announce_peer("arena", "0.9.0", &have(7003, 0))
+        .await
+        .unwrap()
+        .peers;
+    assert_eq!(
+        seen.iter()
+            .map(|p| (p.addr.as_str(), p.have_chunks))
+            .collect::<Vec<_>>(),
+        vec![("127.0.0.1:7001", 100), ("127.0.0.1:7002", 40)]
+    );
+    a.leave_swarm("arena", "0.9.0").await.unwrap();
+    let seen = c
+        .announce_peer("arena", "0.9.0", &have(7003, 1))
+        .await
+        .unwrap()
+        .peers;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let err = c
+        .announce_peer("arena", "0.9.0", &have(7003, 101))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("have_chunks"), "{err}");
+
+    // The same build published to both nodes (the same signed manifest).
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(work.path());
+    let build = work.path().join("build");
+    make_build(&build, 1);
+    let size = publish(&n1.base, &key, &build, "1.0.0")["total_bytes"]
+        .as_u64()
+        .unwrap();
+    publish(&n2.base, &key, &build, "1.0.0");
+    let first = work.path().join("first");
+    ok_json(fetch(&n1.base, &public, &first, "1.0.0", &[]));
+    let seed = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .args(["content", "seed", "--to", first.to_str().unwrap()])
+        .args(["--trust", &public, "--json", "--listen", "127.0.0.1:0"])
+        .args(["--node", &n1.base])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let seed = Kill(seed);
+    // Node 2 learns of the seed that announced to node 1.
+    let probe = common::login(&n2.base, "device-shared-probe").await;
+    let mut introduced = false;
+    for _ in 0..100 {
+        let peers = probe
+            .announce_peer("arena", "1.0.0", &have(7100, 0))
+            .await
+            .unwrap()
+            .peers;
+        if peers.iter().any(|p| p.have_chunks == p.total_chunks) {
+            introduced = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(introduced, "node 2 never saw the seed announced to node 1");
+    probe.leave_swarm("arena", "1.0.0").await.unwrap();
+    // A swarm fetch through node 2 (whose origin is slow) gets most of the build from the seed.
+    let second = work.path().join("second");
+    let p = SwarmPeer::spawn(&n2.base, &public, &second, &[]);
+    let r = p.next_json(Duration::from_secs(120));
+    assert_eq!(tree(&second), tree(&build));
+    let from_peers = r["swarm"]["peer_bytes"].as_u64().unwrap();
+    assert!(
+        from_peers > size / 2,
+        "the seed found through the other node served {from_peers} of {size} bytes: {r}"
+    );
+    drop(seed);
+    n1.node.shutdown().await;
+    n2.node.shutdown().await;
+}
