@@ -254,7 +254,11 @@ async fn opentracker_row(args: &TrackerArgs) -> anyhow::Result<Row> {
             .spawn()
             .context("starting opentracker")?,
     );
-    let http = reqwest::Client::new();
+    // opentracker closes every connection after its answer (as BitTorrent clients expect):
+    // one connection per announce.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
     let base = format!("http://127.0.0.1:{port}/announce");
     let make = move |peer: u64, pport: u16, left: u64| {
         let mut id = [b'-'; 20];
