@@ -80,24 +80,74 @@ impl Params {
         }
         let end = n.min(self.max);
         let normal = end.min(self.avg);
-        let mut h: u64 = 0;
-        let mut i = self.min;
-        while i < normal {
-            h = (h << 1).wrapping_add(GEAR[data[i] as usize]);
-            if h & self.mask_s == 0 {
-                return i + 1;
-            }
-            i += 1;
+        if let Some(i) = scan(data, self.min, self.min, normal, self.mask_s) {
+            return i + 1;
         }
-        while i < end {
-            h = (h << 1).wrapping_add(GEAR[data[i] as usize]);
-            if h & self.mask_l == 0 {
-                return i + 1;
-            }
-            i += 1;
+        if let Some(i) = scan(data, self.min, normal, end, self.mask_l) {
+            return i + 1;
         }
         end
     }
+}
+
+/// Bytes each lane of [`scan`] covers per block.
+const BLOCK: usize = 1024;
+
+/// The gear hash at position `i` of a run that started at `base`: only the last 64 bytes
+/// count, since older ones are shifted out of the word.
+fn warm(data: &[u8], base: usize, i: usize) -> u64 {
+    let mut h = 0u64;
+    for &b in &data[i.saturating_sub(64).max(base)..i] {
+        h = (h << 1).wrapping_add(GEAR[b as usize]);
+    }
+    h
+}
+
+/// The first position in `from..to` where the gear hash of a run started at `base` has no bit
+/// of `mask` set. Since the hash at a position depends only on the 64 bytes before it, four
+/// stretches of `BLOCK` bytes are hashed side by side (four independent chains keep the core
+/// busy where one chain waits on its own previous step), each warmed up on the 64 bytes before
+/// it; the earliest hit wins, so cuts are exactly those of the one-byte-at-a-time loop.
+fn scan(data: &[u8], base: usize, from: usize, to: usize, mask: u64) -> Option<usize> {
+    let mut at = from;
+    while to - at >= 4 * BLOCK {
+        let (s0, rest) = data[at..at + 4 * BLOCK].split_at(BLOCK);
+        let (s1, rest) = rest.split_at(BLOCK);
+        let (s2, s3) = rest.split_at(BLOCK);
+        let mut h0 = warm(data, base, at);
+        let mut h1 = warm(data, base, at + BLOCK);
+        let mut h2 = warm(data, base, at + 2 * BLOCK);
+        let mut h3 = warm(data, base, at + 3 * BLOCK);
+        let mut hit = [usize::MAX; 4];
+        for j in 0..BLOCK {
+            h0 = (h0 << 1).wrapping_add(GEAR[s0[j] as usize]);
+            h1 = (h1 << 1).wrapping_add(GEAR[s1[j] as usize]);
+            h2 = (h2 << 1).wrapping_add(GEAR[s2[j] as usize]);
+            h3 = (h3 << 1).wrapping_add(GEAR[s3[j] as usize]);
+            if (h0 & mask == 0) | (h1 & mask == 0) | (h2 & mask == 0) | (h3 & mask == 0) {
+                for (k, h) in [h0, h1, h2, h3].into_iter().enumerate() {
+                    if h & mask == 0 && hit[k] == usize::MAX {
+                        hit[k] = at + k * BLOCK + j;
+                    }
+                }
+                if hit[0] != usize::MAX {
+                    return Some(hit[0]);
+                }
+            }
+        }
+        if let Some(&i) = hit.iter().find(|&&i| i != usize::MAX) {
+            return Some(i);
+        }
+        at += 4 * BLOCK;
+    }
+    let mut h = warm(data, base, at);
+    for (i, &b) in data.iter().enumerate().take(to).skip(at) {
+        h = (h << 1).wrapping_add(GEAR[b as usize]);
+        if h & mask == 0 {
+            return Some(i);
+        }
+    }
+    None
 }
 
 /// Cuts everything `r` yields into chunks, calling `f` with each, in order; memory stays at two
@@ -215,6 +265,54 @@ mod tests {
         let (a, b) = (hashes(&old), hashes(&new));
         let changed = b.difference(&a).count();
         assert!(changed <= 3, "{changed} chunks changed for one insertion");
+    }
+
+    /// The plain one-byte-at-a-time FastCDC loop: the definition the fast scan must match.
+    fn reference_cut(p: &Params, data: &[u8]) -> usize {
+        let n = data.len();
+        if n <= p.min {
+            return n;
+        }
+        let end = n.min(p.max);
+        let normal = end.min(p.avg);
+        let mut h: u64 = 0;
+        for i in p.min..end {
+            h = (h << 1).wrapping_add(GEAR[data[i] as usize]);
+            let mask = if i < normal { p.mask_s } else { p.mask_l };
+            if h & mask == 0 {
+                return i + 1;
+            }
+        }
+        end
+    }
+
+    #[test]
+    fn the_four_lane_scan_cuts_exactly_where_the_plain_loop_does() {
+        // Random bytes, long runs of one byte (hash hits early and late in blocks) and short
+        // inputs, at several averages.
+        let mut inputs = vec![random(4 << 20, 7)];
+        let mut runs = random(1 << 20, 8);
+        for (k, b) in runs.iter_mut().enumerate() {
+            if (k / 5000) % 3 == 0 {
+                *b = 0;
+            }
+        }
+        inputs.push(runs);
+        inputs.push(random(70_000, 9));
+        for avg in [1 << 10, 4 << 10, 16 << 10, 64 << 10] {
+            let p = Params::new(avg).unwrap();
+            for data in &inputs {
+                let mut at = 0;
+                let mut cuts = 0;
+                while at < data.len() {
+                    let want = reference_cut(&p, &data[at..]);
+                    assert_eq!(p.cut(&data[at..]), want, "avg {avg} at {at}");
+                    at += want;
+                    cuts += 1;
+                }
+                assert!(cuts > 0);
+            }
+        }
     }
 
     #[test]
