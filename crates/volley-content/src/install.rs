@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::manifest::Manifest;
 use crate::pace::Pace;
-use crate::staging::Staging;
+use crate::staging::{Staging, MANIFEST_FILE};
 use crate::{chunk_name, ChunkRef, ContentError, Verified};
 
 /// A chunk the source delivered, with the number of corrupt copies it threw away on the way.
@@ -195,8 +195,6 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     dir.with_file_name(format!("{name}.{suffix}"))
 }
 
-const MANIFEST_FILE: &str = ".volley/manifest";
-
 /// Finishes or rolls back a swap that a crash interrupted: afterwards `dir` holds one whole
 /// version (or nothing, if nothing was ever installed).
 pub fn recover(dir: &Path) -> Result<(), ContentError> {
@@ -338,7 +336,7 @@ pub async fn install(
     }
     report.download_time = start.elapsed();
     // Every chunk is in place: modes, fsync, the manifest; then the swap.
-    staging.finish(signed, MANIFEST_FILE, opts.sync)?;
+    staging.finish(signed, opts.sync)?;
     let old = sibling(dir, "volley-old");
     if dir.exists() {
         fs::rename(dir, &old).map_err(|e| ContentError::io(dir, e))?;

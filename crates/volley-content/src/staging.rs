@@ -20,6 +20,8 @@ use crate::manifest::Manifest;
 use crate::{chunk_name, ContentError, Verified};
 
 const TARGET_FILE: &str = ".volley/target";
+/// Where an install keeps its version's signed manifest.
+pub(crate) const MANIFEST_FILE: &str = ".volley/manifest";
 /// Open files kept for writing and serving (a build may have thousands of files).
 const OPEN_MAX: usize = 64;
 /// Writeback of written data is started every this many bytes.
@@ -75,7 +77,9 @@ impl Staging {
     /// reuses one already building that version, verifying what it holds, or starts a new one
     /// with every file created at its size.
     pub fn open(root: &Path, manifest: &Manifest, signed: &[u8]) -> Result<Staging, ContentError> {
-        let resume = target(root).as_deref() == Some(signed);
+        // Building this version, or finished building it (a crash before the swap).
+        let resume = target(root).as_deref() == Some(signed)
+            || fs::read(root.join(MANIFEST_FILE)).ok().as_deref() == Some(signed);
         if !resume && root.exists() {
             fs::remove_dir_all(root).map_err(|e| ContentError::io(root, e))?;
         }
@@ -90,13 +94,7 @@ impl Staging {
             if let Some(parent) = path.parent() {
                 fs::create_dir_all(parent).map_err(|e| ContentError::io(parent, e))?;
             }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|e| ContentError::io(&path, e))?;
+            let file = open_rw(&path, true)?;
             let len = file
                 .metadata()
                 .map_err(|e| ContentError::io(&path, e))?
@@ -173,13 +171,7 @@ impl Staging {
             return Ok(f.clone());
         }
         let path = &self.paths[fi as usize];
-        let f = Arc::new(
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .map_err(|e| ContentError::io(path, e))?,
-        );
+        let f = Arc::new(open_rw(path, false)?);
         if open.len() >= OPEN_MAX {
             if let Some(k) = open.keys().next().copied() {
                 open.remove(&k);
@@ -288,12 +280,7 @@ impl Staging {
     /// Completes the version once every chunk is whole: sets each file's mode, syncs every
     /// file (with `sync`), and records `signed` as the version's manifest in `.volley/manifest`.
     /// The area is then ready to be renamed into place.
-    pub fn finish(
-        &self,
-        signed: &[u8],
-        manifest_file: &str,
-        sync: bool,
-    ) -> Result<(), ContentError> {
+    pub fn finish(&self, signed: &[u8], sync: bool) -> Result<(), ContentError> {
         if self.count() != self.slots.len() {
             return Err(ContentError::Fetch(format!(
                 "{} of {} chunks are in place",
@@ -311,7 +298,7 @@ impl Staging {
                     .map_err(|e| ContentError::io(path, e))?;
             }
         }
-        let mpath = self.root.join(manifest_file);
+        let mpath = self.root.join(MANIFEST_FILE);
         fs::write(&mpath, signed).map_err(|e| ContentError::io(&mpath, e))?;
         if sync {
             File::open(&mpath)
@@ -319,9 +306,36 @@ impl Staging {
                 .map_err(|e| ContentError::io(&mpath, e))?;
         }
         let t = self.root.join(TARGET_FILE);
-        fs::remove_file(&t).map_err(|e| ContentError::io(&t, e))?;
+        match fs::remove_file(&t) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ContentError::io(&t, e));
+            }
+            _ => {}
+        }
         guard(&self.open).clear();
         Ok(())
+    }
+}
+
+/// Opens a staged file for reading and writing. A file that already got its final read-only
+/// mode (a crash after the modes were set, before the swap) is made writable again first.
+fn open_rw(path: &Path, create: bool) -> Result<File, ContentError> {
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)
+    };
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+                .and_then(|()| open())
+                .map_err(|e| ContentError::io(path, e))
+        }
+        r => r.map_err(|e| ContentError::io(path, e)),
     }
 }
 
@@ -434,8 +448,13 @@ mod tests {
         assert!(!root.join("d/y").exists());
         drop(s);
         s2.put(&va).unwrap();
-        s2.finish(&signed2, ".volley/manifest", true).unwrap();
+        s2.finish(&signed2, true).unwrap();
         assert_eq!(fs::read(root.join(".volley/manifest")).unwrap(), signed2);
         assert!(target(&root).is_none());
+        // Finished but not swapped in (a crash just before the rename): reopened whole.
+        drop(s2);
+        let s3 = Staging::open(&root, &m2, &signed2).unwrap();
+        assert_eq!(s3.count(), 1);
+        s3.finish(&signed2, true).unwrap();
     }
 }
