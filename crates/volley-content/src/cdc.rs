@@ -92,6 +92,8 @@ impl Params {
 
 /// Bytes each lane of [`scan`] covers per block.
 const BLOCK: usize = 1024;
+/// Stretches [`scan`] hashes side by side.
+const LANES: usize = 4;
 
 /// The gear hash at position `i` of a run that started at `base`: only the last 64 bytes
 /// count, since older ones are shifted out of the word.
@@ -110,23 +112,22 @@ fn warm(data: &[u8], base: usize, i: usize) -> u64 {
 /// it; the earliest hit wins, so cuts are exactly those of the one-byte-at-a-time loop.
 fn scan(data: &[u8], base: usize, from: usize, to: usize, mask: u64) -> Option<usize> {
     let mut at = from;
-    while to - at >= 4 * BLOCK {
-        let (s0, rest) = data[at..at + 4 * BLOCK].split_at(BLOCK);
-        let (s1, rest) = rest.split_at(BLOCK);
-        let (s2, s3) = rest.split_at(BLOCK);
-        let mut h0 = warm(data, base, at);
-        let mut h1 = warm(data, base, at + BLOCK);
-        let mut h2 = warm(data, base, at + 2 * BLOCK);
-        let mut h3 = warm(data, base, at + 3 * BLOCK);
-        let mut hit = [usize::MAX; 4];
+    while to - at >= LANES * BLOCK {
+        let block = &data[at..at + LANES * BLOCK];
+        let mut h = [0u64; LANES];
+        for (k, h) in h.iter_mut().enumerate() {
+            *h = warm(data, base, at + k * BLOCK);
+        }
+        let mut hit = [usize::MAX; LANES];
         for j in 0..BLOCK {
-            h0 = (h0 << 1).wrapping_add(GEAR[s0[j] as usize]);
-            h1 = (h1 << 1).wrapping_add(GEAR[s1[j] as usize]);
-            h2 = (h2 << 1).wrapping_add(GEAR[s2[j] as usize]);
-            h3 = (h3 << 1).wrapping_add(GEAR[s3[j] as usize]);
-            if (h0 & mask == 0) | (h1 & mask == 0) | (h2 & mask == 0) | (h3 & mask == 0) {
-                for (k, h) in [h0, h1, h2, h3].into_iter().enumerate() {
-                    if h & mask == 0 && hit[k] == usize::MAX {
+            let mut any = false;
+            for k in 0..LANES {
+                h[k] = (h[k] << 1).wrapping_add(GEAR[block[k * BLOCK + j] as usize]);
+                any |= h[k] & mask == 0;
+            }
+            if any {
+                for k in 0..LANES {
+                    if h[k] & mask == 0 && hit[k] == usize::MAX {
                         hit[k] = at + k * BLOCK + j;
                     }
                 }
@@ -138,7 +139,7 @@ fn scan(data: &[u8], base: usize, from: usize, to: usize, mask: u64) -> Option<u
         if let Some(&i) = hit.iter().find(|&&i| i != usize::MAX) {
             return Some(i);
         }
-        at += 4 * BLOCK;
+        at += LANES * BLOCK;
     }
     let mut h = warm(data, base, at);
     for (i, &b) in data.iter().enumerate().take(to).skip(at) {
