@@ -30,9 +30,17 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 struct Slot {
     hash: [u8; 32],
     size: u32,
-    /// (file index, offset) of every place the chunk occurs.
-    at: Vec<(u32, u64)>,
+    /// (file index, offset) of the first place the chunk occurs, and of any others (most
+    /// chunks occur once, so the list is usually empty and costs no allocation).
+    first: (u32, u64),
+    more: Vec<(u32, u64)>,
     have: AtomicBool,
+}
+
+impl Slot {
+    fn places(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        std::iter::once(self.first).chain(self.more.iter().copied())
+    }
 }
 
 #[derive(Default)]
@@ -106,16 +114,22 @@ impl Staging {
             reserve(&file, f.size).map_err(|e| ContentError::io(&path, e))?;
             let mut at = 0u64;
             for c in &f.chunks {
-                let i = *index.entry(c.hash).or_insert_with(|| {
-                    slots.push(Slot {
-                        hash: c.hash,
-                        size: c.size,
-                        at: Vec::new(),
-                        have: AtomicBool::new(false),
-                    });
-                    (slots.len() - 1) as u32
-                });
-                slots[i as usize].at.push((fi as u32, at));
+                let here = (fi as u32, at);
+                match index.entry(c.hash) {
+                    std::collections::hash_map::Entry::Occupied(e) => {
+                        slots[*e.get() as usize].more.push(here);
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(slots.len() as u32);
+                        slots.push(Slot {
+                            hash: c.hash,
+                            size: c.size,
+                            first: here,
+                            more: Vec::new(),
+                            have: AtomicBool::new(false),
+                        });
+                    }
+                }
                 at += u64::from(c.size);
             }
             paths.push(path);
@@ -148,7 +162,7 @@ impl Staging {
         for slot in &self.slots {
             buf.resize(slot.size as usize, 0);
             let mut whole = true;
-            for &(fi, at) in &slot.at {
+            for (fi, at) in slot.places() {
                 let f = self.file(fi)?;
                 if f.read_exact_at(&mut buf, at).is_err()
                     || blake3::hash(&buf).as_bytes() != &slot.hash
@@ -217,7 +231,7 @@ impl Staging {
         if slot.have.load(Ordering::Acquire) {
             return Ok(());
         }
-        for &(fi, at) in &slot.at {
+        for (fi, at) in slot.places() {
             self.file(fi)?
                 .write_all_at(data, at)
                 .map_err(|e| ContentError::io(&self.paths[fi as usize], e))?;
@@ -233,8 +247,8 @@ impl Staging {
     fn written(&self, slot: &Slot, bytes: u64) {
         let files = {
             let mut d = guard(&self.dirty);
-            d.bytes += bytes * slot.at.len() as u64;
-            for &(fi, _) in &slot.at {
+            d.bytes += bytes * (1 + slot.more.len() as u64);
+            for (fi, _) in slot.places() {
                 if !d.files.contains(&fi) {
                     d.files.push(fi);
                 }
@@ -262,7 +276,7 @@ impl Staging {
         if !slot.have.load(Ordering::Acquire) {
             return Ok(None);
         }
-        let (fi, at) = slot.at[0];
+        let (fi, at) = slot.first;
         let mut buf = vec![0u8; slot.size as usize];
         self.file(fi)?
             .read_exact_at(&mut buf, at)
