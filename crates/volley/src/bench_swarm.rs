@@ -80,7 +80,7 @@ struct Row {
 
 const KEY: &str = "bench-swarm-server-key-0123456789";
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -92,7 +92,8 @@ fn free_udp_port() -> anyhow::Result<u16> {
         .port())
 }
 
-struct Proc(Child);
+/// A child process killed when dropped.
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -156,7 +157,7 @@ fn t_min(f: f64, n: usize, cap: f64) -> f64 {
     (f / cap).max(n as f64 * f / (cap + n as f64 * cap))
 }
 
-fn percentile(v: &mut [f64], q: f64) -> f64 {
+pub(crate) fn percentile(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(((v.len() as f64 - 1.0) * q).round() as usize)
         .copied()

@@ -3,7 +3,7 @@
 //! C, each answering the same load in the same run: a swarm of `--peers` entries, `--clients`
 //! announcing in a loop, each answer up to 50 peers.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use volley_proto::api::PeerAnnounce;
+
+use crate::bench_swarm::{free_port, percentile, Proc};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct TrackerArgs {
@@ -39,28 +41,6 @@ struct Row {
     latency_ms_p50: f64,
     latency_ms_p99: f64,
     peers_per_answer: f64,
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn pct(v: &mut [f64], q: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(((v.len() as f64 - 1.0) * q).round() as usize)
-        .copied()
-        .unwrap_or(0.0)
 }
 
 /// Runs `clients` loops of `one(client, round)` for `secs`; returns the row.
@@ -104,8 +84,8 @@ where
         tracker: name.into(),
         announces: n,
         announces_per_s: n as f64 / elapsed,
-        latency_ms_p50: pct(&mut lat, 0.5),
-        latency_ms_p99: pct(&mut lat, 0.99),
+        latency_ms_p50: percentile(&mut lat, 0.5),
+        latency_ms_p99: percentile(&mut lat, 0.99),
         peers_per_answer: got as f64 / n.max(1) as f64,
     })
 }
