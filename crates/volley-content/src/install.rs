@@ -32,7 +32,8 @@ pub trait ChunkSource: Send + Sync {
     /// One chunk's bytes (verified by the caller).
     fn fetch(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Vec<u8>, ContentError>>;
 
-    /// Delivers every chunk of `wanted` on `out`, in any order, each verified. Stops early when `out` is closed. The default fetches `concurrency`
+    /// Delivers every chunk of `wanted` on `out`, in any order, each verified. Stops early
+    /// when `out` is closed. The default fetches `concurrency`
     /// chunks at a time through [`ChunkSource::fetch`], at most `max_bytes_per_s`, retrying a
     /// chunk that fails or comes back corrupt up to `attempts` times.
     fn download<'a>(
@@ -182,8 +183,8 @@ pub struct InstallReport {
     pub corrupt_chunks: usize,
     /// Time from the start until the last missing chunk was stored.
     pub download_time: Duration,
-    /// Time spent after that: building the new version beside the old one, syncing and
-    /// swapping it into place.
+    /// Time spent after that: setting modes, syncing the staged version and swapping it into
+    /// place.
     pub build_time: Duration,
 }
 
