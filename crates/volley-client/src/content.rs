@@ -153,7 +153,7 @@ pub async fn fetch_with(
 ) -> Result<InstallReport, Error> {
     let origin = Origin::new(base, game);
     let (signed, m) = origin.open_version(version, trusted).await?;
-    Ok(volley_content::install::install(&signed, &m, to, &origin, opts, progress).await?)
+    Ok(volley_content::install::install(&signed, m, to, &origin, opts, progress).await?)
 }
 
 /// What a publish did.
@@ -194,9 +194,7 @@ pub async fn publish(
     let base = base.trim_end_matches('/').to_owned();
     let http = reqwest::Client::new();
     let (d, g, v) = (dir.to_owned(), game.to_owned(), version.to_owned());
-    let m =
-        blocking(move || volley_content::publish::chunk_dir(&d, &g, &v, chunk_avg, |_, _| Ok(())))
-            .await?;
+    let m = blocking(move || volley_content::publish::chunk_dir(&d, &g, &v, chunk_avg)).await?;
     let signed = m.sign(key)?;
     let mut names: Vec<String> = m.chunks().map(|c| chunk_name(&c.hash)).collect();
     names.sort();
@@ -221,19 +219,22 @@ pub async fn publish(
             .map_err(|e| Error::Http(format!("bad response body: {e}")))?;
         missing.extend(l.chunks);
     }
-    // Second pass: the missing chunks, uploaded four at a time.
+    // Then the missing chunks, read by their offsets (checked against the manifest as they are
+    // read) and uploaded four at a time.
     let (tx, rx) = tokio::sync::mpsc::channel::<([u8; 32], Vec<u8>)>(8);
     let d: PathBuf = dir.to_owned();
-    let (g, v) = (game.to_owned(), version.to_owned());
+    let mc = m.clone();
     let reader = tokio::task::spawn_blocking(move || {
         let mut sent = std::collections::HashSet::new();
-        volley_content::publish::chunk_dir(&d, &g, &v, chunk_avg, |h, data| {
-            if missing.contains(&chunk_name(h)) && sent.insert(*h) {
-                tx.blocking_send((*h, data.to_vec()))
-                    .map_err(|_| ContentError::Fetch("upload stopped".into()))?;
-            }
-            Ok(())
-        })
+        volley_content::publish::read_chunks(
+            &d,
+            &mc,
+            |c| missing.contains(&chunk_name(&c.hash)) && sent.insert(c.hash),
+            |c, data| {
+                tx.blocking_send((c.hash, data))
+                    .map_err(|_| ContentError::Fetch("upload stopped".into()))
+            },
+        )
     });
     let uploads = tokio_stream_from(rx)
         .map(|(h, data)| {
@@ -256,14 +257,9 @@ pub async fn publish(
         report.uploaded_bytes += r?;
         report.uploaded_chunks += 1;
     }
-    let second = reader
+    reader
         .await
-        .map_err(|_| Error::Http("chunking stopped".into()))??;
-    if second != m {
-        return Err(
-            ContentError::Invalid("the build changed while it was being published".into()).into(),
-        );
-    }
+        .map_err(|_| Error::Http("reading the build stopped".into()))??;
     send(
         http.put(format!("{base}/v1/content/{game}/versions/{version}"))
             .header("x-volley-server-key", server_key)

@@ -24,6 +24,7 @@ use volley_content::install::{ChunkSource, Delivered, InstallOptions};
 use volley_content::pace::Pace;
 use volley_content::picker::Picker;
 use volley_content::staging::Staging;
+use volley_content::table::ChunkTable;
 use volley_content::wire::{Bits, Hello, Msg, Status, WireError};
 use volley_content::{chunk_name, ChunkRef, ContentError, Manifest, Verified};
 use volley_net::tls::{self, Identity, Pin};
@@ -108,8 +109,11 @@ pub struct SwarmStats {
 enum Serve {
     /// The staging area of an install in progress.
     Staging(Arc<Staging>),
-    /// An installed version: per chunk index, the file and offset.
-    Installed(Vec<(PathBuf, u64)>),
+    /// An installed version: its files, and per chunk number the file and offset.
+    Installed {
+        paths: Vec<PathBuf>,
+        at: Vec<(u32, u64)>,
+    },
 }
 
 struct PeerState {
@@ -153,8 +157,7 @@ impl Peer {
 struct Inner {
     peer_id: u64,
     manifest_id: [u8; 32],
-    chunks: Vec<ChunkRef>,
-    index: HashMap<[u8; 32], u32>,
+    table: Arc<ChunkTable>,
     opts: SwarmOptions,
     endpoint: quinn::Endpoint,
     client_cfg: quinn::ClientConfig,
@@ -261,14 +264,7 @@ impl Swarm {
         api: Option<Api>,
         opts: SwarmOptions,
     ) -> Result<Swarm, Error> {
-        let mut chunks = Vec::new();
-        let mut index = HashMap::new();
-        for c in manifest.chunks() {
-            if let std::collections::hash_map::Entry::Vacant(e) = index.entry(c.hash) {
-                e.insert(chunks.len() as u32);
-                chunks.push(*c);
-            }
-        }
+        let table = Arc::new(ChunkTable::new(manifest, signed)?);
         let me = Identity::generate("volley-peer").map_err(|e| Error::Http(e.to_string()))?;
         let transport = Arc::new(transport(opts.peer_depth));
         let server =
@@ -288,12 +284,11 @@ impl Swarm {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(|e| Error::Http(format!("peer endpoint: {e}")))?;
-        let n = chunks.len();
+        let n = table.len();
         let inner = Arc::new(Inner {
             peer_id: rand_u64(),
-            manifest_id: *blake3::hash(signed).as_bytes(),
-            chunks,
-            index,
+            manifest_id: *table.id(),
+            table,
             up: Pace::new(opts.upload_bytes_per_s),
             down: Pace::new(opts.download_bytes_per_s),
             opts,
@@ -304,7 +299,10 @@ impl Swarm {
             game: manifest.game.clone(),
             version: manifest.version.clone(),
             held: Mutex::new(Bits::new(n)),
-            serve: Mutex::new(Serve::Installed(Vec::new())),
+            serve: Mutex::new(Serve::Installed {
+                paths: Vec::new(),
+                at: Vec::new(),
+            }),
             recent: Mutex::new(Recent::default()),
             picker: Mutex::new(None),
             out: Mutex::new(None),
@@ -353,8 +351,8 @@ impl Swarm {
     /// Serves the verified chunks in an install's staging area (those there now, and each
     /// new one as the installer writes it).
     pub fn serve_staging(&self, staging: Arc<Staging>) {
-        let mut held = Bits::new(self.inner.chunks.len());
-        for (i, c) in self.inner.chunks.iter().enumerate() {
+        let mut held = Bits::new(self.inner.table.len());
+        for (i, c) in self.inner.table.iter().enumerate() {
             if staging.has(&c.hash) {
                 held.set(i);
             }
@@ -379,22 +377,39 @@ impl Swarm {
             ))
             .into());
         }
-        let mut at = vec![(PathBuf::new(), 0u64); self.inner.chunks.len()];
-        let mut held = Bits::new(self.inner.chunks.len());
-        for f in &m.files {
+        let mut at = vec![(0u32, 0u64); self.inner.table.len()];
+        let mut held = Bits::new(self.inner.table.len());
+        for (fi, f) in m.files.iter().enumerate() {
             let mut off = 0u64;
             for c in &f.chunks {
-                if let Some(&i) = self.inner.index.get(&c.hash) {
+                if let Some(i) = self.inner.table.find(&c.hash) {
                     if held.set(i as usize) {
-                        at[i as usize] = (dir.join(&f.path), off);
+                        at[i as usize] = (fi as u32, off);
                     }
                 }
                 off += u64::from(c.size);
             }
         }
-        *lock(&self.inner.serve) = Serve::Installed(at);
+        let paths = m.files.iter().map(|f| dir.join(&f.path)).collect();
+        *lock(&self.inner.serve) = Serve::Installed { paths, at };
         self.replace_held(held);
         Ok(())
+    }
+
+    /// After an install swapped its staging area into `dir`: serves the same chunks from
+    /// there, placed as the staging area placed them (no second reading of the manifest).
+    fn serve_swapped(&self, dir: &Path) -> Result<(), Error> {
+        let layout = match &*lock(&self.inner.serve) {
+            Serve::Staging(s) => Some(s.layout(dir)),
+            Serve::Installed { .. } => None,
+        };
+        match layout {
+            Some((paths, at)) => {
+                *lock(&self.inner.serve) = Serve::Installed { paths, at };
+                Ok(())
+            }
+            None => self.serve_installed(dir),
+        }
     }
 
     fn replace_held(&self, held: Bits) {
@@ -473,7 +488,7 @@ impl Inner {
     }
 
     fn idx(&self, i: u32) -> Option<ChunkRef> {
-        self.chunks.get(i as usize).copied()
+        self.table.get(i)
     }
 
     /// Chunk `i` from the recent ones in memory, if held.
@@ -492,7 +507,10 @@ impl Inner {
         let c = self.idx(i)?;
         let loc = match &*lock(&self.serve) {
             Serve::Staging(staging) => return staging.get(&c.hash).ok().flatten(),
-            Serve::Installed(at) => at.get(i as usize)?.clone(),
+            Serve::Installed { paths, at } => {
+                let &(fi, off) = at.get(i as usize)?;
+                (paths.get(fi as usize)?.clone(), off)
+            }
         };
         use std::io::{Read, Seek, SeekFrom};
         let mut f = std::fs::File::open(&loc.0).ok()?;
@@ -596,9 +614,10 @@ impl ChunkSource for Swarm {
             let inner = &self.inner;
             let needed: Vec<u32> = wanted
                 .iter()
-                .filter_map(|c| inner.index.get(&c.hash).copied())
+                .filter_map(|c| inner.table.find(&c.hash))
                 .collect();
-            let mut picker = Picker::new(inner.chunks.len(), needed, rand_u64());
+            drop(wanted);
+            let mut picker = Picker::new(inner.table.len(), needed, rand_u64());
             for p in lock(&inner.peers).values() {
                 picker.add_peer(&lock(&p.state).bits);
             }
@@ -637,10 +656,16 @@ impl ChunkSource for Swarm {
                 t.abort();
             }
             *lock(&inner.out) = None;
+            // Done (or given up): nothing more is picked, and its per-chunk state goes.
+            *lock(&inner.picker) = None;
             for p in lock(&inner.peers).values() {
                 update_interest(inner, p);
             }
         })
+    }
+
+    fn chunk_table(&self) -> Option<Arc<ChunkTable>> {
+        Some(self.inner.table.clone())
     }
 
     fn attach_staging(&self, staging: Arc<Staging>) {
@@ -648,7 +673,7 @@ impl ChunkSource for Swarm {
     }
 
     fn stored(&self, chunk: &ChunkRef) {
-        let Some(&i) = self.inner.index.get(&chunk.hash) else {
+        let Some(i) = self.inner.table.find(&chunk.hash) else {
             return;
         };
         let (new, full) = {
@@ -782,7 +807,7 @@ fn hello(inner: &Inner) -> Msg {
     Msg::Hello(Hello {
         peer_id: inner.peer_id,
         manifest_id: inner.manifest_id,
-        chunks: inner.chunks.len() as u32,
+        chunks: inner.table.len() as u32,
     })
 }
 
@@ -806,7 +831,7 @@ async fn read_hello(inner: &Inner, recv: &mut quinn::RecvStream) -> Result<Hello
     let Msg::Hello(h) = m else {
         return Err("first message is not a hello".into());
     };
-    if h.manifest_id != inner.manifest_id || h.chunks as usize != inner.chunks.len() {
+    if h.manifest_id != inner.manifest_id || h.chunks as usize != inner.table.len() {
         return Err("the peer serves another version".into());
     }
     if h.peer_id == inner.peer_id {
@@ -865,7 +890,7 @@ async fn run_peer(
         conn: conn.clone(),
         ctl,
         state: Mutex::new(PeerState {
-            bits: Bits::new(inner.chunks.len()),
+            bits: Bits::new(inner.table.len()),
             choking_us: true,
             choked: true,
             interested_in_us: false,
@@ -931,7 +956,7 @@ fn on_msg(inner: &Inner, peer: &Peer, m: Msg) -> Result<(), WireError> {
     match m {
         Msg::Hello(_) => return Err(WireError::UnknownType(1)),
         Msg::Bitfield(bytes) => {
-            let bits = Bits::from_bytes(&bytes, inner.chunks.len())?;
+            let bits = Bits::from_bytes(&bytes, inner.table.len())?;
             let old = std::mem::replace(&mut lock(&peer.state).bits, bits.clone());
             if let Some(p) = lock(&inner.picker).as_mut() {
                 p.remove_peer(&old);
@@ -941,7 +966,7 @@ fn on_msg(inner: &Inner, peer: &Peer, m: Msg) -> Result<(), WireError> {
             peer.wake.notify_waiters();
         }
         Msg::Have(i) => {
-            if i as usize >= inner.chunks.len() {
+            if i as usize >= inner.table.len() {
                 return Err(WireError::Trailing);
             }
             if lock(&peer.state).bits.set(i as usize) {
@@ -976,7 +1001,7 @@ fn on_msg(inner: &Inner, peer: &Peer, m: Msg) -> Result<(), WireError> {
         }
         Msg::NotInterested => lock(&peer.state).interested_in_us = false,
         Msg::Claim(i) => {
-            if i as usize >= inner.chunks.len() {
+            if i as usize >= inner.table.len() {
                 return Err(WireError::Trailing);
             }
             let until = inner.now_ms() + 10_000;
@@ -1018,7 +1043,7 @@ async fn serve_requests(inner: Arc<Inner>, peer: Arc<Peer>) {
                 return;
             }
             let i = u32::from_be_bytes(b);
-            let status = if i as usize >= inner.chunks.len() {
+            let status = if i as usize >= inner.table.len() {
                 Status::BadIndex
             } else if lock(&peer.state).choked {
                 Status::Choked
@@ -1055,10 +1080,12 @@ async fn serve_requests(inner: Arc<Inner>, peer: Arc<Peer>) {
             let n = data.len();
             if send.write_all(&[Status::Ok as u8]).await.is_ok()
                 && send.write_chunk(data).await.is_ok()
-                && send.finish().is_ok()
             {
+                // Counted before the stream is finished: the peer holds the chunk only once the
+                // end arrives, so no peer can report bytes this side has not counted yet.
                 inner.uploaded_bytes.fetch_add(n as u64, Ordering::Relaxed);
                 lock(&peer.state).sent_round += n as u64;
+                let _ = send.finish();
             }
         });
     }
@@ -1243,7 +1270,7 @@ async fn announce_loop(inner: Arc<Inner>) {
                 &volley_proto::api::PeerAnnounce {
                     port,
                     have_chunks: have,
-                    total_chunks: inner.chunks.len() as u32,
+                    total_chunks: inner.table.len() as u32,
                 },
             )
             .await
@@ -1346,11 +1373,11 @@ pub async fn fetch(
     let (signed, m) = origin.open_version(version, trusted).await?;
     volley_content::install::recover(to)?;
     let swarm = Swarm::start(&signed, &m, Some(origin), api, opts)?;
-    let r = volley_content::install::install(&signed, &m, to, &swarm, install, progress).await;
+    let r = volley_content::install::install(&signed, m, to, &swarm, install, progress).await;
     let stats = swarm.stats();
     match r {
         Ok(report) => {
-            swarm.serve_installed(to)?;
+            swarm.serve_swapped(to)?;
             Ok(SwarmFetch {
                 report,
                 stats,

@@ -195,6 +195,195 @@ pub fn chunk_lengths(data: &[u8], p: &Params) -> Vec<usize> {
     out
 }
 
+/// A chunk of a file: where it starts, its length and its BLAKE3 hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    /// Offset in the file.
+    pub at: u64,
+    /// Length in bytes.
+    pub len: u32,
+    /// BLAKE3 of the bytes.
+    pub hash: [u8; 32],
+}
+
+/// Bytes each parallel task of [`chunk_files`] chunks (a file longer than this is split).
+pub const SPAN: u64 = 64 << 20;
+/// Read buffer of one task.
+const READ_BUF: usize = 4 << 20;
+
+/// A file to chunk: open for reading, with its length.
+pub trait Source: Sync {
+    /// Length in bytes.
+    fn size(&self) -> u64;
+    /// Fills `buf` from `at` (the range lies within the length).
+    fn read_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()>;
+}
+
+impl Source for (std::fs::File, u64) {
+    fn size(&self) -> u64 {
+        self.1
+    }
+    fn read_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.0.read_exact_at(buf, at)
+    }
+}
+
+impl Source for &[u8] {
+    fn size(&self) -> u64 {
+        <[u8]>::len(self) as u64
+    }
+    fn read_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+        let at = at as usize;
+        buf.copy_from_slice(&self[at..at + buf.len()]);
+        Ok(())
+    }
+}
+
+/// Cuts and hashes every file of `files` on up to `threads` threads, returning each file's
+/// chunks in order: exactly the chunks the one-pass chunker ([`chunk_reader`]) makes.
+///
+/// Files are split into stretches of [`SPAN`] bytes, and the stretches are chunked in
+/// parallel, each as if a chunk began at its start. A cut depends only on the bytes since the
+/// previous cut, so once the chunks continuing from one stretch reach a cut the next stretch
+/// also made, the two agree from there on: the stretches are joined by chunking on from the end
+/// of one (usually one to three chunks) until a chunk starts where one of the next stretch's
+/// does. Where they never meet (a long run of one byte cut only at the maximum size, out of
+/// phase), the join simply chunks on through the next stretch; the result is the same.
+pub fn chunk_files<S: Source>(
+    files: &[S],
+    p: &Params,
+    threads: usize,
+) -> std::io::Result<Vec<Vec<Cut>>> {
+    chunk_stretches(files, p, threads, SPAN)
+}
+
+fn chunk_stretches<S: Source>(
+    files: &[S],
+    p: &Params,
+    threads: usize,
+    stretch: u64,
+) -> std::io::Result<Vec<Vec<Cut>>> {
+    // Every (file, stretch start), in order.
+    let mut tasks = Vec::new();
+    for (fi, f) in files.iter().enumerate() {
+        let mut at = 0;
+        while at < f.size() {
+            tasks.push((fi, at));
+            at += stretch;
+        }
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: Vec<std::sync::Mutex<Option<std::io::Result<Vec<Cut>>>>> =
+        tasks.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let work = || {
+        let mut buf = vec![0u8; READ_BUF.max(p.max * 2)];
+        loop {
+            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(&(fi, at)) = tasks.get(k) else {
+                return;
+            };
+            let f = &files[fi];
+            let r = chunk_span(f, p, at, (at + stretch).min(f.size()), &mut buf);
+            *done[k].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        }
+    };
+    let threads = threads.clamp(1, tasks.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 1..threads {
+            scope.spawn(work);
+        }
+        work();
+    });
+    // Join the stretches of each file.
+    let mut out: Vec<Vec<Cut>> = files.iter().map(|_| Vec::new()).collect();
+    let mut buf = vec![0u8; p.max];
+    for (slot, &(fi, _)) in done.into_iter().zip(&tasks) {
+        let span = slot
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(|| Ok(Vec::new()))?;
+        let cuts = &mut out[fi];
+        let Some(first) = span.first() else {
+            continue;
+        };
+        let mut end = cuts.last().map_or(0, |c| c.at + u64::from(c.len));
+        let span_end = span.last().map_or(first.at, |c| c.at + u64::from(c.len));
+        loop {
+            if let Ok(j) = span.binary_search_by_key(&end, |c| c.at) {
+                cuts.extend_from_slice(&span[j..]);
+                break;
+            }
+            if end >= span_end {
+                break; // this stretch's chunks were all passed over
+            }
+            let c = chunk_one(&files[fi], p, end, &mut buf)?;
+            end += u64::from(c.len);
+            cuts.push(c);
+        }
+    }
+    // A file whose last stretch was passed over ends where the join stopped; finish it.
+    for (fi, cuts) in out.iter_mut().enumerate() {
+        let len = files[fi].size();
+        let mut end = cuts.last().map_or(0, |c| c.at + u64::from(c.len));
+        while end < len {
+            let c = chunk_one(&files[fi], p, end, &mut buf)?;
+            end += u64::from(c.len);
+            cuts.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// The chunk that starts at `at`.
+fn chunk_one<S: Source>(f: &S, p: &Params, at: u64, buf: &mut [u8]) -> std::io::Result<Cut> {
+    let n = (p.max as u64).min(f.size() - at) as usize;
+    f.read_at(&mut buf[..n], at)?;
+    let len = p.cut(&buf[..n]);
+    Ok(Cut {
+        at,
+        len: len as u32,
+        hash: *blake3::hash(&buf[..len]).as_bytes(),
+    })
+}
+
+/// Chunks from `from` (as if a chunk began there) until a chunk starts at or after `until`.
+fn chunk_span<S: Source>(
+    f: &S,
+    p: &Params,
+    from: u64,
+    until: u64,
+    buf: &mut [u8],
+) -> std::io::Result<Vec<Cut>> {
+    let len = f.size();
+    let mut out = Vec::with_capacity(((until - from) / p.avg as u64) as usize + 1);
+    // The buffer holds the file's bytes [base, base + filled).
+    let (mut base, mut filled) = (from, 0usize);
+    let mut at = from;
+    while at < until {
+        let need = (p.max as u64).min(len - at) as usize;
+        let off = (at - base) as usize;
+        if off + need > filled {
+            buf.copy_within(off..filled, 0);
+            filled -= off;
+            base = at;
+            let more = ((buf.len() - filled) as u64).min(len - (base + filled as u64)) as usize;
+            f.read_at(&mut buf[filled..filled + more], base + filled as u64)?;
+            filled += more;
+        }
+        let off = (at - base) as usize;
+        let data = &buf[off..off + need];
+        let n = p.cut(data);
+        out.push(Cut {
+            at,
+            len: n as u32,
+            hash: *blake3::hash(&data[..n]).as_bytes(),
+        });
+        at += n as u64;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -312,6 +501,43 @@ mod tests {
                     cuts += 1;
                 }
                 assert!(cuts > 0);
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_stretches_join_into_exactly_the_one_pass_chunks() {
+        // Random bytes; a file of one repeated byte (cut only at the maximum size, so stretches
+        // never meet and the join chunks on through them); a mix; a file shorter than a
+        // chunk; an empty file; a file of exactly one stretch.
+        let p = Params::new(1 << 10).unwrap();
+        let stretch = 100_000;
+        let s = stretch as usize;
+        let random_file = random(7 * s + 12_345, 11);
+        let zeros = vec![0u8; 3 * s + 7];
+        let mut mixed = random(5 * s + 99, 12);
+        mixed[s - 5_000..2 * s + 30_000].fill(7);
+        let small = random(300, 13);
+        let one = random(s, 14);
+        let files: Vec<&[u8]> = vec![&random_file, &zeros, &mixed, &small, &[], &one];
+        for threads in [1, 3] {
+            let got = chunk_stretches(&files, &p, threads, stretch).unwrap();
+            for (f, cuts) in files.iter().zip(&got) {
+                let mut at = 0;
+                let want: Vec<Cut> = chunk_lengths(f, &p)
+                    .into_iter()
+                    .map(|l| {
+                        let c = Cut {
+                            at: at as u64,
+                            len: l as u32,
+                            hash: *blake3::hash(&f[at..at + l]).as_bytes(),
+                        };
+                        at += l;
+                        c
+                    })
+                    .collect();
+                assert_eq!(cuts.len(), want.len(), "file of {} bytes", f.len());
+                assert!(*cuts == want, "file of {} bytes", f.len());
             }
         }
     }

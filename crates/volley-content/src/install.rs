@@ -9,7 +9,6 @@
 //! staging → `<dir>`. Every state in between holds one whole version, and [`recover`] (run first
 //! by every install) finishes or rolls back a swap a crash interrupted.
 
-use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -22,6 +21,7 @@ use tokio::sync::mpsc;
 use crate::manifest::Manifest;
 use crate::pace::Pace;
 use crate::staging::{Staging, MANIFEST_FILE};
+use crate::table::ChunkTable;
 use crate::{chunk_name, ChunkRef, ContentError, Verified};
 
 /// A chunk the source delivered, with the number of corrupt copies it threw away on the way.
@@ -70,6 +70,12 @@ pub trait ChunkSource: Send + Sync {
                 }
             }
         })
+    }
+
+    /// The numbered chunks of the version, if the source has them already (a swarm does):
+    /// the installer then shares them rather than building its own.
+    fn chunk_table(&self) -> Option<std::sync::Arc<ChunkTable>> {
+        None
     }
 
     /// The staging area the installer writes chunks into (a swarm serves from it). Called
@@ -225,10 +231,12 @@ pub fn installed(dir: &Path) -> Result<Option<(Manifest, Vec<u8>)>, ContentError
     }
 }
 
-/// Installs the version `signed` (already opened as `manifest`) into `dir`.
+/// Installs the version `signed` (already opened as `manifest`) into `dir`. The manifest is
+/// consumed: once the staging area is laid out, its per-chunk lists are not kept while the
+/// download runs.
 pub async fn install(
     signed: &[u8],
-    manifest: &Manifest,
+    manifest: Manifest,
     dir: &Path,
     source: &dyn ChunkSource,
     opts: InstallOptions,
@@ -236,16 +244,26 @@ pub async fn install(
 ) -> Result<InstallReport, ContentError> {
     let start = Instant::now();
     recover(dir)?;
-    // Where each chunk of the installed version is.
-    let mut local: HashMap<[u8; 32], (PathBuf, u64, u32)> = HashMap::new();
-    match installed(dir)? {
+    let table = match source.chunk_table() {
+        Some(t) if t.id() == blake3::hash(signed).as_bytes() => t,
+        _ => std::sync::Arc::new(ChunkTable::new(&manifest, signed)?),
+    };
+    // Where each chunk of the new version occurs in the installed one, if it does: (file of
+    // the installed version, offset).
+    let mut local: Vec<(u32, u64)> = Vec::new();
+    let old = installed(dir)?;
+    match &old {
         Some((old, _)) => {
-            for f in &old.files {
+            local = vec![(u32::MAX, 0); table.len()];
+            for (fi, f) in old.files.iter().enumerate() {
                 let mut at = 0u64;
                 for c in &f.chunks {
-                    local
-                        .entry(c.hash)
-                        .or_insert_with(|| (dir.join(&f.path), at, c.size));
+                    if let Some(i) = table.find(&c.hash) {
+                        let l = &mut local[i as usize];
+                        if l.0 == u32::MAX && table.get(i).is_some_and(|n| n.size == c.size) {
+                            *l = (fi as u32, at);
+                        }
+                    }
                     at += u64::from(c.size);
                 }
             }
@@ -264,46 +282,51 @@ pub async fn install(
             }
         }
     }
-    let staging = std::sync::Arc::new(Staging::open(&staging_dir(dir), manifest, signed)?);
+    let staging = std::sync::Arc::new(Staging::open(
+        &staging_dir(dir),
+        &manifest,
+        signed,
+        table.clone(),
+    )?);
     let mut report = InstallReport {
         files: manifest.files.len(),
         total_bytes: manifest.total_size(),
         chunks: staging.chunks(),
         ..Default::default()
     };
-    let mut seen = HashSet::new();
+    drop(manifest);
     let mut wanted = Vec::new();
     let mut p = Progress::default();
     let mut open_old: Option<(PathBuf, fs::File)> = None;
-    for c in manifest.chunks() {
-        if !seen.insert(c.hash) {
-            continue;
-        }
-        if let Some((src, at, size)) = local.get(&c.hash) {
-            // From the installed version into place (unless a resumed run already did), if its
-            // bytes there still hash right; a damaged copy is downloaded instead.
-            let copied = staging.has(&c.hash)
-                || match read_local(&mut open_old, src, *at, *size, c)? {
-                    Some(v) => {
-                        staging.put(&v)?;
-                        true
-                    }
-                    None => false,
-                };
-            if copied {
-                report.reused_chunks += 1;
-                report.reused_bytes += u64::from(c.size);
-                continue;
+    for (i, c) in table.iter().enumerate() {
+        if let (Some((old, _)), Some(&(fi, at))) = (&old, local.get(i)) {
+            if let Some(f) = old.files.get(fi as usize) {
+                // From the installed version into place (unless a resumed run already did),
+                // if its bytes there still hash right; a damaged copy is downloaded instead.
+                let copied = staging.has_chunk(i as u32)
+                    || match read_local(&mut open_old, &dir.join(&f.path), at, &c)? {
+                        Some(v) => {
+                            staging.put(&v)?;
+                            true
+                        }
+                        None => false,
+                    };
+                if copied {
+                    report.reused_chunks += 1;
+                    report.reused_bytes += u64::from(c.size);
+                    continue;
+                }
             }
         }
         p.need_bytes += u64::from(c.size);
-        if staging.has(&c.hash) {
+        if staging.has_chunk(i as u32) {
             report.resumed_chunks += 1;
             p.have_bytes += u64::from(c.size);
         } else {
-            wanted.push(*c);
+            wanted.push(c);
         }
     }
+    drop((local, old));
     drop(open_old);
     source.attach_staging(staging.clone());
     progress(&p);
@@ -366,7 +389,6 @@ fn read_local(
     open: &mut Option<(PathBuf, fs::File)>,
     path: &Path,
     at: u64,
-    size: u32,
     chunk: &ChunkRef,
 ) -> Result<Option<Verified>, ContentError> {
     if open.as_ref().map(|(p, _)| p.as_path()) != Some(path) {
@@ -378,7 +400,7 @@ fn read_local(
     let Some((_, f)) = open.as_mut() else {
         return Ok(None);
     };
-    let mut buf = vec![0u8; size as usize];
+    let mut buf = vec![0u8; chunk.size as usize];
     if f.seek(SeekFrom::Start(at)).is_err() || f.read_exact(&mut buf).is_err() {
         return Ok(None);
     }

@@ -19,6 +19,7 @@ pub mod picker;
 pub mod publish;
 pub mod staging;
 pub mod store;
+pub mod table;
 pub mod tracker;
 pub mod wire;
 

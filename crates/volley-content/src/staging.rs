@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::manifest::Manifest;
+use crate::table::ChunkTable;
 use crate::{chunk_name, ContentError, Verified};
 
 const TARGET_FILE: &str = ".volley/target";
@@ -26,22 +27,6 @@ pub(crate) const MANIFEST_FILE: &str = ".volley/manifest";
 const OPEN_MAX: usize = 64;
 /// Writeback of written data is started every this many bytes.
 const WRITEBACK_EVERY: u64 = 8 << 20;
-
-struct Slot {
-    hash: [u8; 32],
-    size: u32,
-    /// (file index, offset) of the first place the chunk occurs, and of any others (most
-    /// chunks occur once, so the list is usually empty and costs no allocation).
-    first: (u32, u64),
-    more: Vec<(u32, u64)>,
-    have: AtomicBool,
-}
-
-impl Slot {
-    fn places(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
-        std::iter::once(self.first).chain(self.more.iter().copied())
-    }
-}
 
 #[derive(Default)]
 struct Dirty {
@@ -54,8 +39,14 @@ pub struct Staging {
     root: PathBuf,
     paths: Vec<PathBuf>,
     modes: Vec<u32>,
-    slots: Vec<Slot>,
-    index: HashMap<[u8; 32], u32>,
+    table: Arc<ChunkTable>,
+    /// Per chunk: the file and offset where it first occurs.
+    first_file: Vec<u32>,
+    first_at: Vec<u64>,
+    /// The further places of the few chunks that occur more than once.
+    more: HashMap<u32, Vec<(u32, u64)>>,
+    /// Per chunk: whole at all its places.
+    have: Vec<AtomicBool>,
     held: AtomicUsize,
     open: Mutex<HashMap<u32, Arc<File>>>,
     dirty: Mutex<Dirty>,
@@ -65,7 +56,7 @@ impl std::fmt::Debug for Staging {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Staging")
             .field("root", &self.root)
-            .field("chunks", &self.slots.len())
+            .field("chunks", &self.table.len())
             .field("held", &self.count())
             .finish()
     }
@@ -81,10 +72,20 @@ pub fn target(root: &Path) -> Option<Vec<u8>> {
 }
 
 impl Staging {
-    /// Opens the staging area at `root` for the version `signed` (opened as `manifest`):
-    /// reuses one already building that version, verifying what it holds, or starts a new one
-    /// with every file created at its size.
-    pub fn open(root: &Path, manifest: &Manifest, signed: &[u8]) -> Result<Staging, ContentError> {
+    /// Opens the staging area at `root` for the version `signed` (opened as `manifest`, its
+    /// chunks numbered by `table`): reuses one already building that version, verifying what
+    /// it holds, or starts a new one with every file created at its size.
+    pub fn open(
+        root: &Path,
+        manifest: &Manifest,
+        signed: &[u8],
+        table: Arc<ChunkTable>,
+    ) -> Result<Staging, ContentError> {
+        if table.id() != blake3::hash(signed).as_bytes() {
+            return Err(ContentError::Invalid(
+                "the chunk table is not of this manifest".into(),
+            ));
+        }
         // Building this version, or finished building it (a crash before the swap).
         let resume = target(root).as_deref() == Some(signed)
             || fs::read(root.join(MANIFEST_FILE)).ok().as_deref() == Some(signed);
@@ -93,8 +94,10 @@ impl Staging {
         }
         let state = root.join(".volley");
         fs::create_dir_all(&state).map_err(|e| ContentError::io(&state, e))?;
-        let mut slots: Vec<Slot> = Vec::new();
-        let mut index: HashMap<[u8; 32], u32> = HashMap::new();
+        let n = table.len();
+        let mut first_file = vec![u32::MAX; n];
+        let mut first_at = vec![0u64; n];
+        let mut more: HashMap<u32, Vec<(u32, u64)>> = HashMap::new();
         let mut paths = Vec::with_capacity(manifest.files.len());
         let mut modes = Vec::with_capacity(manifest.files.len());
         for (fi, f) in manifest.files.iter().enumerate() {
@@ -114,21 +117,18 @@ impl Staging {
             reserve(&file, f.size).map_err(|e| ContentError::io(&path, e))?;
             let mut at = 0u64;
             for c in &f.chunks {
-                let here = (fi as u32, at);
-                match index.entry(c.hash) {
-                    std::collections::hash_map::Entry::Occupied(e) => {
-                        slots[*e.get() as usize].more.push(here);
-                    }
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(slots.len() as u32);
-                        slots.push(Slot {
-                            hash: c.hash,
-                            size: c.size,
-                            first: here,
-                            more: Vec::new(),
-                            have: AtomicBool::new(false),
-                        });
-                    }
+                let i = table.find(&c.hash).ok_or_else(|| {
+                    ContentError::Invalid(format!(
+                        "chunk {} is missing from the chunk table",
+                        chunk_name(&c.hash)
+                    ))
+                })?;
+                let iu = i as usize;
+                if first_file[iu] == u32::MAX {
+                    first_file[iu] = fi as u32;
+                    first_at[iu] = at;
+                } else {
+                    more.entry(i).or_default().push((fi as u32, at));
                 }
                 at += u64::from(c.size);
             }
@@ -143,8 +143,11 @@ impl Staging {
             root: root.to_owned(),
             paths,
             modes,
-            slots,
-            index,
+            table,
+            first_file,
+            first_at,
+            more,
+            have: (0..n).map(|_| AtomicBool::new(false)).collect(),
             held: AtomicUsize::new(0),
             open: Mutex::new(HashMap::new()),
             dirty: Mutex::new(Dirty::default()),
@@ -155,23 +158,30 @@ impl Staging {
         Ok(s)
     }
 
+    /// Every place chunk `i` occurs: (file index, offset).
+    fn places(&self, i: u32) -> impl Iterator<Item = (u32, u64)> + '_ {
+        let iu = i as usize;
+        std::iter::once((self.first_file[iu], self.first_at[iu]))
+            .chain(self.more.get(&i).into_iter().flatten().copied())
+    }
+
     /// Marks every chunk that is whole at all its offsets.
     fn verify_all(&self) -> Result<(), ContentError> {
         let mut buf = Vec::new();
         let mut held = 0;
-        for slot in &self.slots {
-            buf.resize(slot.size as usize, 0);
+        for (i, c) in self.table.iter().enumerate() {
+            buf.resize(c.size as usize, 0);
             let mut whole = true;
-            for (fi, at) in slot.places() {
+            for (fi, at) in self.places(i as u32) {
                 let f = self.file(fi)?;
                 if f.read_exact_at(&mut buf, at).is_err()
-                    || blake3::hash(&buf).as_bytes() != &slot.hash
+                    || blake3::hash(&buf).as_bytes() != &c.hash
                 {
                     whole = false;
                     break;
                 }
             }
-            slot.have.store(whole, Ordering::Relaxed);
+            self.have[i].store(whole, Ordering::Relaxed);
             held += usize::from(whole);
         }
         self.held.store(held, Ordering::Relaxed);
@@ -202,9 +212,36 @@ impl Staging {
 
     /// Whether the chunk is whole in the staging area.
     pub fn has(&self, hash: &[u8; 32]) -> bool {
-        self.index
-            .get(hash)
-            .is_some_and(|&i| self.slots[i as usize].have.load(Ordering::Acquire))
+        self.table.find(hash).is_some_and(|i| self.has_chunk(i))
+    }
+
+    /// Whether chunk number `i` (of [`Staging::table`]) is whole in the staging area.
+    pub fn has_chunk(&self, i: u32) -> bool {
+        self.have
+            .get(i as usize)
+            .is_some_and(|h| h.load(Ordering::Acquire))
+    }
+
+    /// Where the version's files will be once the staging area is renamed to `dir`, and per
+    /// chunk the file (an index into those) and offset of its first place.
+    pub fn layout(&self, dir: &Path) -> (Vec<PathBuf>, Vec<(u32, u64)>) {
+        let paths = self
+            .paths
+            .iter()
+            .map(|p| dir.join(p.strip_prefix(&self.root).unwrap_or(p)))
+            .collect();
+        let at = self
+            .first_file
+            .iter()
+            .copied()
+            .zip(self.first_at.iter().copied())
+            .collect();
+        (paths, at)
+    }
+
+    /// The version's chunks.
+    pub fn table(&self) -> &Arc<ChunkTable> {
+        &self.table
     }
 
     /// Distinct chunks whole in the staging area.
@@ -214,41 +251,41 @@ impl Staging {
 
     /// Distinct chunks of the version.
     pub fn chunks(&self) -> usize {
-        self.slots.len()
+        self.table.len()
     }
 
     /// Writes the chunk at every offset it has in the version.
     pub fn put(&self, v: &Verified) -> Result<(), ContentError> {
         let hash = &v.chunk().hash;
         let data = v.bytes();
-        let Some(&i) = self.index.get(hash) else {
+        let Some(i) = self.table.find(hash) else {
             return Err(ContentError::Invalid(format!(
                 "chunk {} is not part of this version",
                 chunk_name(hash)
             )));
         };
-        let slot = &self.slots[i as usize];
-        if slot.have.load(Ordering::Acquire) {
+        let have = &self.have[i as usize];
+        if have.load(Ordering::Acquire) {
             return Ok(());
         }
-        for (fi, at) in slot.places() {
+        for (fi, at) in self.places(i) {
             self.file(fi)?
                 .write_all_at(data, at)
                 .map_err(|e| ContentError::io(&self.paths[fi as usize], e))?;
         }
-        if !slot.have.swap(true, Ordering::AcqRel) {
+        if !have.swap(true, Ordering::AcqRel) {
             self.held.fetch_add(1, Ordering::Relaxed);
         }
-        self.written(slot, data.len() as u64);
+        self.written(i, data.len() as u64);
         Ok(())
     }
 
     /// Starts writeback once enough has been written since the last time.
-    fn written(&self, slot: &Slot, bytes: u64) {
+    fn written(&self, i: u32, bytes: u64) {
         let files = {
             let mut d = guard(&self.dirty);
-            d.bytes += bytes * (1 + slot.more.len() as u64);
-            for (fi, _) in slot.places() {
+            for (fi, _) in self.places(i) {
+                d.bytes += bytes;
                 if !d.files.contains(&fi) {
                     d.files.push(fi);
                 }
@@ -269,22 +306,22 @@ impl Staging {
     /// A chunk's bytes, verified; `Ok(None)` when it is not whole here (the bytes on disk no
     /// longer matching included: the chunk is then forgotten, to be fetched again).
     pub fn get(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>, ContentError> {
-        let Some(&i) = self.index.get(hash) else {
+        let Some(i) = self.table.find(hash) else {
             return Ok(None);
         };
-        let slot = &self.slots[i as usize];
-        if !slot.have.load(Ordering::Acquire) {
+        let (iu, have) = (i as usize, &self.have[i as usize]);
+        if !have.load(Ordering::Acquire) {
             return Ok(None);
         }
-        let (fi, at) = slot.first;
-        let mut buf = vec![0u8; slot.size as usize];
+        let (fi, at) = (self.first_file[iu], self.first_at[iu]);
+        let mut buf = vec![0u8; self.table.get(i).map_or(0, |c| c.size as usize)];
         self.file(fi)?
             .read_exact_at(&mut buf, at)
             .map_err(|e| ContentError::io(&self.paths[fi as usize], e))?;
         if blake3::hash(&buf).as_bytes() == hash {
             Ok(Some(buf))
         } else {
-            if slot.have.swap(false, Ordering::AcqRel) {
+            if have.swap(false, Ordering::AcqRel) {
                 self.held.fetch_sub(1, Ordering::Relaxed);
             }
             Ok(None)
@@ -295,11 +332,11 @@ impl Staging {
     /// file (with `sync`), and records `signed` as the version's manifest in `.volley/manifest`.
     /// The area is then ready to be renamed into place.
     pub fn finish(&self, signed: &[u8], sync: bool) -> Result<(), ContentError> {
-        if self.count() != self.slots.len() {
+        if self.count() != self.table.len() {
             return Err(ContentError::Fetch(format!(
                 "{} of {} chunks are in place",
                 self.count(),
-                self.slots.len()
+                self.table.len()
             )));
         }
         use std::os::unix::fs::PermissionsExt;
@@ -400,6 +437,11 @@ mod tests {
     use super::*;
     use crate::{ChunkRef, FileEntry};
 
+    fn open(root: &Path, m: &Manifest, signed: &[u8]) -> Result<Staging, ContentError> {
+        let table = Arc::new(ChunkTable::new(m, signed)?);
+        Staging::open(root, m, signed, table)
+    }
+
     fn version(files: &[(&str, &[&[u8]])]) -> (Manifest, Vec<u8>) {
         let m = Manifest {
             game: "g".into(),
@@ -433,7 +475,7 @@ mod tests {
         let a: &[u8] = b"aaaa";
         let b: &[u8] = b"bb";
         let (m, signed) = version(&[("x", &[a, b, a]), ("d/y", &[b])]);
-        let s = Staging::open(&root, &m, &signed).unwrap();
+        let s = open(&root, &m, &signed).unwrap();
         assert_eq!(s.chunks(), 2);
         assert_eq!(fs::metadata(root.join("x")).unwrap().len(), 10);
         let (ca, cb) = (m.files[0].chunks[0], m.files[0].chunks[1]);
@@ -445,7 +487,7 @@ mod tests {
         assert!(s.has(&ha) && !s.has(&hb));
         drop(s);
         // Reopened: what is whole is kept; a chunk damaged at one of its offsets is not.
-        let s = Staging::open(&root, &m, &signed).unwrap();
+        let s = open(&root, &m, &signed).unwrap();
         assert_eq!(s.count(), 1);
         s.put(&vb).unwrap();
         assert_eq!(fs::read(root.join("x")).unwrap(), b"aaaabbaaaa");
@@ -453,11 +495,15 @@ mod tests {
         let f = OpenOptions::new().write(true).open(root.join("x")).unwrap();
         f.write_all_at(b"z", 8).unwrap();
         drop(s);
-        let s = Staging::open(&root, &m, &signed).unwrap();
+        let s = open(&root, &m, &signed).unwrap();
         assert!(!s.has(&ha) && s.has(&hb));
+        assert!(!s.has_chunk(0) && s.has_chunk(1) && !s.has_chunk(2));
+        // A table of another manifest is refused.
+        let other = Arc::new(ChunkTable::new(&m, b"other").unwrap());
+        assert!(Staging::open(&root, &m, &signed, other).is_err());
         // A staging area of another version is discarded.
         let (m2, signed2) = version(&[("x", &[a])]);
-        let s2 = Staging::open(&root, &m2, &signed2).unwrap();
+        let s2 = open(&root, &m2, &signed2).unwrap();
         assert_eq!(s2.count(), 0);
         assert!(!root.join("d/y").exists());
         drop(s);
@@ -467,7 +513,7 @@ mod tests {
         assert!(target(&root).is_none());
         // Finished but not swapped in (a crash just before the rename): reopened whole.
         drop(s2);
-        let s3 = Staging::open(&root, &m2, &signed2).unwrap();
+        let s3 = open(&root, &m2, &signed2).unwrap();
         assert_eq!(s3.count(), 1);
         s3.finish(&signed2, true).unwrap();
     }

@@ -37,6 +37,14 @@ struct Report {
     chunk_hash_ratio: f64,
     /// FastCDC cutting alone (no hashing), same bytes.
     cut_only_mib_s: f64,
+    /// Threads of the all-core rows.
+    threads: usize,
+    /// BLAKE3 over the same bytes on every core (one stretch per thread).
+    raw_blake3_all_cores_mib_s: f64,
+    /// The publisher's parallel chunker (cut + hash) on every core.
+    chunk_and_hash_all_cores_mib_s: f64,
+    /// The two above, divided.
+    all_cores_ratio: f64,
     mean_chunk_bytes_at_64k: u64,
     edits: usize,
     changed_bytes: u64,
@@ -81,6 +89,32 @@ pub(crate) fn run(args: ContentArgs) -> anyhow::Result<()> {
     let cuts = volley_content::cdc::chunk_lengths(&old, &p64);
     let cut_only = old.len() as f64 / t.elapsed().as_secs_f64() / (1 << 20) as f64;
     anyhow::ensure!(whole.as_bytes() != &[0u8; 32] && !c64.is_empty() && cuts.len() == c64.len());
+    // The same on every core: BLAKE3 over one stretch per thread, and the publisher's parallel
+    // chunker (which must cut exactly where the one-pass chunker did).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let t = Instant::now();
+    let per = old.len().div_ceil(threads);
+    let parts: Vec<[u8; 32]> = std::thread::scope(|s| {
+        let hs: Vec<_> = old
+            .chunks(per)
+            .map(|part| s.spawn(move || *blake3::hash(part).as_bytes()))
+            .collect();
+        hs.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    let raw_all = old.len() as f64 / t.elapsed().as_secs_f64() / (1 << 20) as f64;
+    anyhow::ensure!(parts.len() == old.len().div_ceil(per));
+    let t = Instant::now();
+    let par = volley_content::cdc::chunk_files(&[old.as_slice()], &p64, threads)?;
+    let cdc_all = old.len() as f64 / t.elapsed().as_secs_f64() / (1 << 20) as f64;
+    anyhow::ensure!(
+        par.len() == 1
+            && par[0].len() == c64.len()
+            && par[0]
+                .iter()
+                .zip(&c64)
+                .all(|(a, b)| a.hash == b.0 && a.len as usize == b.1),
+        "the parallel chunker cut differently from the one-pass chunker"
+    );
     // The update: scattered small insertions and overwrites.
     let mut new = old.clone();
     let mut changed = 0u64;
@@ -134,6 +168,10 @@ pub(crate) fn run(args: ContentArgs) -> anyhow::Result<()> {
         chunk_and_hash_mib_s: cdc,
         chunk_hash_ratio: cdc / raw,
         cut_only_mib_s: cut_only,
+        threads,
+        raw_blake3_all_cores_mib_s: raw_all,
+        chunk_and_hash_all_cores_mib_s: cdc_all,
+        all_cores_ratio: cdc_all / raw_all,
         mean_chunk_bytes_at_64k: (old.len() / c64.len()) as u64,
         edits: args.edits,
         changed_bytes: changed,
@@ -145,6 +183,11 @@ pub(crate) fn run(args: ContentArgs) -> anyhow::Result<()> {
         println!(
             "{} MiB: raw BLAKE3 {:.0} MiB/s, FastCDC 64 KiB + BLAKE3 per chunk {:.0} MiB/s (ratio {:.2}), cutting alone {:.0} MiB/s; mean chunk {} B",
             args.mib, raw, cdc, report.chunk_hash_ratio, cut_only, report.mean_chunk_bytes_at_64k
+        );
+        println!(
+            "on {threads} threads: raw BLAKE3 {raw_all:.0} MiB/s, parallel FastCDC + BLAKE3 {cdc_all:.0} MiB/s (ratio {:.2}; {:.2} of one-thread raw BLAKE3)",
+            report.all_cores_ratio,
+            cdc_all / raw
         );
         println!(
             "update of {} edits ({} changed bytes):",

@@ -332,9 +332,15 @@ async fn a_killed_fetch_resumes_without_downloading_verified_chunks_again() {
         killed_at.push(match volley_content::staging::target(&staging) {
             Some(signed) => {
                 let (m, _) = volley_content::Manifest::open(&signed, None).unwrap();
-                volley_content::staging::Staging::open(&staging, &m, &signed)
-                    .unwrap()
-                    .count()
+                let table = volley_content::table::ChunkTable::new(&m, &signed).unwrap();
+                volley_content::staging::Staging::open(
+                    &staging,
+                    &m,
+                    &signed,
+                    std::sync::Arc::new(table),
+                )
+                .unwrap()
+                .count()
             }
             None => 0,
         });
