@@ -183,7 +183,11 @@ mod tests {
         big[200_000] ^= 1;
         fs::write(dir.path().join("data/big.bin"), &big).unwrap();
         let e = read_chunks(dir.path(), &m, |_| true, |_, _| Ok(())).unwrap_err();
-        assert!(e.to_string().contains("changed while it was being published"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("changed while it was being published"),
+            "{e}"
+        );
         assert!(e.to_string().contains("big.bin"), "{e}");
         // A truncated file too.
         fs::write(dir.path().join("data/big.bin"), &big[..1000]).unwrap();
