@@ -250,11 +250,13 @@ impl Source for &[u8] {
 /// of one (usually one to three chunks) until a chunk starts where one of the next stretch's
 /// does. Where they never meet (a long run of one byte cut only at the maximum size, out of
 /// phase), the join simply chunks on through the next stretch; the result is the same.
+///
+/// A read error is returned with the index of the file it came from.
 pub fn chunk_files<S: Source>(
     files: &[S],
     p: &Params,
     threads: usize,
-) -> std::io::Result<Vec<Vec<Cut>>> {
+) -> Result<Vec<Vec<Cut>>, (usize, std::io::Error)> {
     chunk_stretches(files, p, threads, SPAN)
 }
 
@@ -263,7 +265,7 @@ fn chunk_stretches<S: Source>(
     p: &Params,
     threads: usize,
     stretch: u64,
-) -> std::io::Result<Vec<Vec<Cut>>> {
+) -> Result<Vec<Vec<Cut>>, (usize, std::io::Error)> {
     // Every (file, stretch start), in order.
     let mut tasks = Vec::new();
     for (fi, f) in files.iter().enumerate() {
@@ -302,7 +304,8 @@ fn chunk_stretches<S: Source>(
         let span = slot
             .into_inner()
             .unwrap_or_else(|e| e.into_inner())
-            .unwrap_or_else(|| Ok(Vec::new()))?;
+            .unwrap_or_else(|| Ok(Vec::new()))
+            .map_err(|e| (fi, e))?;
         let cuts = &mut out[fi];
         let Some(first) = span.first() else {
             continue;
@@ -317,7 +320,7 @@ fn chunk_stretches<S: Source>(
             if end >= span_end {
                 break; // this stretch's chunks were all passed over
             }
-            let c = chunk_one(&files[fi], p, end, &mut buf)?;
+            let c = chunk_one(&files[fi], p, end, &mut buf).map_err(|e| (fi, e))?;
             end += u64::from(c.len);
             cuts.push(c);
         }
@@ -327,7 +330,7 @@ fn chunk_stretches<S: Source>(
         let len = files[fi].size();
         let mut end = cuts.last().map_or(0, |c| c.at + u64::from(c.len));
         while end < len {
-            let c = chunk_one(&files[fi], p, end, &mut buf)?;
+            let c = chunk_one(&files[fi], p, end, &mut buf).map_err(|e| (fi, e))?;
             end += u64::from(c.len);
             cuts.push(c);
         }
@@ -539,6 +542,35 @@ mod tests {
                 assert_eq!(cuts.len(), want.len(), "file of {} bytes", f.len());
                 assert!(*cuts == want, "file of {} bytes", f.len());
             }
+        }
+    }
+
+    #[test]
+    fn a_read_error_names_its_file() {
+        struct Flaky<'a>(&'a [u8], bool);
+        impl Source for Flaky<'_> {
+            fn size(&self) -> u64 {
+                self.0.len() as u64
+            }
+            fn read_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+                if self.1 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                self.0.read_at(buf, at)
+            }
+        }
+        let p = Params::new(1 << 10).unwrap();
+        let data = random(250_000, 15);
+        let files = [
+            Flaky(&data, false),
+            Flaky(&data, false),
+            Flaky(&data, true),
+            Flaky(&data, false),
+        ];
+        for threads in [1, 2] {
+            let (k, e) = chunk_stretches(&files, &p, threads, 100_000).unwrap_err();
+            assert_eq!(k, 2);
+            assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
         }
     }
 

@@ -38,8 +38,8 @@ pub fn chunk_dir(
             modes.push(meta.permissions().mode() & 0o777);
             open.push((f, meta.len()));
         }
-        let cuts = chunk_files(&open, &p, threads).map_err(|e| {
-            let at = group.first().map_or_else(String::new, |r| r.clone());
+        let cuts = chunk_files(&open, &p, threads).map_err(|(k, e)| {
+            let at = group.get(k).map_or_else(String::new, |r| r.clone());
             ContentError::io(&dir.join(at), e)
         })?;
         for ((rel, mode), cuts) in group.iter().zip(modes).zip(cuts) {

@@ -104,7 +104,8 @@ pub(crate) fn run(args: ContentArgs) -> anyhow::Result<()> {
     let raw_all = old.len() as f64 / t.elapsed().as_secs_f64() / (1 << 20) as f64;
     anyhow::ensure!(parts.len() == old.len().div_ceil(per));
     let t = Instant::now();
-    let par = volley_content::cdc::chunk_files(&[old.as_slice()], &p64, threads)?;
+    let par =
+        volley_content::cdc::chunk_files(&[old.as_slice()], &p64, threads).map_err(|(_, e)| e)?;
     let cdc_all = old.len() as f64 / t.elapsed().as_secs_f64() / (1 << 20) as f64;
     anyhow::ensure!(
         par.len() == 1
