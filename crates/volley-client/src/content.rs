@@ -223,12 +223,11 @@ pub async fn publish(
     // read) and uploaded four at a time.
     let (tx, rx) = tokio::sync::mpsc::channel::<([u8; 32], Vec<u8>)>(8);
     let d: PathBuf = dir.to_owned();
-    let mc = m.clone();
     let reader = tokio::task::spawn_blocking(move || {
         let mut sent = std::collections::HashSet::new();
         volley_content::publish::read_chunks(
             &d,
-            &mc,
+            &m,
             |c| missing.contains(&chunk_name(&c.hash)) && sent.insert(c.hash),
             |c, data| {
                 tx.blocking_send((c.hash, data))
