@@ -1,4 +1,4 @@
-// Fuzz checks for `volley-content`'s decoders: signed manifests and peer-protocol messages. Compiled by the fuzz crate and
+// Fuzz checks for `volley-content`'s decoders: signed manifests, peer-protocol messages and chunk batches. Compiled by the fuzz crate and
 // by crates/volley-content/tests/fuzz_corpus.rs, which replays corpus-content/ on every
 // `cargo test`. Each check must never panic, and whatever decodes must encode back the same.
 
@@ -8,8 +8,27 @@ use volley_content::Manifest;
 pub type ContentCheck = fn(&[u8]);
 
 /// Every content target and its check.
-pub const CONTENT_TARGETS: &[(&str, ContentCheck)] =
-    &[("manifest", manifest), ("peer_wire", peer_wire)];
+pub const CONTENT_TARGETS: &[(&str, ContentCheck)] = &[
+    ("manifest", manifest),
+    ("peer_wire", peer_wire),
+    ("chunk_batch", chunk_batch),
+];
+
+/// The input as a chunk batch upload body (with a small per-chunk limit, so lengths near it are
+/// reachable): what decodes re-encodes to the same bytes, within the limits.
+pub fn chunk_batch(data: &[u8]) {
+    use volley_content::batch::{decode, push, CHUNKS_MAX};
+    const MAX: usize = 4096;
+    if let Ok(chunks) = decode(data, MAX) {
+        assert!(!chunks.is_empty() && chunks.len() <= CHUNKS_MAX);
+        let mut again = Vec::new();
+        for (hash, bytes) in &chunks {
+            assert!(bytes.len() <= MAX);
+            push(&mut again, hash, bytes);
+        }
+        assert_eq!(again, data, "a decoded batch re-encodes to its bytes");
+    }
+}
 
 /// The input as a peer control message body, and (after a 2-byte length) as a bitfield: what
 /// decodes must encode back byte for byte (the wire has one spelling per message).

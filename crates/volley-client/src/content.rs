@@ -156,6 +156,11 @@ pub async fn fetch_with(
     Ok(volley_content::install::install(&signed, m, to, &origin, opts, progress).await?)
 }
 
+/// A publish gathers chunks into upload batches of about this many bytes.
+const BATCH_BYTES: usize = 8 << 20;
+/// Batches a publish keeps in flight: one being flushed on the node while the next arrives.
+const BATCHES_IN_FLIGHT: usize = 3;
+
 /// What a publish did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PublishReport {
@@ -172,8 +177,8 @@ pub struct PublishReport {
 }
 
 /// Chunks the build in `dir`, signs its manifest with `key`, uploads the chunks the node lacks
-/// and then the manifest. Memory stays at a few chunks: the build is read twice (once to name
-/// every chunk, once to upload the missing ones).
+/// and then the manifest. The build is chunked on every core, then only the missing chunks are
+/// read back (by offset) and uploaded in batches; memory stays at a few batches.
 #[allow(clippy::too_many_arguments)]
 pub async fn publish(
     base: &str,
@@ -220,41 +225,61 @@ pub async fn publish(
         missing.extend(l.chunks);
     }
     // Then the missing chunks, read by their offsets (checked against the manifest as they are
-    // read) and uploaded four at a time.
-    let (tx, rx) = tokio::sync::mpsc::channel::<([u8; 32], Vec<u8>)>(8);
+    // read), gathered into batches the node makes durable with one flush each, a few batches
+    // in flight.
+    let (tx, rx) = tokio::sync::mpsc::channel::<(usize, Vec<u8>)>(1);
     let d: PathBuf = dir.to_owned();
     let reader = tokio::task::spawn_blocking(move || {
         let mut sent = std::collections::HashSet::new();
+        let (mut body, mut count) = (Vec::new(), 0usize);
+        let stopped = || ContentError::Fetch("upload stopped".into());
         volley_content::publish::read_chunks(
             &d,
             &m,
             |c| missing.contains(&chunk_name(&c.hash)) && sent.insert(c.hash),
             |c, data| {
-                tx.blocking_send((c.hash, data))
-                    .map_err(|_| ContentError::Fetch("upload stopped".into()))
+                volley_content::batch::push(&mut body, &c.hash, &data);
+                count += 1;
+                if body.len() >= BATCH_BYTES || count == volley_content::batch::CHUNKS_MAX {
+                    tx.blocking_send((count, std::mem::take(&mut body)))
+                        .map_err(|_| stopped())?;
+                    count = 0;
+                }
+                Ok(())
             },
-        )
+        )?;
+        if count > 0 {
+            tx.blocking_send((count, body)).map_err(|_| stopped())?;
+        }
+        Ok::<(), ContentError>(())
     });
+    let url = format!("{base}/v1/content/{game}/chunks");
     let uploads = tokio_stream_from(rx)
-        .map(|(h, data)| {
-            let http = http.clone();
-            let url = format!("{base}/v1/content/{game}/chunks/{}", chunk_name(&h));
+        .map(|(count, body)| {
+            let req = http
+                .post(&url)
+                .header("x-volley-server-key", server_key)
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
             async move {
-                let n = data.len() as u64;
-                send(
-                    http.put(url)
-                        .header("x-volley-server-key", server_key)
-                        .body(data),
-                )
-                .await?;
-                Ok::<u64, Error>(n)
+                let bytes = (body.len() - count * volley_content::batch::FRAME_HEADER) as u64;
+                let reply = send(req.body(body)).await?;
+                let reply: volley_proto::api::ChunkBatchReply = serde_json::from_slice(&reply)
+                    .map_err(|e| Error::Http(format!("bad response body: {e}")))?;
+                if reply.chunks != count as u64 {
+                    return Err(Error::Http(format!(
+                        "the node took {} chunks of a batch of {count}",
+                        reply.chunks
+                    )));
+                }
+                Ok::<(usize, u64), Error>((count, bytes))
             }
         })
-        .buffer_unordered(4);
+        .buffer_unordered(BATCHES_IN_FLIGHT);
     futures_util::pin_mut!(uploads);
     while let Some(r) = uploads.next().await {
-        report.uploaded_bytes += r?;
-        report.uploaded_chunks += 1;
+        let (chunks, bytes) = r?;
+        report.uploaded_chunks += chunks;
+        report.uploaded_bytes += bytes;
     }
     reader
         .await

@@ -2,7 +2,8 @@
 //!
 //! - [`cdc`]: FastCDC chunking; [`manifest`]: signed build manifests.
 //! - [`publish`]: a build directory → manifest + chunks.
-//! - [`store`]: a directory of chunks named by their BLAKE3 hash (the origin's storage).
+//! - [`store`]: a directory of chunks named by their BLAKE3 hash (the origin's storage);
+//!   [`batch`]: many chunks to one upload.
 //! - [`staging`]: the version being installed, each verified chunk written in place.
 //! - [`tracker`]: which players hold which version (the node answers announces with peers).
 //! - [`install`]: a manifest → an install directory, reusing every chunk already on disk,
@@ -11,6 +12,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod batch;
 pub mod cdc;
 pub mod install;
 pub mod manifest;

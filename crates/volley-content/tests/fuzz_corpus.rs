@@ -72,6 +72,12 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("peer_wire", "seed-have", Msg::Have(12).encode()),
         ("peer_wire", "seed-claim", Msg::Claim(4).encode()),
         ("peer_wire", "seed-choke", Msg::Choke.encode()),
+        ("chunk_batch", "seed-two", {
+            let mut body = Vec::new();
+            volley_content::batch::push(&mut body, &[5; 32], b"first chunk");
+            volley_content::batch::push(&mut body, &[6; 32], b"");
+            body
+        }),
     ]
 }
 

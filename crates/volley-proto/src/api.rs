@@ -818,6 +818,17 @@ pub struct RankReply {
     pub rank: Option<u64>,
 }
 
+/// `POST /v1/content/{game}/chunks`: what a batch upload did (the body is raw chunk frames,
+/// see `volley_content::batch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkBatchReply {
+    /// Chunks in the batch.
+    pub chunks: u64,
+    /// Of them, chunks the origin did not have before (the rest were already stored).
+    pub stored: u64,
+}
+
 /// `POST /v1/content/{game}/missing`: chunk names in, the missing ones out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -543,6 +543,14 @@ pub(crate) const ROUTES: &[RouteDoc] = &[
     ),
     r!(
         "post",
+        "/v1/content/{game}/chunks",
+        "Upload many chunks with one flush to disk (raw frames: 32-byte hash, 4-byte big-endian length, bytes; all are checked before any is stored)",
+        "server",
+        None,
+        Some("ChunkBatchReply")
+    ),
+    r!(
+        "post",
         "/v1/content/{game}/missing",
         "Which of these chunks the origin lacks",
         "server",
@@ -641,6 +649,12 @@ pub(crate) fn routes() -> Router<Api> {
                 .layer(axum::extract::DefaultBodyLimit::max(
                     crate::content::CHUNK_BODY_MAX,
                 )),
+        )
+        .route(
+            "/v1/content/{game}/chunks",
+            post(crate::content::put_chunks).layer(axum::extract::DefaultBodyLimit::max(
+                volley_content::batch::BODY_MAX,
+            )),
         )
         .route(
             "/v1/content/{game}/missing",

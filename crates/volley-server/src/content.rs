@@ -13,7 +13,7 @@ use axum::Json;
 use volley_content::manifest::{check_name, Manifest};
 use volley_content::store::ChunkStore;
 use volley_content::{chunk_name, parse_chunk_name, ContentError};
-use volley_proto::api::{ChunkList, PeerAnnounce, SwarmPeer, SwarmPeers};
+use volley_proto::api::{ChunkBatchReply, ChunkList, PeerAnnounce, SwarmPeer, SwarmPeers};
 
 use crate::http::{bad, parse, Api, Error};
 
@@ -88,6 +88,28 @@ pub(crate) async fn put_chunk(
     let s = store(&api, &game)?;
     blocking(move || s.put(&hash, &body, true).map_err(content_err)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/content/{game}/chunks` (server key): many chunks, one flush to disk. The batch is
+/// refused whole, before anything is written, when a frame is malformed or a chunk does not
+/// hash to its name.
+pub(crate) async fn put_chunks(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(game): Path<String>,
+    body: Bytes,
+) -> Result<Json<ChunkBatchReply>, Error> {
+    crate::api::require_server_key(&api, &headers)?;
+    let s = store(&api, &game)?;
+    blocking(move || {
+        let chunks = volley_content::batch::decode(&body, CHUNK_BODY_MAX).map_err(content_err)?;
+        let stored = s.put_many(&chunks).map_err(content_err)?;
+        Ok(Json(ChunkBatchReply {
+            chunks: chunks.len() as u64,
+            stored: stored as u64,
+        }))
+    })
+    .await
 }
 
 /// `GET /v1/content/{game}/chunks/{hash}`.

@@ -67,6 +67,7 @@ fn schemas() -> Map<String, Value> {
         Vec<api::BoardRecord> => "RecordList",
         api::RankReply => "RankReply",
         api::ChunkList => "ChunkList",
+        api::ChunkBatchReply => "ChunkBatchReply",
         api::PeerAnnounce => "PeerAnnounce",
         api::SwarmPeers => "SwarmPeers",
     );

@@ -210,6 +210,165 @@ async fn a_build_and_an_update_install_byte_identical_and_the_update_moves_only_
     n.node.shutdown().await;
 }
 
+/// Posts a chunk batch; the status and the JSON body.
+async fn post_batch(
+    base: &str,
+    game: &str,
+    key: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}/v1/content/{game}/chunks"))
+        .body(body);
+    if let Some(key) = key {
+        req = req.header("x-volley-server-key", key);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// Which of `names` the origin lacks.
+async fn origin_missing(base: &str, names: &[String]) -> Vec<String> {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/content/arena/missing"))
+        .header("x-volley-server-key", KEY)
+        .json(&serde_json::json!({ "chunks": names }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    serde_json::from_value(v["chunks"].clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_batches_are_stored_whole_or_refused_whole_with_clear_errors() {
+    use volley_content::batch::push;
+    let n = start_node(|c| c.server_key = Some(KEY.into())).await;
+    let data: Vec<Vec<u8>> = (0..4u64)
+        .map(|i| random(50_000 + i as usize, 40 + i))
+        .collect();
+    let hash = |d: &[u8]| *blake3::hash(d).as_bytes();
+    let names: Vec<String> = data
+        .iter()
+        .map(|d| volley_content::chunk_name(&hash(d)))
+        .collect();
+    let batch = |items: &[(&[u8; 32], &[u8])]| {
+        let mut body = Vec::new();
+        for (h, d) in items {
+            push(&mut body, h, d);
+        }
+        body
+    };
+    let h: Vec<[u8; 32]> = data.iter().map(|d| hash(d)).collect();
+
+    // Two good chunks: stored; sent again: nothing new.
+    let good = batch(&[(&h[0], &data[0]), (&h[1], &data[1])]);
+    let (status, reply) = post_batch(&n.base, "arena", Some(KEY), good.clone()).await;
+    assert_eq!(
+        (status, &reply),
+        (200, &serde_json::json!({"chunks": 2, "stored": 2}))
+    );
+    let (status, reply) = post_batch(&n.base, "arena", Some(KEY), good).await;
+    assert_eq!(
+        (status, &reply),
+        (200, &serde_json::json!({"chunks": 2, "stored": 0}))
+    );
+    assert_eq!(origin_missing(&n.base, &names).await, names[2..].to_vec());
+    // Each is served back byte for byte.
+    for i in 0..2 {
+        let got = volley_client::content::Origin::new(&n.base, "arena");
+        let bytes = volley_content::install::ChunkSource::fetch(
+            &got,
+            volley_content::ChunkRef {
+                hash: h[i],
+                size: data[i].len() as u32,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(bytes, data[i]);
+    }
+
+    // Bad batches: a clear 4xx each, and none of their good chunks stored.
+    let corrupt = batch(&[(&h[2], &data[2]), (&h[3], &data[2])]);
+    let full = batch(&[(&h[2], &data[2]), (&h[3], &data[3])]);
+    let mut oversize = Vec::new();
+    oversize.extend_from_slice(&h[2]);
+    oversize.extend_from_slice(&u32::MAX.to_be_bytes());
+    let cases: Vec<(Vec<u8>, u16, &str, String)> = vec![
+        (corrupt, 400, "hash_mismatch", names[3].clone()),
+        (
+            full[..full.len() - 1].to_vec(),
+            400,
+            "bad_content",
+            "chunk 1 is cut short".into(),
+        ),
+        (
+            full[..40].to_vec(),
+            400,
+            "bad_content",
+            "chunk 0 is cut short: 4 of its".into(),
+        ),
+        (
+            full[..full.len() - 50_003].to_vec(),
+            400,
+            "bad_content",
+            "chunk 1 is cut short".into(),
+        ),
+        (oversize, 400, "bad_content", "over the".into()),
+        (Vec::new(), 400, "bad_content", "holds no chunk".into()),
+    ];
+    for (body, want_status, want_code, want_text) in cases {
+        let (status, reply) = post_batch(&n.base, "arena", Some(KEY), body).await;
+        assert_eq!(status, want_status, "{reply}");
+        assert_eq!(reply["code"], want_code, "{reply}");
+        let message = reply["message"].as_str().unwrap();
+        assert!(
+            message.contains(&want_text),
+            "{message} should name {want_text}"
+        );
+        assert_eq!(origin_missing(&n.base, &names).await, names[2..].to_vec());
+    }
+    // No server key, a wrong one, a bad game name, a body over the limit.
+    let one = batch(&[(&h[2], &data[2])]);
+    let (status, _) = post_batch(&n.base, "arena", None, one.clone()).await;
+    assert!(status == 401 || status == 403, "{status}");
+    let (status, _) = post_batch(
+        &n.base,
+        "arena",
+        Some("wrong-key-0123456789abc"),
+        one.clone(),
+    )
+    .await;
+    assert!(status == 401 || status == 403, "{status}");
+    let (status, reply) = post_batch(&n.base, "..", Some(KEY), one).await;
+    assert!((400..500).contains(&status), "{status} {reply}");
+    let (status, _) = post_batch(
+        &n.base,
+        "arena",
+        Some(KEY),
+        vec![0; volley_content::batch::BODY_MAX + 1],
+    )
+    .await;
+    assert_eq!(status, 413);
+    assert_eq!(origin_missing(&n.base, &names).await, names[2..].to_vec());
+
+    // And the good half of the refused batch goes through on its own.
+    let rest = batch(&[(&h[2], &data[2]), (&h[3], &data[3])]);
+    let (status, reply) = post_batch(&n.base, "arena", Some(KEY), rest).await;
+    assert_eq!(
+        (status, &reply),
+        (200, &serde_json::json!({"chunks": 2, "stored": 2}))
+    );
+    assert!(origin_missing(&n.base, &names).await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_keys_and_corrupt_chunks_are_refused_and_the_installed_version_stays_whole() {
     let n = start_node(|c| c.server_key = Some(KEY.into())).await;
