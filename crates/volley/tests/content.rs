@@ -692,6 +692,27 @@ async fn the_tracker_introduces_players_holding_a_version() {
     n.node.shutdown().await;
 }
 
+/// A child process that is killed when dropped, so a failing test leaves none running.
+struct Guard(Option<std::process::Child>);
+
+impl Guard {
+    /// Asks it to stop (SIGTERM) and collects what it printed.
+    fn terminate(mut self) -> Output {
+        let child = self.0.take().expect("still running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait_with_output().expect("the child is waited for")
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A `volley content fetch --swarm` process whose first stdout line (the install report) and
 /// last (the seeding counters, after SIGTERM) are collected.
 struct SwarmPeer {
@@ -937,6 +958,7 @@ async fn a_seed_found_by_lan_discovery_serves_a_fetch_without_the_tracker_knowin
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let seed = Guard(Some(seed));
     let second = work.path().join("second");
     let p = SwarmPeer::spawn(&n.base, &public, &second, &lan);
     let r = p.next_json(Duration::from_secs(120));
@@ -946,8 +968,7 @@ async fn a_seed_found_by_lan_discovery_serves_a_fetch_without_the_tracker_knowin
         from_peers > size / 2,
         "the LAN seed served {from_peers} of {size} bytes: {r}"
     );
-    unsafe { libc::kill(seed.id() as i32, libc::SIGTERM) };
-    let out = seed.wait_with_output().unwrap();
+    let out = seed.terminate();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["seeded"]["uploaded_bytes"].as_u64().unwrap() >= from_peers);
 }
@@ -1014,14 +1035,7 @@ async fn nodes_sharing_redis_share_one_tracker() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let seed = Kill(seed);
+    let seed = Guard(Some(seed));
     // Node 2 learns of the seed that announced to node 1.
     let probe = common::login(&n2.base, "device-shared-probe").await;
     let mut introduced = false;
