@@ -1,7 +1,8 @@
 //! Chunks uploaded many to a request: the body of `POST /v1/content/{game}/chunks` is a run of
 //! frames, each a chunk's 32-byte BLAKE3 hash, its length (4 bytes, big-endian) and its bytes.
 //! One request per chunk, each made durable on its own, bound a publish by the disk's flush
-//! latency; a batch is checked whole, written, and made durable with one flush.
+//! latency; a batch is checked whole, then appended to the origin's pack store and made durable
+//! together (`crate::pack`).
 
 use crate::ContentError;
 

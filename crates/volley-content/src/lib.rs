@@ -2,8 +2,9 @@
 //!
 //! - [`cdc`]: FastCDC chunking; [`manifest`]: signed build manifests.
 //! - [`publish`]: a build directory → manifest + chunks.
-//! - [`store`]: a directory of chunks named by their BLAKE3 hash (the origin's storage);
-//!   [`batch`]: many chunks to one upload.
+//! - [`pack`]: the origin's chunk store (append-only packs and index); [`store`]: a directory
+//!   of chunks named by their BLAKE3 hash (the older origin store, still read); [`batch`]: many
+//!   chunks to one upload.
 //! - [`staging`]: the version being installed, each verified chunk written in place.
 //! - [`tracker`]: which players hold which version (the node answers announces with peers).
 //! - [`install`]: a manifest → an install directory, reusing every chunk already on disk,
@@ -17,6 +18,7 @@ pub mod cdc;
 pub mod install;
 pub mod manifest;
 pub mod pace;
+pub mod pack;
 pub mod picker;
 pub mod publish;
 pub mod staging;

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
@@ -11,7 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use volley_content::manifest::{check_name, Manifest};
-use volley_content::store::ChunkStore;
+use volley_content::pack::PackStore;
 use volley_content::{chunk_name, parse_chunk_name, ContentError};
 use volley_proto::api::{ChunkBatchReply, ChunkList, PeerAnnounce, SwarmPeer, SwarmPeers};
 
@@ -55,8 +56,38 @@ fn game_dir(api: &Api, game: &str) -> Result<PathBuf, Error> {
     Ok(api.cfg.data_dir.join("content").join(game))
 }
 
-fn store(api: &Api, game: &str) -> Result<ChunkStore, Error> {
-    ChunkStore::open(&game_dir(api, game)?.join("chunks")).map_err(content_err)
+/// The game's chunk store: `<game>/packs` (and `<game>/chunks`, the one-file-per-chunk layout
+/// of earlier nodes, still read). `create` for uploads; otherwise `None` for a game with no
+/// content, so requests for unknown games create nothing. Opening reads the index and trims
+/// what a crash left half written; stores are opened under one lock so that never races a
+/// writer.
+async fn store(api: &Api, game: &str, create: bool) -> Result<Option<Arc<PackStore>>, Error> {
+    let dir = game_dir(api, game)?;
+    let api = api.clone();
+    let game = game.to_owned();
+    blocking(move || {
+        let mut stores = api.content_stores.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = stores.get(&game) {
+            return Ok(Some(s.clone()));
+        }
+        let opened = PackStore::open(&dir.join("packs"), &dir.join("chunks"), create)
+            .map_err(content_err)?;
+        Ok(opened.map(|s| {
+            let s = Arc::new(s);
+            stores.insert(game, s.clone());
+            s
+        }))
+    })
+    .await
+}
+
+fn no_chunk(hash: &[u8; 32]) -> Error {
+    Error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no chunk {}", chunk_name(hash)),
+        None,
+    )
 }
 
 fn hash_param(s: &str) -> Result<[u8; 32], Error> {
@@ -85,8 +116,10 @@ pub(crate) async fn put_chunk(
 ) -> Result<StatusCode, Error> {
     crate::api::require_server_key(&api, &headers)?;
     let hash = hash_param(&hash)?;
-    let s = store(&api, &game)?;
-    blocking(move || s.put(&hash, &body, true).map_err(content_err)).await?;
+    let s = store(&api, &game, true)
+        .await?
+        .ok_or_else(|| no_chunk(&hash))?;
+    blocking(move || s.put_many(&[(hash, &body)]).map_err(content_err)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -100,7 +133,9 @@ pub(crate) async fn put_chunks(
     body: Bytes,
 ) -> Result<Json<ChunkBatchReply>, Error> {
     crate::api::require_server_key(&api, &headers)?;
-    let s = store(&api, &game)?;
+    let s = store(&api, &game, true)
+        .await?
+        .ok_or_else(|| bad("no such game"))?;
     blocking(move || {
         let chunks = volley_content::batch::decode(&body, CHUNK_BODY_MAX).map_err(content_err)?;
         let stored = s.put_many(&chunks).map_err(content_err)?;
@@ -118,15 +153,12 @@ pub(crate) async fn get_chunk(
     Path((game, hash)): Path<(String, String)>,
 ) -> Result<Response, Error> {
     let hash = hash_param(&hash)?;
-    let s = store(&api, &game)?;
+    let s = store(&api, &game, false)
+        .await?
+        .ok_or_else(|| no_chunk(&hash))?;
     let data = blocking(move || s.read_raw(&hash).map_err(content_err)).await?;
     let Some(data) = data else {
-        return Err(Error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no chunk {}", chunk_name(&hash)),
-            None,
-        ));
+        return Err(no_chunk(&hash));
     };
     api.content_pace.wait(data.len() as u64).await;
     api.metrics
@@ -151,7 +183,9 @@ pub(crate) async fn missing(
     for c in &req.chunks {
         hashes.push(hash_param(c)?);
     }
-    let s = store(&api, &game)?;
+    let s = store(&api, &game, true)
+        .await?
+        .ok_or_else(|| bad("no such game"))?;
     let missing = blocking(move || {
         Ok(hashes
             .iter()
@@ -174,7 +208,9 @@ pub(crate) async fn put_manifest(
     crate::api::require_server_key(&api, &headers)?;
     check_name("version", &version).map_err(content_err)?;
     let dir = game_dir(&api, &game)?;
-    let s = store(&api, &game)?;
+    let s = store(&api, &game, true)
+        .await?
+        .ok_or_else(|| bad("no such game"))?;
     blocking(move || {
         let (m, _) = Manifest::open(&body, None).map_err(content_err)?;
         if m.game != game || m.version != version {

@@ -176,6 +176,8 @@ struct Shared {
     tracker: swarm_tracker::SwarmTracker,
     /// The origin's upload cap for chunks.
     content_pace: volley_content::pace::Pace,
+    /// Each game's chunk store, opened on first use (opening reads its index).
+    content_stores: Mutex<HashMap<String, Arc<volley_content::pack::PackStore>>>,
 }
 
 fn unix_ms() -> u64 {
@@ -410,6 +412,7 @@ impl Node {
             sockets: Mutex::new(HashMap::new()),
             tracker,
             content_pace,
+            content_stores: Mutex::new(HashMap::new()),
         });
         shared
             .platform

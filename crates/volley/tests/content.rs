@@ -416,24 +416,24 @@ async fn bad_keys_and_corrupt_chunks_are_refused_and_the_installed_version_stays
     make_build(&v2, 2);
     std::fs::write(v2.join("bin/game"), random(3 << 20, 99)).unwrap();
     publish(&n.base, &key, &v2, "2.0.0");
-    let new_chunk = {
-        let mut found = None;
-        let game = std::fs::read(v2.join("bin/game")).unwrap();
-        let first = volley_content::cdc::Params::new(65_536).unwrap().cut(&game);
-        let name = hex::encode(blake3::hash(&game[..first]).as_bytes());
-        let p = n
-            .data_dir()
-            .join("content/arena/chunks")
-            .join(&name[..2])
-            .join(&name);
-        if p.exists() {
-            found = Some(p);
+    // Rot one byte of the new executable's first chunk in the origin's pack files.
+    let game = std::fs::read(v2.join("bin/game")).unwrap();
+    let first = volley_content::cdc::Params::new(65_536).unwrap().cut(&game);
+    let packs = n.data_dir().join("content/arena/packs");
+    let mut rotted = false;
+    for e in std::fs::read_dir(&packs).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "pack") {
+            continue;
         }
-        found.expect("the new executable's first chunk is on the origin")
-    };
-    let mut bytes = std::fs::read(&new_chunk).unwrap();
-    bytes[10] ^= 0xff;
-    std::fs::write(&new_chunk, bytes).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(first).position(|w| w == &game[..first]) {
+            bytes[at + 10] ^= 0xff;
+            std::fs::write(&path, bytes).unwrap();
+            rotted = true;
+        }
+    }
+    assert!(rotted, "the new executable's first chunk is on the origin");
     let out = fetch(&n.base, &public, &install, "2.0.0", &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -1066,4 +1066,85 @@ async fn nodes_sharing_redis_share_one_tracker() {
     drop(seed);
     n1.node.shutdown().await;
     n2.node.shutdown().await;
+}
+
+/// `volley serve` as a process on `dir`; the guard and its HTTP base.
+fn serve_process(dir: &Path) -> (Guard, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--quic-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--server-key", KEY])
+        .env("VOLLEY_DATA_DIR", dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let out = child.stdout.take().expect("stdout");
+    let child = Guard(Some(child));
+    let mut line = String::new();
+    std::io::BufReader::new(out)
+        .read_line(&mut line)
+        .expect("ready line");
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim_end_matches(',')
+        .to_owned();
+    (child, base)
+}
+
+/// The origin killed (SIGKILL) while chunks stream into its pack store: after a restart it
+/// holds whole chunks only, the publish run again uploads only what it lacks, and the build
+/// installs byte-identical.
+#[test]
+fn a_node_killed_mid_publish_keeps_what_it_stored_and_the_publish_completes_after_a_restart() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("node");
+    let (key, public) = keygen(work.path());
+    let build = work.path().join("build");
+    make_build(&build, 64);
+    let (node, base) = serve_process(&data);
+    let publisher = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .args(["content", "publish", build.to_str().unwrap()])
+        .args(["--game", "arena", "--version", "1.0.0", "--key", &key])
+        .args(["--node", &base, "--server-key", KEY])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut publisher = Guard(Some(publisher));
+    let index = data.join("content/arena/packs/index");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&index).map_or(0, |m| m.len()) == 0 {
+        assert!(Instant::now() < deadline, "no chunk was ever stored");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    drop(node); // SIGKILL
+    let status = publisher.0.take().unwrap().wait().unwrap();
+    assert!(!status.success(), "the publish fails with its node gone");
+    assert!(
+        !data.join("content/arena/versions/1.0.0").exists(),
+        "the node was killed before the publish finished"
+    );
+    let (node, base) = serve_process(&data);
+    let r = publish(&base, &key, &build, "1.0.0");
+    let (all, uploaded) = (
+        r["chunks"].as_u64().unwrap(),
+        r["uploaded_chunks"].as_u64().unwrap(),
+    );
+    assert!(
+        uploaded < all,
+        "chunks stored before the kill are kept: {r}"
+    );
+    let to = work.path().join("install");
+    ok_json(fetch(&base, &public, &to, "1.0.0", &[]));
+    assert_eq!(tree(&to), tree(&build));
+    drop(node);
 }
