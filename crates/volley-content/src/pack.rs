@@ -496,6 +496,54 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_writers_and_readers_agree_and_the_result_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(open(dir.path(), 200_000));
+        // Four writers, overlapping halves: every chunk is sent by two of them.
+        let sets: Vec<Vec<_>> = (0..4u32)
+            .map(|w| {
+                (w * 50..w * 50 + 100)
+                    .map(|i| chunk(i % 200, 900 + (i % 200) as usize))
+                    .collect()
+            })
+            .collect();
+        let stored: usize = std::thread::scope(|scope| {
+            let writers: Vec<_> = sets
+                .iter()
+                .map(|set| {
+                    let s = s.clone();
+                    scope.spawn(move || set.chunks(7).map(|b| put(&s, b)).sum::<usize>())
+                })
+                .collect();
+            // A reader meanwhile: whatever it finds is whole and right.
+            let reader = {
+                let s = s.clone();
+                let all: Vec<_> = (0..200).map(|i| chunk(i, 900 + i as usize)).collect();
+                scope.spawn(move || {
+                    for _ in 0..20 {
+                        for (h, d) in &all {
+                            if let Some(got) = s.get(h).unwrap() {
+                                assert_eq!(&got, d);
+                            }
+                        }
+                    }
+                })
+            };
+            reader.join().unwrap();
+            writers.into_iter().map(|w| w.join().unwrap()).sum()
+        });
+        assert_eq!(stored, 200, "each chunk stored exactly once");
+        assert_eq!(s.count(), 200);
+        drop(s);
+        let s = open(dir.path(), 200_000);
+        assert_eq!(s.count(), 200);
+        for i in 0..200 {
+            let (h, d) = chunk(i, 900 + i as usize);
+            assert_eq!(s.get(&h).unwrap(), Some(d));
+        }
+    }
+
+    #[test]
     fn chunks_of_an_older_file_per_chunk_store_are_still_served() {
         let dir = tempfile::tempdir().unwrap();
         let legacy = ChunkStore::open(&dir.path().join("chunks")).unwrap();
