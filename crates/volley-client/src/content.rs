@@ -153,7 +153,7 @@ pub async fn fetch_with(
 ) -> Result<InstallReport, Error> {
     let origin = Origin::new(base, game);
     let (signed, m) = origin.open_version(version, trusted).await?;
-    Ok(volley_content::install::install(&signed, m, to, &origin, opts, progress).await?)
+    Ok(volley_content::install::install(signed, m, to, &origin, opts, progress).await?)
 }
 
 /// A publish gathers chunks into upload batches of about this many bytes.

@@ -1373,7 +1373,7 @@ pub async fn fetch(
     let (signed, m) = origin.open_version(version, trusted).await?;
     volley_content::install::recover(to)?;
     let swarm = Swarm::start(&signed, &m, Some(origin), api, opts)?;
-    let r = volley_content::install::install(&signed, m, to, &swarm, install, progress).await;
+    let r = volley_content::install::install(signed, m, to, &swarm, install, progress).await;
     let stats = swarm.stats();
     match r {
         Ok(report) => {

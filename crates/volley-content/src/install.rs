@@ -231,11 +231,11 @@ pub fn installed(dir: &Path) -> Result<Option<(Manifest, Vec<u8>)>, ContentError
     }
 }
 
-/// Installs the version `signed` (already opened as `manifest`) into `dir`. The manifest is
-/// consumed: once the staging area is laid out, its per-chunk lists are not kept while the
-/// download runs.
+/// Installs the version `signed` (already opened as `manifest`) into `dir`. Both are
+/// consumed: once the staging area is laid out (with the signed bytes written into it), neither
+/// the manifest's per-chunk lists nor its bytes are kept in memory while the download runs.
 pub async fn install(
-    signed: &[u8],
+    signed: Vec<u8>,
     manifest: Manifest,
     dir: &Path,
     source: &dyn ChunkSource,
@@ -245,8 +245,8 @@ pub async fn install(
     let start = Instant::now();
     recover(dir)?;
     let table = match source.chunk_table() {
-        Some(t) if t.id() == blake3::hash(signed).as_bytes() => t,
-        _ => std::sync::Arc::new(ChunkTable::new(&manifest, signed)?),
+        Some(t) if t.id() == blake3::hash(&signed).as_bytes() => t,
+        _ => std::sync::Arc::new(ChunkTable::new(&manifest, &signed)?),
     };
     // Where each chunk of the new version occurs in the installed one, if it does: (file of
     // the installed version, offset).
@@ -285,9 +285,10 @@ pub async fn install(
     let staging = std::sync::Arc::new(Staging::open(
         &staging_dir(dir),
         &manifest,
-        signed,
+        &signed,
         table.clone(),
     )?);
+    drop(signed);
     let mut report = InstallReport {
         files: manifest.files.len(),
         total_bytes: manifest.total_size(),
@@ -360,7 +361,7 @@ pub async fn install(
     }
     report.download_time = start.elapsed();
     // Every chunk is in place: modes, fsync, the manifest; then the swap.
-    staging.finish(signed, opts.sync)?;
+    staging.finish(opts.sync)?;
     let old = sibling(dir, "volley-old");
     if dir.exists() {
         fs::rename(dir, &old).map_err(|e| ContentError::io(dir, e))?;

@@ -329,9 +329,10 @@ impl Staging {
     }
 
     /// Completes the version once every chunk is whole: sets each file's mode, syncs every
-    /// file (with `sync`), and records `signed` as the version's manifest in `.volley/manifest`.
-    /// The area is then ready to be renamed into place.
-    pub fn finish(&self, signed: &[u8], sync: bool) -> Result<(), ContentError> {
+    /// file (with `sync`), and records the version's signed manifest (kept on disk since
+    /// [`Staging::open`], not in memory) in `.volley/manifest`. The area is then ready to be
+    /// renamed into place.
+    pub fn finish(&self, sync: bool) -> Result<(), ContentError> {
         if self.count() != self.table.len() {
             return Err(ContentError::Fetch(format!(
                 "{} of {} chunks are in place",
@@ -350,13 +351,28 @@ impl Staging {
             }
         }
         let mpath = self.root.join(MANIFEST_FILE);
-        fs::write(&mpath, signed).map_err(|e| ContentError::io(&mpath, e))?;
+        let t = self.root.join(TARGET_FILE);
+        let (signed, from) = match fs::read(&t) {
+            Ok(b) => (b, t.clone()),
+            // Finished once already (a crash before the swap): the manifest is in place.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+                fs::read(&mpath).map_err(|e| ContentError::io(&mpath, e))?,
+                mpath.clone(),
+            ),
+            Err(e) => return Err(ContentError::io(&t, e)),
+        };
+        if blake3::hash(&signed).as_bytes() != self.table.id() {
+            return Err(ContentError::Invalid(format!(
+                "{} no longer holds the manifest of the version being installed",
+                from.display()
+            )));
+        }
+        fs::write(&mpath, &signed).map_err(|e| ContentError::io(&mpath, e))?;
         if sync {
             File::open(&mpath)
                 .and_then(|f| f.sync_all())
                 .map_err(|e| ContentError::io(&mpath, e))?;
         }
-        let t = self.root.join(TARGET_FILE);
         match fs::remove_file(&t) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(ContentError::io(&t, e));
@@ -508,13 +524,20 @@ mod tests {
         assert!(!root.join("d/y").exists());
         drop(s);
         s2.put(&va).unwrap();
-        s2.finish(&signed2, true).unwrap();
+        // The signed manifest is kept on disk, not in memory: finishing checks it is still
+        // the one the area was opened for.
+        fs::write(root.join(TARGET_FILE), &signed).unwrap();
+        let err = s2.finish(true).unwrap_err().to_string();
+        assert!(err.contains("no longer holds the manifest"), "{err}");
+        fs::write(root.join(TARGET_FILE), &signed2).unwrap();
+        s2.finish(true).unwrap();
         assert_eq!(fs::read(root.join(".volley/manifest")).unwrap(), signed2);
         assert!(target(&root).is_none());
         // Finished but not swapped in (a crash just before the rename): reopened whole.
         drop(s2);
         let s3 = open(&root, &m2, &signed2).unwrap();
         assert_eq!(s3.count(), 1);
-        s3.finish(&signed2, true).unwrap();
+        s3.finish(true).unwrap();
+        assert_eq!(fs::read(root.join(".volley/manifest")).unwrap(), signed2);
     }
 }
