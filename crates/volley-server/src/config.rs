@@ -67,6 +67,10 @@ pub struct NodeConfig {
     pub redis_prefix: String,
     /// Upload cap for serving content chunks, bytes per second (0: none).
     pub content_upload_bytes_per_s: u64,
+    /// Other nodes of the cluster (`http://host:port`) this node pulls a version's manifest
+    /// and chunks from when it lacks them, keeping what it pulls: a build published to one
+    /// node is then served by all.
+    pub content_peers: Vec<String>,
     /// This node's name in the cluster (presence, matches); unique per node.
     pub node_id: String,
     /// Key a studio's backend presents (`x-volley-server-key`) for server-to-server calls:
@@ -117,6 +121,7 @@ impl Default for NodeConfig {
             redis: None,
             redis_prefix: "volley:".into(),
             content_upload_bytes_per_s: 0,
+            content_peers: Vec::new(),
             node_id: "node-1".into(),
             server_key: None,
             session_ttl_ms: 3_600_000,
@@ -189,6 +194,13 @@ impl NodeConfig {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return bad("node_id must be 1-64 characters of [A-Za-z0-9_-]");
+        }
+        if self
+            .content_peers
+            .iter()
+            .any(|p| !(p.starts_with("http://") || p.starts_with("https://")))
+        {
+            return bad("content_peers must be http:// or https:// URLs of other nodes");
         }
         if self.server_key.as_ref().is_some_and(|k| k.len() < 16) {
             return bad("server_key must be at least 16 characters");

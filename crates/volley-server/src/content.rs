@@ -81,6 +81,57 @@ async fn store(api: &Api, game: &str, create: bool) -> Result<Option<Arc<PackSto
     .await
 }
 
+/// Marks a request one node makes of another to pull content: it is answered from the local
+/// store only, so nodes that list each other never pull in a loop.
+const PULL_HEADER: &str = "x-volley-content-pull";
+
+/// Asks the cluster's other nodes (`content_peers`) for `path`, in order, unless this request
+/// is itself a pull: the first body of at most `limit` bytes that `accept` takes.
+async fn pull(
+    api: &Api,
+    headers: &HeaderMap,
+    path: &str,
+    limit: usize,
+    accept: impl Fn(&[u8]) -> bool,
+) -> Option<Vec<u8>> {
+    if headers.contains_key(PULL_HEADER) {
+        return None;
+    }
+    'peers: for peer in &api.cfg.content_peers {
+        let url = format!("{}{path}", peer.trim_end_matches('/'));
+        let mut resp = match api
+            .content_http
+            .get(&url)
+            .header(PULL_HEADER, "1")
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => r,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(peer = %peer, error = %e, "content pull failed");
+                continue;
+            }
+        };
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            continue;
+        }
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) if body.len() + c.len() <= limit => body.extend_from_slice(&c),
+                Ok(Some(_)) | Err(_) => continue 'peers,
+                Ok(None) => break,
+            }
+        }
+        if accept(&body) {
+            return Some(body);
+        }
+        tracing::warn!(peer = %peer, path, "a content peer served bytes that failed their check");
+    }
+    None
+}
+
 fn no_chunk(hash: &[u8; 32]) -> Error {
     Error(
         StatusCode::NOT_FOUND,
@@ -150,15 +201,36 @@ pub(crate) async fn put_chunks(
 /// `GET /v1/content/{game}/chunks/{hash}`.
 pub(crate) async fn get_chunk(
     State(api): State<Api>,
+    headers: HeaderMap,
     Path((game, hash)): Path<(String, String)>,
 ) -> Result<Response, Error> {
     let hash = hash_param(&hash)?;
-    let s = store(&api, &game, false)
-        .await?
-        .ok_or_else(|| no_chunk(&hash))?;
-    let data = blocking(move || s.read_raw(&hash).map_err(content_err)).await?;
-    let Some(data) = data else {
-        return Err(no_chunk(&hash));
+    let local = match store(&api, &game, false).await? {
+        Some(s) => blocking(move || s.read_raw(&hash).map_err(content_err)).await?,
+        None => None,
+    };
+    let data = match local {
+        Some(data) => data,
+        None => {
+            // Pulled from another node of the cluster, checked against its name, kept.
+            let path = format!("/v1/content/{game}/chunks/{}", chunk_name(&hash));
+            let verified = |b: &[u8]| blake3::hash(b).as_bytes() == &hash;
+            let data = pull(&api, &headers, &path, CHUNK_BODY_MAX, verified)
+                .await
+                .ok_or_else(|| no_chunk(&hash))?;
+            let s = store(&api, &game, true)
+                .await?
+                .ok_or_else(|| no_chunk(&hash))?;
+            let data = blocking(move || {
+                s.put_many(&[(hash, &data)]).map_err(content_err)?;
+                Ok(data)
+            })
+            .await?;
+            api.metrics
+                .content_chunks_pulled
+                .fetch_add(1, Ordering::Relaxed);
+            data
+        }
     };
     api.content_pace.wait(data.len() as u64).await;
     api.metrics
@@ -228,46 +300,68 @@ pub(crate) async fn put_manifest(
                 None,
             ));
         }
-        let versions = dir.join("versions");
-        std::fs::create_dir_all(&versions)
-            .map_err(|e| content_err(ContentError::io(&versions, e)))?;
-        let path = versions.join(&version);
-        let tmp = versions.join(format!(".{version}.tmp-{}", rand::random::<u64>()));
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            content_err(ContentError::io(&path, e))
-        })
+        write_version(&dir, &version, &body)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Stores a version's signed manifest atomically (temporary file, flush, rename).
+fn write_version(dir: &std::path::Path, version: &str, body: &[u8]) -> Result<(), Error> {
+    let versions = dir.join("versions");
+    std::fs::create_dir_all(&versions).map_err(|e| content_err(ContentError::io(&versions, e)))?;
+    let path = versions.join(version);
+    let tmp = versions.join(format!(".{version}.tmp-{}", rand::random::<u64>()));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        content_err(ContentError::io(&path, e))
+    })
+}
+
 /// `GET /v1/content/{game}/versions/{version}`: the signed manifest.
 pub(crate) async fn get_manifest(
     State(api): State<Api>,
+    headers: HeaderMap,
     Path((game, version)): Path<(String, String)>,
 ) -> Result<Response, Error> {
     check_name("version", &version).map_err(content_err)?;
-    let path = game_dir(&api, &game)?.join("versions").join(&version);
-    match tokio::fs::read(&path).await {
-        Ok(data) => {
-            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+    let dir = game_dir(&api, &game)?;
+    let path = dir.join("versions").join(&version);
+    let data = match tokio::fs::read(&path).await {
+        Ok(data) => data,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Pulled from another node of the cluster: a well-formed, self-consistently signed
+            // manifest of this very version (players check the publisher), kept. Its chunks
+            // are pulled as they are asked for.
+            let url_path = format!("/v1/content/{game}/versions/{version}");
+            let this_version = |b: &[u8]| {
+                Manifest::open(b, None).is_ok_and(|(m, _)| m.game == game && m.version == version)
+            };
+            let Some(data) = pull(&api, &headers, &url_path, MANIFEST_BODY_MAX, this_version).await
+            else {
+                return Err(Error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no version {version} of {game}"),
+                    None,
+                ));
+            };
+            blocking(move || {
+                write_version(&dir, &version, &data)?;
+                Ok(data)
+            })
+            .await?
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no version {version} of {game}"),
-            None,
-        )),
-        Err(e) => Err(content_err(ContentError::io(&path, e))),
-    }
+        Err(e) => return Err(content_err(ContentError::io(&path, e))),
+    };
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
 /// `POST /v1/content/{game}/versions/{version}/peers` (session): announce and get peers. The

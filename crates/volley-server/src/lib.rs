@@ -178,6 +178,8 @@ struct Shared {
     content_pace: volley_content::pace::Pace,
     /// Each game's chunk store, opened on first use (opening reads its index).
     content_stores: Mutex<HashMap<String, Arc<volley_content::pack::PackStore>>>,
+    /// Pulls content from the other nodes of the cluster (`content_peers`).
+    content_http: reqwest::Client,
 }
 
 fn unix_ms() -> u64 {
@@ -413,6 +415,10 @@ impl Node {
             tracker,
             content_pace,
             content_stores: Mutex::new(HashMap::new()),
+            content_http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .map_err(|e| StartError::Platform(format!("http client: {e}")))?,
         });
         shared
             .platform

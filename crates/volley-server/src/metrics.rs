@@ -44,6 +44,8 @@ pub struct Metrics {
     pub content_chunks_served: AtomicU64,
     /// Bytes of content chunks served (origin).
     pub content_bytes_served: AtomicU64,
+    /// Content chunks pulled from other nodes of the cluster.
+    pub content_chunks_pulled: AtomicU64,
 }
 
 impl Metrics {
@@ -78,7 +80,7 @@ impl Metrics {
                 self.rejected(code)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 13] = [
+        let counters: [(&str, &str, &AtomicU64); 14] = [
             (
                 "volley_logic_dropped_total",
                 "Messages to or from room logic dropped.",
@@ -143,6 +145,11 @@ impl Metrics {
                 "volley_content_bytes_served_total",
                 "Bytes of content chunks served as the origin.",
                 &self.content_bytes_served,
+            ),
+            (
+                "volley_content_chunks_pulled_total",
+                "Content chunks pulled from other nodes of the cluster.",
+                &self.content_chunks_pulled,
             ),
         ];
         for (name, help, c) in counters {

@@ -172,6 +172,14 @@ struct ServeArgs {
     /// Upload cap for serving content chunks, KiB/s (0: none).
     #[arg(long, env = "VOLLEY_CONTENT_MAX_KIB_PER_S")]
     content_max_kib_per_s: Option<u64>,
+    /// Another node of the cluster to pull builds from when this one lacks them (repeatable,
+    /// or comma-separated).
+    #[arg(
+        long = "content-peer",
+        env = "VOLLEY_CONTENT_PEERS",
+        value_delimiter = ','
+    )]
+    content_peers: Vec<String>,
     /// This node's name in the cluster.
     #[arg(long, env = "VOLLEY_NODE_ID")]
     node_id: Option<String>,
@@ -258,6 +266,9 @@ impl ServeArgs {
         }
         if let Some(k) = self.content_max_kib_per_s {
             c.content_upload_bytes_per_s = k.saturating_mul(1024);
+        }
+        if !self.content_peers.is_empty() {
+            c.content_peers = self.content_peers.clone();
         }
         c.validate()?;
         Ok(c)

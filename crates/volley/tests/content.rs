@@ -1148,3 +1148,83 @@ fn a_node_killed_mid_publish_keeps_what_it_stored_and_the_publish_completes_afte
     assert_eq!(tree(&to), tree(&build));
     drop(node);
 }
+
+/// A cluster where the build was published to one node only: another node, told of it with
+/// `content_peers`, pulls the manifest and the chunks it is asked for, checks and keeps them,
+/// and serves the version on its own once the first node is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_pulls_a_version_it_lacks_from_another_node_of_its_cluster() {
+    let n1 = start_node(|c| c.server_key = Some(KEY.into())).await;
+    let base1 = n1.base.clone();
+    let n2 = start_node(|c| {
+        c.server_key = Some(KEY.into());
+        c.content_peers = vec![base1];
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(work.path());
+    let build = work.path().join("build");
+    make_build(&build, 2);
+    let chunks = publish(&n1.base, &key, &build, "1.0.0")["chunks"]
+        .as_u64()
+        .unwrap();
+    // An unknown version is still unknown (and no pull loops: node 1 has no peers anyway).
+    let out = fetch(&n2.base, &public, &work.path().join("none"), "9.9.9", &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
+    // Through node 2, which had nothing.
+    let first = work.path().join("first");
+    let r = ok_json(fetch(&n2.base, &public, &first, "1.0.0", &[]));
+    assert_eq!(tree(&first), tree(&build));
+    assert_eq!(r["downloaded_chunks"].as_u64().unwrap(), chunks);
+    let (served1, _) = served(&n1.base).await;
+    assert_eq!(served1, chunks, "node 2 pulled each chunk once from node 1");
+    let metrics = volley_client::Api::raw_get(&format!("{}/metrics", n2.base))
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("volley_content_chunks_pulled_total {chunks}")),
+        "{metrics}"
+    );
+    // A pull request is answered locally only: node 1 does not ask anyone.
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/content/arena/versions/2.0.0", n2.base))
+        .header("x-volley-content-pull", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    // A third node whose first peer answers everything with garbage: refused, and the next
+    // peer asked.
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_base = format!("http://{}", fake.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in fake.incoming() {
+            let Ok(mut s) = s else { break };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+            );
+        }
+    });
+    let base1 = n1.base.clone();
+    let n3 = start_node(|c| c.content_peers = vec![fake_base, base1]).await;
+    let third = work.path().join("third");
+    ok_json(fetch(&n3.base, &public, &third, "1.0.0", &[]));
+    assert_eq!(tree(&third), tree(&build));
+    n3.node.shutdown().await;
+    // Node 1 gone: node 2 serves the version from what it kept.
+    n1.node.shutdown().await;
+    let second = work.path().join("second");
+    ok_json(fetch(&n2.base, &public, &second, "1.0.0", &[]));
+    assert_eq!(tree(&second), tree(&build));
+    n2.node.shutdown().await;
+}
