@@ -132,6 +132,59 @@ async fn pull(
     None
 }
 
+/// A chunk pulled from another node: game, hash, bytes (verified).
+pub(crate) type Pulled = (String, [u8; 32], Vec<u8>);
+
+/// Pulled chunks waiting to be stored; when the queue is full a pulled chunk is served but not
+/// kept (it is pulled again when next asked for).
+pub(crate) const KEEP_QUEUE: usize = 256;
+
+/// Stores pulled chunks behind the requests that pulled them, many to a batch, so a pull costs
+/// the serving node no flush per chunk. Ends with the node.
+pub(crate) async fn keep_pulled(
+    api: std::sync::Weak<crate::Shared>,
+    mut rx: tokio::sync::mpsc::Receiver<Pulled>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let mut bytes = batch[0].2.len();
+        while bytes < (8 << 20) {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.2.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(api) = api.upgrade() else { return };
+        batch.sort_by(|a, b| a.0.cmp(&b.0));
+        for group in batch.chunk_by(|a, b| a.0 == b.0) {
+            let game = group[0].0.clone();
+            let Ok(Some(s)) = store(&api, &game, true).await else {
+                continue;
+            };
+            let frames: Vec<([u8; 32], Vec<u8>)> =
+                group.iter().map(|(_, h, d)| (*h, d.clone())).collect();
+            let n = frames.len() as u64;
+            let kept = blocking(move || {
+                let refs: Vec<volley_content::batch::Frame<'_>> =
+                    frames.iter().map(|(h, d)| (*h, &d[..])).collect();
+                s.put_many(&refs).map_err(content_err)
+            })
+            .await;
+            match kept {
+                Ok(_) => {
+                    api.metrics
+                        .content_chunks_pulled
+                        .fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!(game, error = %e.2, "could not keep pulled chunks"),
+            }
+        }
+    }
+}
+
 fn no_chunk(hash: &[u8; 32]) -> Error {
     Error(
         StatusCode::NOT_FOUND,
@@ -218,17 +271,7 @@ pub(crate) async fn get_chunk(
             let data = pull(&api, &headers, &path, CHUNK_BODY_MAX, verified)
                 .await
                 .ok_or_else(|| no_chunk(&hash))?;
-            let s = store(&api, &game, true)
-                .await?
-                .ok_or_else(|| no_chunk(&hash))?;
-            let data = blocking(move || {
-                s.put_many(&[(hash, &data)]).map_err(content_err)?;
-                Ok(data)
-            })
-            .await?;
-            api.metrics
-                .content_chunks_pulled
-                .fetch_add(1, Ordering::Relaxed);
+            let _ = api.content_keep.try_send((game, hash, data.clone()));
             data
         }
     };

@@ -180,6 +180,8 @@ struct Shared {
     content_stores: Mutex<HashMap<String, Arc<volley_content::pack::PackStore>>>,
     /// Pulls content from the other nodes of the cluster (`content_peers`).
     content_http: reqwest::Client,
+    /// Pulled chunks on their way into the store (written behind, in batches).
+    content_keep: tokio::sync::mpsc::Sender<content::Pulled>,
 }
 
 fn unix_ms() -> u64 {
@@ -398,6 +400,7 @@ impl Node {
             }
             None => swarm_tracker::SwarmTracker::memory(Default::default()),
         };
+        let (content_keep, kept) = tokio::sync::mpsc::channel(content::KEEP_QUEUE);
         let shared = Arc::new(Shared {
             cfg,
             public_addr,
@@ -419,7 +422,9 @@ impl Node {
                 .timeout(std::time::Duration::from_secs(30))
                 .build()
                 .map_err(|e| StartError::Platform(format!("http client: {e}")))?,
+            content_keep,
         });
+        tokio::spawn(content::keep_pulled(Arc::downgrade(&shared), kept));
         shared
             .platform
             .set_room_maker(Arc::new(MatchRooms(Arc::downgrade(&shared))));

@@ -44,7 +44,7 @@ pub struct Metrics {
     pub content_chunks_served: AtomicU64,
     /// Bytes of content chunks served (origin).
     pub content_bytes_served: AtomicU64,
-    /// Content chunks pulled from other nodes of the cluster.
+    /// Content chunks pulled from other nodes of the cluster and kept in the store.
     pub content_chunks_pulled: AtomicU64,
 }
 
@@ -148,7 +148,7 @@ impl Metrics {
             ),
             (
                 "volley_content_chunks_pulled_total",
-                "Content chunks pulled from other nodes of the cluster.",
+                "Content chunks pulled from other nodes of the cluster and kept.",
                 &self.content_chunks_pulled,
             ),
         ];

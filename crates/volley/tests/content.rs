@@ -1179,13 +1179,19 @@ async fn a_node_pulls_a_version_it_lacks_from_another_node_of_its_cluster() {
     assert_eq!(r["downloaded_chunks"].as_u64().unwrap(), chunks);
     let (served1, _) = served(&n1.base).await;
     assert_eq!(served1, chunks, "node 2 pulled each chunk once from node 1");
-    let metrics = volley_client::Api::raw_get(&format!("{}/metrics", n2.base))
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains(&format!("volley_content_chunks_pulled_total {chunks}")),
-        "{metrics}"
-    );
+    // Node 2 keeps what it pulled (written behind the requests, in batches).
+    let kept = format!("volley_content_chunks_pulled_total {chunks}\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = volley_client::Api::raw_get(&format!("{}/metrics", n2.base))
+            .await
+            .unwrap();
+        if metrics.contains(&kept) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // A pull request is answered locally only: node 1 does not ask anyone.
     let resp = reqwest::Client::new()
         .get(format!("{}/v1/content/arena/versions/2.0.0", n2.base))
