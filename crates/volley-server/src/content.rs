@@ -166,7 +166,6 @@ pub(crate) async fn keep_pulled(
             };
             let frames: Vec<([u8; 32], Vec<u8>)> =
                 group.iter().map(|(_, h, d)| (*h, d.clone())).collect();
-            let n = frames.len() as u64;
             let kept = blocking(move || {
                 let refs: Vec<volley_content::batch::Frame<'_>> =
                     frames.iter().map(|(h, d)| (*h, &d[..])).collect();
@@ -174,10 +173,10 @@ pub(crate) async fn keep_pulled(
             })
             .await;
             match kept {
-                Ok(_) => {
+                Ok(stored) => {
                     api.metrics
                         .content_chunks_pulled
-                        .fetch_add(n, Ordering::Relaxed);
+                        .fetch_add(stored as u64, Ordering::Relaxed);
                 }
                 Err(e) => tracing::warn!(game, error = %e.2, "could not keep pulled chunks"),
             }
