@@ -184,6 +184,60 @@ pub(crate) async fn keep_pulled(
     }
 }
 
+/// Chunks a prefetch asks the cluster for at once.
+const PREFETCH_DEPTH: usize = 4;
+
+/// Pulls every chunk of a pulled version this node lacks (a few at a time, each verified) into
+/// the write-behind queue, waiting when it is full.
+async fn prefetch(api: Api, game: String, key: String, m: Manifest) {
+    use futures_util::StreamExt;
+    let mut seen = std::collections::HashSet::new();
+    let hashes: Vec<[u8; 32]> = m
+        .chunks()
+        .map(|c| c.hash)
+        .filter(|h| seen.insert(*h))
+        .collect();
+    drop((m, seen));
+    let s = store(&api, &game, true).await.ok().flatten();
+    let none = HeaderMap::new();
+    let mut pulls = futures_util::stream::iter(hashes)
+        .map(|hash| {
+            let (api, game, none, s) = (&api, &game, &none, s.clone());
+            async move {
+                if s.is_some_and(|s| s.has(&hash)) {
+                    return None;
+                }
+                let path = format!("/v1/content/{game}/chunks/{}", chunk_name(&hash));
+                let verified = |b: &[u8]| blake3::hash(b).as_bytes() == &hash;
+                let data = pull(api, none, &path, CHUNK_BODY_MAX, verified).await?;
+                Some((hash, data))
+            }
+        })
+        .buffer_unordered(PREFETCH_DEPTH);
+    let mut missed = 0usize;
+    while let Some(got) = pulls.next().await {
+        match got {
+            Some((hash, data)) => {
+                if api
+                    .content_keep
+                    .send((game.clone(), hash, data))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            None => missed += 1,
+        }
+    }
+    if missed > 0 {
+        tracing::debug!(version = %key, missed, "prefetch: chunks held or not found");
+    }
+    if let Ok(mut p) = api.content_prefetching.lock() {
+        p.remove(&key);
+    }
+}
+
 fn no_chunk(hash: &[u8; 32]) -> Error {
     Error(
         StatusCode::NOT_FOUND,
@@ -395,11 +449,26 @@ pub(crate) async fn get_manifest(
                     None,
                 ));
             };
-            blocking(move || {
-                write_version(&dir, &version, &data)?;
+            let (d, v) = (dir.clone(), version.clone());
+            let data = blocking(move || {
+                write_version(&d, &v, &data)?;
                 Ok(data)
             })
-            .await?
+            .await?;
+            // Then every chunk of it, in the background: the cluster's other origin should not
+            // need this node once a version has been asked for here.
+            if let Ok((m, _)) = Manifest::open(&data, None) {
+                let key = format!("{game}/{version}");
+                let fresh = api
+                    .content_prefetching
+                    .lock()
+                    .map(|mut p| p.insert(key.clone()))
+                    .unwrap_or(false);
+                if fresh {
+                    tokio::spawn(prefetch(api.clone(), game, key, m));
+                }
+            }
+            data
         }
         Err(e) => return Err(content_err(ContentError::io(&path, e))),
     };

@@ -182,6 +182,8 @@ struct Shared {
     content_http: reqwest::Client,
     /// Pulled chunks on their way into the store (written behind, in batches).
     content_keep: tokio::sync::mpsc::Sender<content::Pulled>,
+    /// Versions (`game/version`) whose chunks this node is pulling in the background.
+    content_prefetching: Mutex<std::collections::HashSet<String>>,
 }
 
 fn unix_ms() -> u64 {
@@ -423,6 +425,7 @@ impl Node {
                 .build()
                 .map_err(|e| StartError::Platform(format!("http client: {e}")))?,
             content_keep,
+            content_prefetching: Mutex::new(std::collections::HashSet::new()),
         });
         tokio::spawn(content::keep_pulled(Arc::downgrade(&shared), kept));
         shared

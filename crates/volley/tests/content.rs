@@ -1150,8 +1150,9 @@ fn a_node_killed_mid_publish_keeps_what_it_stored_and_the_publish_completes_afte
 }
 
 /// A cluster where the build was published to one node only: another node, told of it with
-/// `content_peers`, pulls the manifest and the chunks it is asked for, checks and keeps them,
-/// and serves the version on its own once the first node is gone.
+/// `content_peers`, pulls the manifest when asked for it and then every chunk in the background
+/// (and any chunk asked for on demand), checks and keeps them, and serves the version on its
+/// own once the first node is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_pulls_a_version_it_lacks_from_another_node_of_its_cluster() {
     let n1 = start_node(|c| c.server_key = Some(KEY.into())).await;
@@ -1172,16 +1173,20 @@ async fn a_node_pulls_a_version_it_lacks_from_another_node_of_its_cluster() {
     let out = fetch(&n2.base, &public, &work.path().join("none"), "9.9.9", &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
-    // Through node 2, which had nothing.
-    let first = work.path().join("first");
-    let r = ok_json(fetch(&n2.base, &public, &first, "1.0.0", &[]));
-    assert_eq!(tree(&first), tree(&build));
-    assert_eq!(r["downloaded_chunks"].as_u64().unwrap(), chunks);
-    let (served1, _) = served(&n1.base).await;
-    assert_eq!(served1, chunks, "node 2 pulled each chunk once from node 1");
-    // Node 2 keeps what it pulled (written behind the requests, in batches).
+    // Asked for the manifest, node 2 pulls it and then, in the background, every chunk.
+    let manifest = volley_client::content::Origin::new(&n2.base, "arena")
+        .manifest("1.0.0")
+        .await
+        .unwrap();
+    assert_eq!(
+        manifest,
+        volley_client::content::Origin::new(&n1.base, "arena")
+            .manifest("1.0.0")
+            .await
+            .unwrap()
+    );
     let kept = format!("volley_content_chunks_pulled_total {chunks}\n");
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let metrics = volley_client::Api::raw_get(&format!("{}/metrics", n2.base))
             .await
@@ -1192,6 +1197,18 @@ async fn a_node_pulls_a_version_it_lacks_from_another_node_of_its_cluster() {
         assert!(Instant::now() < deadline, "{metrics}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let (served1, _) = served(&n1.base).await;
+    assert_eq!(served1, chunks, "node 2 pulled each chunk once from node 1");
+    // A player fetching through node 2 now needs nothing from node 1.
+    let first = work.path().join("first");
+    let r = ok_json(fetch(&n2.base, &public, &first, "1.0.0", &[]));
+    assert_eq!(tree(&first), tree(&build));
+    assert_eq!(r["downloaded_chunks"].as_u64().unwrap(), chunks);
+    assert_eq!(
+        served(&n1.base).await.0,
+        chunks,
+        "node 1 served nothing more"
+    );
     // A pull request is answered locally only: node 1 does not ask anyone.
     let resp = reqwest::Client::new()
         .get(format!("{}/v1/content/arena/versions/2.0.0", n2.base))
@@ -1223,6 +1240,20 @@ async fn a_node_pulls_a_version_it_lacks_from_another_node_of_its_cluster() {
     });
     let base1 = n1.base.clone();
     let n3 = start_node(|c| c.content_peers = vec![fake_base, base1]).await;
+    // A chunk asked for on its own (no manifest, so no prefetch) is pulled on demand.
+    let exe = std::fs::read(build.join("bin/game")).unwrap();
+    let cut = volley_content::cdc::Params::new(65_536).unwrap().cut(&exe);
+    let hash = *blake3::hash(&exe[..cut]).as_bytes();
+    let got = volley_content::install::ChunkSource::fetch(
+        &volley_client::content::Origin::new(&n3.base, "arena"),
+        volley_content::ChunkRef {
+            hash,
+            size: cut as u32,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, &exe[..cut]);
     let third = work.path().join("third");
     ok_json(fetch(&n3.base, &public, &third, "1.0.0", &[]));
     assert_eq!(tree(&third), tree(&build));
