@@ -2,6 +2,7 @@
 //! manifests, under `<data_dir>/content/<game>/`. Uploads need the server key; downloads are
 //! public (every chunk is verified by the player against the signed manifest anyway).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -132,6 +133,9 @@ async fn pull(
     None
 }
 
+/// A chunk's hash and bytes.
+type OwnedFrame = ([u8; 32], Vec<u8>);
+
 /// A chunk pulled from another node: game, hash, bytes (verified).
 pub(crate) type Pulled = (String, [u8; 32], Vec<u8>);
 
@@ -158,14 +162,14 @@ pub(crate) async fn keep_pulled(
             }
         }
         let Some(api) = api.upgrade() else { return };
-        batch.sort_by(|a, b| a.0.cmp(&b.0));
-        for group in batch.chunk_by(|a, b| a.0 == b.0) {
-            let game = group[0].0.clone();
-            let Ok(Some(s)) = store(&api, &game, true).await else {
+        let mut by_game: HashMap<String, Vec<OwnedFrame>> = HashMap::new();
+        for (game, hash, data) in batch {
+            by_game.entry(game).or_default().push((hash, data));
+        }
+        for (game, frames) in by_game {
+            let Ok(s) = writable_store(&api, &game).await else {
                 continue;
             };
-            let frames: Vec<([u8; 32], Vec<u8>)> =
-                group.iter().map(|(_, h, d)| (*h, d.clone())).collect();
             let kept = blocking(move || {
                 let refs: Vec<volley_content::batch::Frame<'_>> =
                     frames.iter().map(|(h, d)| (*h, &d[..])).collect();
@@ -198,7 +202,7 @@ async fn prefetch(api: Api, game: String, key: String, m: Manifest) {
         .filter(|h| seen.insert(*h))
         .collect();
     drop((m, seen));
-    let s = store(&api, &game, true).await.ok().flatten();
+    let s = writable_store(&api, &game).await.ok();
     let none = HeaderMap::new();
     let mut pulls = futures_util::stream::iter(hashes)
         .map(|hash| {
@@ -238,6 +242,13 @@ async fn prefetch(api: Api, game: String, key: String, m: Manifest) {
     }
 }
 
+/// The game's chunk store for writing (created if missing).
+async fn writable_store(api: &Api, game: &str) -> Result<Arc<PackStore>, Error> {
+    store(api, game, true)
+        .await?
+        .ok_or_else(|| bad("no such game"))
+}
+
 fn no_chunk(hash: &[u8; 32]) -> Error {
     Error(
         StatusCode::NOT_FOUND,
@@ -273,9 +284,7 @@ pub(crate) async fn put_chunk(
 ) -> Result<StatusCode, Error> {
     crate::api::require_server_key(&api, &headers)?;
     let hash = hash_param(&hash)?;
-    let s = store(&api, &game, true)
-        .await?
-        .ok_or_else(|| no_chunk(&hash))?;
+    let s = writable_store(&api, &game).await?;
     blocking(move || s.put_many(&[(hash, &body)]).map_err(content_err)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -290,9 +299,7 @@ pub(crate) async fn put_chunks(
     body: Bytes,
 ) -> Result<Json<ChunkBatchReply>, Error> {
     crate::api::require_server_key(&api, &headers)?;
-    let s = store(&api, &game, true)
-        .await?
-        .ok_or_else(|| bad("no such game"))?;
+    let s = writable_store(&api, &game).await?;
     blocking(move || {
         let chunks = volley_content::batch::decode(&body, CHUNK_BODY_MAX).map_err(content_err)?;
         let stored = s.put_many(&chunks).map_err(content_err)?;
@@ -351,9 +358,7 @@ pub(crate) async fn missing(
     for c in &req.chunks {
         hashes.push(hash_param(c)?);
     }
-    let s = store(&api, &game, true)
-        .await?
-        .ok_or_else(|| bad("no such game"))?;
+    let s = writable_store(&api, &game).await?;
     let missing = blocking(move || {
         Ok(hashes
             .iter()
@@ -376,9 +381,7 @@ pub(crate) async fn put_manifest(
     crate::api::require_server_key(&api, &headers)?;
     check_name("version", &version).map_err(content_err)?;
     let dir = game_dir(&api, &game)?;
-    let s = store(&api, &game, true)
-        .await?
-        .ok_or_else(|| bad("no such game"))?;
+    let s = writable_store(&api, &game).await?;
     blocking(move || {
         let (m, _) = Manifest::open(&body, None).map_err(content_err)?;
         if m.game != game || m.version != version {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::start_node;
+use common::{serve_process, start_node, KillOnDrop};
 use rand::{RngCore, SeedableRng};
 
 const KEY: &str = "studio-server-key-0123456789";
@@ -692,27 +692,6 @@ async fn the_tracker_introduces_players_holding_a_version() {
     n.node.shutdown().await;
 }
 
-/// A child process that is killed when dropped, so a failing test leaves none running.
-struct Guard(Option<std::process::Child>);
-
-impl Guard {
-    /// Asks it to stop (SIGTERM) and collects what it printed.
-    fn terminate(mut self) -> Output {
-        let child = self.0.take().expect("still running");
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        child.wait_with_output().expect("the child is waited for")
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// A `volley content fetch --swarm` process whose first stdout line (the install report) and
 /// last (the seeding counters, after SIGTERM) are collected.
 struct SwarmPeer {
@@ -958,7 +937,7 @@ async fn a_seed_found_by_lan_discovery_serves_a_fetch_without_the_tracker_knowin
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let seed = Guard(Some(seed));
+    let seed = KillOnDrop(Some(seed));
     let second = work.path().join("second");
     let p = SwarmPeer::spawn(&n.base, &public, &second, &lan);
     let r = p.next_json(Duration::from_secs(120));
@@ -1035,7 +1014,7 @@ async fn nodes_sharing_redis_share_one_tracker() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let seed = Guard(Some(seed));
+    let seed = KillOnDrop(Some(seed));
     // Node 2 learns of the seed that announced to node 1.
     let probe = common::login(&n2.base, "device-shared-probe").await;
     let mut introduced = false;
@@ -1068,38 +1047,6 @@ async fn nodes_sharing_redis_share_one_tracker() {
     n2.node.shutdown().await;
 }
 
-/// `volley serve` as a process on `dir`; the guard and its HTTP base.
-fn serve_process(dir: &Path) -> (Guard, String) {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_volley"))
-        .args([
-            "serve",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--quic-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--server-key", KEY])
-        .env("VOLLEY_DATA_DIR", dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn serve");
-    let out = child.stdout.take().expect("stdout");
-    let child = Guard(Some(child));
-    let mut line = String::new();
-    std::io::BufReader::new(out)
-        .read_line(&mut line)
-        .expect("ready line");
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .trim_end_matches(',')
-        .to_owned();
-    (child, base)
-}
-
 /// The origin killed (SIGKILL) while chunks stream into its pack store: after a restart it
 /// holds whole chunks only, the publish run again uploads only what it lacks, and the build
 /// installs byte-identical.
@@ -1110,7 +1057,7 @@ fn a_node_killed_mid_publish_keeps_what_it_stored_and_the_publish_completes_afte
     let (key, public) = keygen(work.path());
     let build = work.path().join("build");
     make_build(&build, 64);
-    let (node, base) = serve_process(&data);
+    let (node, base) = serve_process(&data, &["--server-key", KEY]);
     let publisher = Command::new(env!("CARGO_BIN_EXE_volley"))
         .args(["content", "publish", build.to_str().unwrap()])
         .args(["--game", "arena", "--version", "1.0.0", "--key", &key])
@@ -1119,7 +1066,7 @@ fn a_node_killed_mid_publish_keeps_what_it_stored_and_the_publish_completes_afte
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut publisher = Guard(Some(publisher));
+    let mut publisher = KillOnDrop(Some(publisher));
     let index = data.join("content/arena/packs/index");
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::fs::metadata(&index).map_or(0, |m| m.len()) == 0 {
@@ -1133,7 +1080,7 @@ fn a_node_killed_mid_publish_keeps_what_it_stored_and_the_publish_completes_afte
         !data.join("content/arena/versions/1.0.0").exists(),
         "the node was killed before the publish finished"
     );
-    let (node, base) = serve_process(&data);
+    let (node, base) = serve_process(&data, &["--server-key", KEY]);
     let r = publish(&base, &key, &build, "1.0.0");
     let (all, uploaded) = (
         r["chunks"].as_u64().unwrap(),

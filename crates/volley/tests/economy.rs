@@ -4,9 +4,10 @@
 //! its bound, every acknowledged transfer is present, no transfer id was applied twice, and the
 //! node's own audit agrees.
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,50 +17,20 @@ const KEY: &str = "bank-test-server-key-000000";
 const PLAYERS: usize = 10;
 const START_BALANCE: i64 = 1000;
 
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(dir: &std::path::Path, database: Option<&str>) -> (Serve, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volley"));
-    cmd.args([
-        "serve",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--quic-addr",
-        "127.0.0.1:0",
+/// `volley serve` on `dir` (and `database`), with login limits out of the test's way.
+fn serve(dir: &std::path::Path, database: Option<&str>) -> (common::KillOnDrop, String) {
+    let mut extra = vec![
         "--server-key",
         KEY,
         "--logins-per-ip-per-s",
         "100000",
         "--logins-per-ip-burst",
         "100000",
-    ])
-    .env("VOLLEY_DATA_DIR", dir)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null());
+    ];
     if let Some(db) = database {
-        cmd.args(["--database", db]);
+        extra.extend(["--database", db]);
     }
-    let mut child = cmd.spawn().expect("spawn serve");
-    let out = child.stdout.take().expect("stdout");
-    let child = Serve(child);
-    let mut line = String::new();
-    BufReader::new(out)
-        .read_line(&mut line)
-        .expect("ready line");
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .trim_end_matches(',')
-        .to_owned();
-    (child, base)
+    common::serve_process(dir, &extra)
 }
 
 #[derive(Clone)]
@@ -156,9 +127,7 @@ async fn bank(database: Option<String>) {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // SIGKILL in the middle of the storm.
-    let mut node = node;
-    node.0.kill().expect("kill -9");
-    node.0.wait().expect("reaped");
+    node.kill();
     for c in clients {
         c.await.unwrap();
     }

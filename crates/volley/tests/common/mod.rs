@@ -112,3 +112,62 @@ pub fn numbered(i: u64) -> Vec<u8> {
 pub fn number_of(p: &[u8]) -> u64 {
     u64::from_be_bytes(p[..8].try_into().expect("8 bytes"))
 }
+
+/// A child process that is killed (and reaped) when dropped, so a failing test leaves none
+/// running.
+pub struct KillOnDrop(pub Option<std::process::Child>);
+
+impl KillOnDrop {
+    /// Asks it to stop (SIGTERM) and collects what it printed.
+    pub fn terminate(mut self) -> std::process::Output {
+        let child = self.0.take().expect("still running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait_with_output().expect("the child is waited for")
+    }
+
+    /// Kills it at once (SIGKILL) and reaps it.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.0.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reaped");
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `volley serve` as a process on `dir` (both listeners on free loopback ports) with `extra`
+/// arguments: its guard and the HTTP base it announces.
+pub fn serve_process(dir: &std::path::Path, extra: &[&str]) -> (KillOnDrop, String) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .args(["serve", "--http-addr", "127.0.0.1:0"])
+        .args(["--quic-addr", "127.0.0.1:0"])
+        .args(extra)
+        .env("VOLLEY_DATA_DIR", dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let out = child.stdout.take().expect("stdout");
+    let child = KillOnDrop(Some(child));
+    let mut line = String::new();
+    std::io::BufReader::new(out)
+        .read_line(&mut line)
+        .expect("ready line");
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim_end_matches(',')
+        .to_owned();
+    (child, base)
+}
