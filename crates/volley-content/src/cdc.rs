@@ -1,9 +1,18 @@
 //! FastCDC content-defined chunking (Xia et al., USENIX ATC 2016): a gear rolling hash over the
 //! bytes after a chunk's minimum size, cut where the hash's top bits are zero, with a harder mask
 //! before the average size and an easier one after it ("normalized chunking"), so chunk sizes
-//! cluster around the average. A cut depends only on the last 64 bytes and the distance from the
-//! previous cut, so an insertion moves at most the boundaries near it and the chunker falls back
-//! into step after it.
+//! cluster around the average.
+//!
+//! Volley's cut rule adds a prefilter in front of the gear test so that the scan runs at SIMD
+//! speed: a position is a cut candidate only if the 4 bytes ending there, read as a
+//! little-endian word and multiplied by a fixed odd constant, have their top `a` bits zero
+//! (`a` is 10 at the default average); only at candidates (one position in 2^a) is the gear
+//! hash of the 64 bytes ending there computed and tested against a mask `a` bits shorter than
+//! plain FastCDC's. The chance of a cut per position is the same as plain FastCDC's, so chunk
+//! sizes are distributed the same; the prefilter is eight positions per AVX2 multiply instead
+//! of a dependent table load per byte. A cut still depends only on the last 64 bytes and the
+//! distance from the previous cut, so an insertion moves at most the boundaries near it and the
+//! chunker falls back into step after it.
 
 use std::io::Read;
 
@@ -45,6 +54,21 @@ pub struct Params {
     pub max: usize,
     mask_s: u64,
     mask_l: u64,
+    /// A position is a candidate when its 4-byte word times [`FILTER_MUL`] is below this.
+    filter: u32,
+}
+
+/// The prefilter's multiplier (odd; 2^32 / golden ratio): part of the format.
+const FILTER_MUL: u32 = 0x9e37_79b1;
+/// Added to the sum of the products. With it no run of one byte value (a run of zeros,
+/// padding) is a candidate at any average (a test checks every byte value): without it a zero
+/// run always was, and binaries were cut at nearly every run of zeros.
+const FILTER_ADD: u32 = 0x2265_b1f5;
+
+/// Bits the prefilter takes from the cut test for an average of 2^`bits` (at least 6 and at
+/// most 10, leaving the gear test at least 2 bits after the average).
+fn filter_bits(bits: u32) -> u32 {
+    bits.saturating_sub(4).min(10)
 }
 
 fn top_bits(n: u32) -> u64 {
@@ -62,12 +86,14 @@ impl Params {
             return None;
         }
         let bits = avg.trailing_zeros();
+        let a = filter_bits(bits);
         Some(Params {
             min: (avg / 4) as usize,
             avg: avg as usize,
             max: avg as usize * 4,
-            mask_s: top_bits(bits + 2),
-            mask_l: top_bits(bits - 2),
+            mask_s: top_bits(bits + 2 - a),
+            mask_l: top_bits(bits - 2 - a),
+            filter: 1 << (32 - a),
         })
     }
 
@@ -80,75 +106,266 @@ impl Params {
         }
         let end = n.min(self.max);
         let normal = end.min(self.avg);
-        if let Some(i) = scan(data, self.min, self.min, normal, self.mask_s) {
+        if let Some(i) = scan(data, self.min, self.min, normal, self.mask_s, self.filter) {
             return i + 1;
         }
-        if let Some(i) = scan(data, self.min, normal, end, self.mask_l) {
+        if let Some(i) = scan(data, self.min, normal, end, self.mask_l, self.filter) {
             return i + 1;
         }
         end
     }
 }
 
-/// Bytes each lane of [`scan`] covers per block.
-const BLOCK: usize = 1024;
-/// Stretches [`scan`] hashes side by side.
-const LANES: usize = 4;
+/// Plain FastCDC with the same gear table and sizes and no prefilter (masks of `bits ± 2` top
+/// bits, one byte at a time): the rule Volley cut with before the prefilter, kept to compare
+/// chunk statistics and speed against ([`Params::cut`] is the rule in use).
+pub fn plain_cut(p: &Params, data: &[u8]) -> usize {
+    let n = data.len();
+    if n <= p.min {
+        return n;
+    }
+    let end = n.min(p.max);
+    let normal = end.min(p.avg);
+    let bits = p.avg.trailing_zeros();
+    let (mask_s, mask_l) = (top_bits(bits + 2), top_bits(bits - 2));
+    let mut h: u64 = 0;
+    for (i, &b) in data.iter().enumerate().take(end).skip(p.min) {
+        h = (h << 1).wrapping_add(GEAR[b as usize]);
+        if h & if i < normal { mask_s } else { mask_l } == 0 {
+            return i + 1;
+        }
+    }
+    end
+}
 
 /// The gear hash at position `i` of a run that started at `base`: only the last 64 bytes
 /// count, since older ones are shifted out of the word.
-fn warm(data: &[u8], base: usize, i: usize) -> u64 {
+fn gear(data: &[u8], base: usize, i: usize) -> u64 {
     let mut h = 0u64;
-    for &b in &data[i.saturating_sub(64).max(base)..i] {
+    for &b in &data[(i + 1).saturating_sub(64).max(base)..=i] {
         h = (h << 1).wrapping_add(GEAR[b as usize]);
     }
     h
 }
 
-/// The first position in `from..to` where the gear hash of a run started at `base` has no bit
-/// of `mask` set. Since the hash at a position depends only on the 64 bytes before it, four
-/// stretches of `BLOCK` bytes are hashed side by side (four independent chains keep the core
-/// busy where one chain waits on its own previous step), each warmed up on the 64 bytes before
-/// it; the earliest hit wins, so cuts are exactly those of the one-byte-at-a-time loop.
-fn scan(data: &[u8], base: usize, from: usize, to: usize, mask: u64) -> Option<usize> {
+/// The 4 bytes ending at `i` (`i >= 3`) as a little-endian word.
+fn word(data: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([data[i - 3], data[i - 2], data[i - 1], data[i]])
+}
+
+/// Whether position `i` passes the prefilter.
+fn candidate(data: &[u8], i: usize, filter: u32) -> bool {
+    mix(
+        word(data, i).wrapping_mul(FILTER_MUL),
+        word(data, i - 4).wrapping_mul(FILTER_MUL),
+    ) < filter
+}
+
+/// The prefilter's value from the products of the word ending at a position and the word
+/// ending 4 bytes before it.
+fn mix(now: u32, before: u32) -> u32 {
+    now.wrapping_add(before >> 1).wrapping_add(FILTER_ADD)
+}
+
+/// The first position in `from..to` (`from >= 3`) where a run started at `base` cuts: the
+/// prefilter passes and the gear hash has no bit of `mask` set.
+fn scan(data: &[u8], base: usize, from: usize, to: usize, mask: u64, filter: u32) -> Option<usize> {
     let mut at = from;
-    while to - at >= LANES * BLOCK {
-        let block = &data[at..at + LANES * BLOCK];
-        let mut h = [0u64; LANES];
-        for (k, h) in h.iter_mut().enumerate() {
-            *h = warm(data, base, at + k * BLOCK);
-        }
-        let mut hit = [usize::MAX; LANES];
-        for j in 0..BLOCK {
-            let mut any = false;
-            for k in 0..LANES {
-                h[k] = (h[k] << 1).wrapping_add(GEAR[block[k * BLOCK + j] as usize]);
-                any |= h[k] & mask == 0;
-            }
-            if any {
-                for k in 0..LANES {
-                    if h[k] & mask == 0 && hit[k] == usize::MAX {
-                        hit[k] = at + k * BLOCK + j;
-                    }
-                }
-                if hit[0] != usize::MAX {
-                    return Some(hit[0]);
-                }
-            }
-        }
-        if let Some(&i) = hit.iter().find(|&&i| i != usize::MAX) {
+    while let Some(i) = next_candidate(data, at, to, filter) {
+        if gear(data, base, i) & mask == 0 {
             return Some(i);
         }
-        at += LANES * BLOCK;
-    }
-    let mut h = warm(data, base, at);
-    for (i, &b) in data.iter().enumerate().take(to).skip(at) {
-        h = (h << 1).wrapping_add(GEAR[b as usize]);
-        if h & mask == 0 {
-            return Some(i);
-        }
+        at = i + 1;
     }
     None
+}
+
+/// The first position in `from..to` that passes the prefilter (positions below 7, which have
+/// no two words, never do), with the widest kernel this CPU has.
+fn next_candidate(data: &[u8], from: usize, to: usize, filter: u32) -> Option<usize> {
+    match kernel() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `kernel` picks AVX-512 only where the CPU has AVX-512F, hence AVX2.
+        Kernel::Avx512 => unsafe { simd::next_candidate_avx512(data, from, to, filter) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `kernel` picks AVX2 only where the CPU has it.
+        Kernel::Avx2 => unsafe { simd::next_candidate_avx2(data, from, to, filter) },
+        Kernel::Scalar => next_candidate_scalar(data, from, to, filter),
+    }
+}
+
+/// The prefilter kernels (all find the same candidates).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX-512F, 64 positions per step.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// AVX2, 32 positions per step.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// One position at a time.
+    Scalar,
+}
+
+/// The kernel the chunker uses: the widest this CPU has, or a narrower one named by
+/// `VOLLEY_CDC_KERNEL` (`avx2` or `scalar`; for measuring them side by side).
+pub fn kernel() -> Kernel {
+    static PICK: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+    *PICK.get_or_init(|| {
+        let want = std::env::var("VOLLEY_CDC_KERNEL").unwrap_or_default();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if want != "avx2" && want != "scalar" && std::arch::is_x86_feature_detected!("avx512f")
+            {
+                return Kernel::Avx512;
+            }
+            if want != "scalar" && std::arch::is_x86_feature_detected!("avx2") {
+                return Kernel::Avx2;
+            }
+        }
+        let _ = want;
+        Kernel::Scalar
+    })
+}
+
+fn next_candidate_scalar(data: &[u8], from: usize, to: usize, filter: u32) -> Option<usize> {
+    let to = to.min(data.len());
+    let mut i = from.max(7);
+    if i >= to {
+        return None;
+    }
+    // The products of the words ending at i - 4 ..= i - 1, so that each position multiplies
+    // once; four positions per step, their words read from one 8-byte load.
+    let mut before = [0u32; 4];
+    for (k, b) in before.iter_mut().enumerate() {
+        *b = word(data, i - 4 + k).wrapping_mul(FILTER_MUL);
+    }
+    while i + 5 <= to {
+        let Some(&bytes) = data.get(i - 3..i + 5).and_then(|b| b.first_chunk::<8>()) else {
+            break;
+        };
+        let x = u64::from_le_bytes(bytes);
+        let mut now = [0u32; 4];
+        let mut least = u32::MAX;
+        for k in 0..4 {
+            now[k] = ((x >> (8 * k)) as u32).wrapping_mul(FILTER_MUL);
+            least = least.min(mix(now[k], before[k]));
+        }
+        if least < filter {
+            return (i..i + 4).find(|&j| candidate(data, j, filter));
+        }
+        before = now;
+        i += 4;
+    }
+    (i..to).find(|&j| candidate(data, j, filter))
+}
+
+/// The prefilter on 32 (AVX2) or 64 (AVX-512) positions per step. The words ending at
+/// positions `p + j + 4m` (m = 0, 1, ...) are the lanes of one unaligned load from `p - 3 + j`,
+/// so four such loads cover a step, and an unsigned minimum over them tests it with one
+/// compare; a step with a candidate (about one in 16 at the default average) finds the first
+/// one from the four loads' compare masks. The word 4 bytes before each position is the lane
+/// below in the same load: AVX-512 takes it from there (one multiply per position); AVX2,
+/// whose lane shifts cost more than they save here, loads and multiplies it again.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// See the module docs: AVX2, 32 positions per step.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn next_candidate_avx2(
+        data: &[u8],
+        from: usize,
+        to: usize,
+        filter: u32,
+    ) -> Option<usize> {
+        let to = to.min(data.len());
+        let mut p = from.max(7);
+        let mul = _mm256_set1_epi32(super::FILTER_MUL as i32);
+        let add = _mm256_set1_epi32(super::FILTER_ADD as i32);
+        let limit = _mm256_set1_epi32(filter.wrapping_sub(1) as i32);
+        while p + 32 <= to {
+            // SAFETY: load j reads bytes p - 7 + j .. p + 29 + j, within 0..to since p >= 7,
+            // j <= 3 and p + 32 <= to <= data.len(); unaligned loads are allowed.
+            let prod = |j: usize| unsafe {
+                let w = _mm256_loadu_si256(data.as_ptr().add(p - 3 + j).cast());
+                let v = _mm256_loadu_si256(data.as_ptr().add(p - 7 + j).cast());
+                let x = _mm256_add_epi32(_mm256_srli_epi32(_mm256_mullo_epi32(v, mul), 1), add);
+                _mm256_add_epi32(_mm256_mullo_epi32(w, mul), x)
+            };
+            let w = [prod(0), prod(1), prod(2), prod(3)];
+            let m = _mm256_min_epu32(_mm256_min_epu32(w[0], w[1]), _mm256_min_epu32(w[2], w[3]));
+            let hit = _mm256_cmpeq_epi32(_mm256_min_epu32(m, limit), m);
+            if _mm256_testz_si256(hit, hit) == 0 {
+                let mut first = usize::MAX;
+                for (j, v) in w.into_iter().enumerate() {
+                    let eq = _mm256_cmpeq_epi32(_mm256_min_epu32(v, limit), v);
+                    let bits = _mm256_movemask_ps(_mm256_castsi256_ps(eq)) as u32;
+                    if bits != 0 {
+                        first = first.min(p + j + 4 * bits.trailing_zeros() as usize);
+                    }
+                }
+                return Some(first);
+            }
+            p += 32;
+        }
+        super::next_candidate_scalar(data, p, to, filter)
+    }
+
+    /// See the module docs: AVX-512F, 64 positions per step; the rest with AVX2.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f,avx2")]
+    pub(super) unsafe fn next_candidate_avx512(
+        data: &[u8],
+        from: usize,
+        to: usize,
+        filter: u32,
+    ) -> Option<usize> {
+        let to = to.min(data.len());
+        let mut p = from.max(7);
+        let mul = _mm512_set1_epi32(super::FILTER_MUL as i32);
+        let add = _mm512_set1_epi32(super::FILTER_ADD as i32);
+        let limit = _mm512_set1_epi32(filter.wrapping_sub(1) as i32);
+        // prev[j]'s last lane: the product at position p + j - 4, the word before the first
+        // word of load j (see the module docs).
+        let mut prev = [0, 1, 2, 3].map(|j| {
+            _mm512_set1_epi32(super::word(data, p + j - 4).wrapping_mul(super::FILTER_MUL) as i32)
+        });
+        while p + 64 <= to {
+            let mut w = prev;
+            for (j, w) in w.iter_mut().enumerate() {
+                // SAFETY: load j reads bytes p - 3 + j .. p + 61 + j, within 0..to since p >= 7,
+                // j <= 3 and p + 64 <= to <= data.len(); unaligned loads are allowed.
+                let now = _mm512_mullo_epi32(
+                    unsafe { _mm512_loadu_si512(data.as_ptr().add(p - 3 + j).cast()) },
+                    mul,
+                );
+                // Each lane's word 4 bytes earlier: the lane below, or the last of the step before.
+                let before = _mm512_alignr_epi32(now, prev[j], 15);
+                prev[j] = now;
+                *w = _mm512_add_epi32(now, _mm512_add_epi32(_mm512_srli_epi32(before, 1), add));
+            }
+            let m = _mm512_min_epu32(_mm512_min_epu32(w[0], w[1]), _mm512_min_epu32(w[2], w[3]));
+            if _mm512_cmple_epu32_mask(m, limit) != 0 {
+                let mut first = usize::MAX;
+                for (j, v) in w.into_iter().enumerate() {
+                    let bits = u32::from(_mm512_cmple_epu32_mask(v, limit));
+                    if bits != 0 {
+                        first = first.min(p + j + 4 * bits.trailing_zeros() as usize);
+                    }
+                }
+                return Some(first);
+            }
+            p += 64;
+        }
+        // SAFETY: the caller's CPU has AVX-512F, hence AVX2.
+        unsafe { next_candidate_avx2(data, p, to, filter) }
+    }
 }
 
 /// Cuts everything `r` yields into chunks, calling `f` with each, in order; memory stays at two
@@ -460,7 +677,7 @@ mod tests {
         assert!(changed <= 3, "{changed} chunks changed for one insertion");
     }
 
-    /// The plain one-byte-at-a-time FastCDC loop: the definition the fast scan must match.
+    /// The plain one-byte-at-a-time loop: the definition the fast scan must match.
     fn reference_cut(p: &Params, data: &[u8]) -> usize {
         let n = data.len();
         if n <= p.min {
@@ -472,15 +689,87 @@ mod tests {
         for i in p.min..end {
             h = (h << 1).wrapping_add(GEAR[data[i] as usize]);
             let mask = if i < normal { p.mask_s } else { p.mask_l };
-            if h & mask == 0 {
+            let w = u32::from_le_bytes([data[i - 3], data[i - 2], data[i - 1], data[i]]);
+            let v = u32::from_le_bytes([data[i - 7], data[i - 6], data[i - 5], data[i - 4]]);
+            let f = w
+                .wrapping_mul(FILTER_MUL)
+                .wrapping_add(v.wrapping_mul(FILTER_MUL) >> 1)
+                .wrapping_add(FILTER_ADD);
+            if f < p.filter && h & mask == 0 {
                 return i + 1;
             }
         }
         end
     }
 
+    type Kernel = Box<dyn Fn(&[u8], usize, usize, u32) -> Option<usize>>;
+
+    /// Every prefilter kernel this CPU can run, the dispatcher included.
+    fn kernels() -> Vec<(&'static str, Kernel)> {
+        let mut out: Vec<(&'static str, Kernel)> = vec![("dispatch", Box::new(next_candidate))];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                out.push((
+                    "avx2",
+                    Box::new(|d, f, t, x| unsafe { simd::next_candidate_avx2(d, f, t, x) }),
+                ));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F.
+                out.push((
+                    "avx512",
+                    Box::new(|d, f, t, x| unsafe { simd::next_candidate_avx512(d, f, t, x) }),
+                ));
+            }
+        }
+        out
+    }
+
     #[test]
-    fn the_four_lane_scan_cuts_exactly_where_the_plain_loop_does() {
+    fn the_simd_prefilter_finds_exactly_the_candidates_of_the_plain_loop() {
+        let mut data = random(1 << 16, 21);
+        data[20_000..30_000].fill(0); // a run: every position there passes or none does
+        for a in [1u32, 4, 6, 10, 12] {
+            let filter = 1u32 << (32 - a);
+            let mut at = 3;
+            let mut found = 0;
+            // Every candidate in turn, each search ending at a different distance.
+            while let Some(i) = next_candidate_scalar(&data, at, data.len(), filter) {
+                for (name, k) in kernels() {
+                    assert_eq!(k(&data, at, data.len(), filter), Some(i), "{name}, a = {a}");
+                    assert_eq!(k(&data, at, i, filter), None, "{name}, a = {a}, {at}..{i}");
+                }
+                found += 1;
+                at = i + 1;
+            }
+            assert!(found > 0, "a = {a}");
+            // Short and unaligned ranges at both ends of the data.
+            let n = data.len();
+            for from in (0..100).chain(n - 100..n).step_by(3) {
+                for to in from..(from + 140).min(n + 1) {
+                    let want = next_candidate_scalar(&data, from, to, filter);
+                    for (name, k) in kernels() {
+                        assert_eq!(k(&data, from, to, filter), want, "{name} {from}..{to}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn no_run_of_one_byte_value_is_a_candidate_at_any_average() {
+        for avg in (AVG_MIN.trailing_zeros()..=AVG_MAX.trailing_zeros()).map(|b| 1u32 << b) {
+            let p = Params::new(avg).unwrap();
+            for b in 0..=255u8 {
+                assert!(!candidate(&[b; 8], 7, p.filter), "byte {b}, average {avg}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_scan_cuts_exactly_where_the_plain_loop_does() {
         // Random bytes, long runs of one byte (hash hits early and late in blocks) and short
         // inputs, at several averages.
         let mut inputs = vec![random(4 << 20, 7)];

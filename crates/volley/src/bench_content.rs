@@ -18,6 +18,117 @@ pub(crate) struct ContentArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Instead of the random build, chunk every file under these directories (repeatable)
+    /// with Volley's cut rule and with plain FastCDC, and compare chunk statistics.
+    #[arg(long)]
+    tree: Vec<std::path::PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct TreeRow<'a> {
+    rule: &'a str,
+    files: usize,
+    bytes: u64,
+    /// Chunks that end before their file does (a file's last chunk is cut by its end).
+    inner_chunks: u64,
+    mean_inner_bytes: f64,
+    sd_inner_bytes: f64,
+    /// Share of inner chunks cut at the maximum size (no content-defined cut found).
+    at_max_share: f64,
+    /// Bytes of distinct chunks over all bytes: what a store of all these files holds.
+    distinct_share: f64,
+    cut_mib_s: f64,
+}
+
+fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let t = e.file_type()?;
+        if t.is_dir() {
+            walk(&e.path(), out)?;
+        } else if t.is_file() {
+            out.push(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// `--tree`: both cut rules over the same real files, each file read once into memory.
+fn run_tree(args: &ContentArgs) -> anyhow::Result<()> {
+    let mut files = Vec::new();
+    for d in &args.tree {
+        walk(d, &mut files).map_err(|e| anyhow::anyhow!("{}: {e}", d.display()))?;
+    }
+    files.sort();
+    let p = volley_content::cdc::Params::new(64 << 10).ok_or_else(|| anyhow::anyhow!("params"))?;
+    type Rule = fn(&volley_content::cdc::Params, &[u8]) -> usize;
+    let rules: [(&str, Rule); 2] = [
+        ("volley (prefilter + gear)", |p, d| p.cut(d)),
+        ("plain FastCDC", volley_content::cdc::plain_cut),
+    ];
+    let mut rows = Vec::new();
+    for (rule, cut) in rules {
+        let (mut bytes, mut inner, mut inner_bytes, mut sq, mut at_max) =
+            (0u64, 0u64, 0u64, 0f64, 0u64);
+        let mut seen = HashSet::new();
+        let mut distinct = 0u64;
+        let mut cutting = std::time::Duration::ZERO;
+        let mut read = 0usize;
+        for f in &files {
+            let Ok(data) = std::fs::read(f) else {
+                continue; // unreadable (a socket, a permission): skipped by both rules
+            };
+            read += 1;
+            bytes += data.len() as u64;
+            let mut at = 0;
+            while at < data.len() {
+                let t = Instant::now();
+                let len = cut(&p, &data[at..]);
+                cutting += t.elapsed();
+                if at + len < data.len() {
+                    inner += 1;
+                    inner_bytes += len as u64;
+                    sq += (len as f64) * (len as f64);
+                    at_max += u64::from(len == p.max);
+                }
+                if seen.insert(*blake3::hash(&data[at..at + len]).as_bytes()) {
+                    distinct += len as u64;
+                }
+                at += len;
+            }
+        }
+        let mean = inner_bytes as f64 / inner.max(1) as f64;
+        rows.push(TreeRow {
+            rule,
+            files: read,
+            bytes,
+            inner_chunks: inner,
+            mean_inner_bytes: mean,
+            sd_inner_bytes: (sq / inner.max(1) as f64 - mean * mean).max(0.0).sqrt(),
+            at_max_share: at_max as f64 / inner.max(1) as f64,
+            distinct_share: distinct as f64 / bytes.max(1) as f64,
+            cut_mib_s: bytes as f64 / cutting.as_secs_f64().max(1e-9) / (1 << 20) as f64,
+        });
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        for r in &rows {
+            println!(
+                "{:<26} {} files, {:.0} MiB: {} inner chunks, mean {:.0} B, sd {:.0} B, {:.2} % at the maximum, distinct {:.2} % of the bytes, cutting {:.0} MiB/s",
+                r.rule,
+                r.files,
+                r.bytes as f64 / (1 << 20) as f64,
+                r.inner_chunks,
+                r.mean_inner_bytes,
+                r.sd_inner_bytes,
+                r.at_max_share * 100.0,
+                r.distinct_share * 100.0,
+                r.cut_mib_s
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize)]
@@ -37,6 +148,8 @@ struct Report {
     chunk_hash_ratio: f64,
     /// FastCDC cutting alone (no hashing), same bytes.
     cut_only_mib_s: f64,
+    /// The chunker's prefilter kernel (`VOLLEY_CDC_KERNEL` picks a narrower one).
+    kernel: String,
     /// Threads of the all-core rows.
     threads: usize,
     /// BLAKE3 over the same bytes on every core (one stretch per thread).
@@ -72,6 +185,9 @@ fn moved(old: &[([u8; 32], usize)], new: &[([u8; 32], usize)]) -> u64 {
 }
 
 pub(crate) fn run(args: ContentArgs) -> anyhow::Result<()> {
+    if !args.tree.is_empty() {
+        return run_tree(&args);
+    }
     anyhow::ensure!((1..=4096).contains(&args.mib), "--mib must be 1..=4096");
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut old = vec![0u8; args.mib << 20];
@@ -169,6 +285,7 @@ pub(crate) fn run(args: ContentArgs) -> anyhow::Result<()> {
         chunk_and_hash_mib_s: cdc,
         chunk_hash_ratio: cdc / raw,
         cut_only_mib_s: cut_only,
+        kernel: format!("{:?}", volley_content::cdc::kernel()),
         threads,
         raw_blake3_all_cores_mib_s: raw_all,
         chunk_and_hash_all_cores_mib_s: cdc_all,
@@ -182,8 +299,8 @@ pub(crate) fn run(args: ContentArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{} MiB: raw BLAKE3 {:.0} MiB/s, FastCDC 64 KiB + BLAKE3 per chunk {:.0} MiB/s (ratio {:.2}), cutting alone {:.0} MiB/s; mean chunk {} B",
-            args.mib, raw, cdc, report.chunk_hash_ratio, cut_only, report.mean_chunk_bytes_at_64k
+            "{} MiB: raw BLAKE3 {:.0} MiB/s, FastCDC 64 KiB + BLAKE3 per chunk {:.0} MiB/s (ratio {:.2}), cutting alone {:.0} MiB/s ({} kernel); mean chunk {} B",
+            args.mib, raw, cdc, report.chunk_hash_ratio, cut_only, report.kernel, report.mean_chunk_bytes_at_64k
         );
         println!(
             "on {threads} threads: raw BLAKE3 {raw_all:.0} MiB/s, parallel FastCDC + BLAKE3 {cdc_all:.0} MiB/s (ratio {:.2}; {:.2} of one-thread raw BLAKE3)",

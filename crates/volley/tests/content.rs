@@ -697,6 +697,8 @@ async fn the_tracker_introduces_players_holding_a_version() {
 struct SwarmPeer {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
+    /// What the process wrote to stderr, for the failure message.
+    errors: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl SwarmPeer {
@@ -723,10 +725,24 @@ impl SwarmPeer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_volley"))
             .args(&args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("volley runs");
         let out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let errors = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = errors.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut err, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             use std::io::BufRead;
@@ -736,14 +752,22 @@ impl SwarmPeer {
                 }
             }
         });
-        SwarmPeer { child, lines }
+        SwarmPeer {
+            child,
+            lines,
+            errors,
+        }
     }
 
     fn next_json(&self, within: Duration) -> serde_json::Value {
-        let l = self
-            .lines
-            .recv_timeout(within)
-            .expect("the peer reports in time");
+        let l = self.lines.recv_timeout(within).unwrap_or_else(|e| {
+            // Give the stderr reader a moment to catch the process's last words.
+            std::thread::sleep(Duration::from_millis(200));
+            panic!(
+                "the peer did not report in time ({e}); its stderr:\n{}",
+                self.errors.lock().unwrap()
+            )
+        });
         serde_json::from_str(&l).expect("JSON line")
     }
 
