@@ -4,15 +4,16 @@
 //! cluster around the average.
 //!
 //! Volley's cut rule adds a prefilter in front of the gear test so that the scan runs at SIMD
-//! speed: a position is a cut candidate only if the 4 bytes ending there, read as a
-//! little-endian word and multiplied by a fixed odd constant, have their top `a` bits zero
-//! (`a` is 10 at the default average); only at candidates (one position in 2^a) is the gear
-//! hash of the 64 bytes ending there computed and tested against a mask `a` bits shorter than
-//! plain FastCDC's. The chance of a cut per position is the same as plain FastCDC's, so chunk
-//! sizes are distributed the same; the prefilter is eight positions per AVX2 multiply instead
-//! of a dependent table load per byte. A cut still depends only on the last 64 bytes and the
-//! distance from the previous cut, so an insertion moves at most the boundaries near it and the
-//! chunker falls back into step after it.
+//! speed. With `w0` the 4 bytes ending at a position and `w4` the 4 ending 4 bytes before it
+//! (little-endian words), the position is a cut candidate only if
+//! `w0·K + (w4·K >> 1) + C` (mod 2^32) is below 2^(32 - a), with `a` = 10 at the default
+//! average: one position in 2^a on random data. Only at candidates is the gear hash of the 64
+//! bytes ending there computed, and tested against a mask `a` bits shorter than plain
+//! FastCDC's ([`plain_cut`]), so the chance of a cut per position is plain FastCDC's and chunk
+//! sizes on random data are distributed the same. The prefilter is a multiply per 16 (AVX-512)
+//! or 8 (AVX2) positions instead of a dependent table load per byte. A cut still depends only
+//! on the 64 bytes before it and the distance from the previous cut, so an insertion moves at
+//! most the boundaries near it and the chunker falls back into step after it.
 
 use std::io::Read;
 
