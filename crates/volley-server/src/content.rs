@@ -382,7 +382,9 @@ pub(crate) async fn put_manifest(
     check_name("version", &version).map_err(content_err)?;
     let dir = game_dir(&api, &game)?;
     let s = writable_store(&api, &game).await?;
+    let (g, v) = (game.clone(), version.clone());
     blocking(move || {
+        let (game, version) = (g, v);
         let (m, _) = Manifest::open(&body, None).map_err(content_err)?;
         if m.game != game || m.version != version {
             return Err(bad(format!(
@@ -402,6 +404,8 @@ pub(crate) async fn put_manifest(
         write_version(&dir, &version, &body)
     })
     .await?;
+    let api2 = api.clone();
+    tokio::spawn(async move { announce_version(&api2, &game, &version).await });
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -424,6 +428,110 @@ fn write_version(dir: &std::path::Path, version: &str, body: &[u8]) -> Result<()
     })
 }
 
+/// A version this node lacks, pulled from another node of the cluster: a well-formed,
+/// self-consistently signed manifest of this very version (players check the publisher),
+/// kept; then every chunk of it is pulled in the background, so the cluster's other origin is
+/// not needed once a version has been asked for (or announced) here. `None` when no node
+/// has it.
+async fn pull_version(
+    api: &Api,
+    headers: &HeaderMap,
+    game: &str,
+    version: &str,
+) -> Result<Option<Vec<u8>>, Error> {
+    let dir = game_dir(api, game)?;
+    let url_path = format!("/v1/content/{game}/versions/{version}");
+    let this_version = |b: &[u8]| {
+        Manifest::open(b, None).is_ok_and(|(m, _)| m.game == game && m.version == version)
+    };
+    let Some(data) = pull(api, headers, &url_path, MANIFEST_BODY_MAX, this_version).await else {
+        return Ok(None);
+    };
+    let v = version.to_owned();
+    let data = blocking(move || {
+        write_version(&dir, &v, &data)?;
+        Ok(data)
+    })
+    .await?;
+    if let Ok((m, _)) = Manifest::open(&data, None) {
+        let key = format!("{game}/{version}");
+        let fresh = api
+            .content_prefetching
+            .lock()
+            .map(|mut p| p.insert(key.clone()))
+            .unwrap_or(false);
+        if fresh {
+            tokio::spawn(prefetch(api.clone(), game.to_owned(), key, m));
+        }
+    }
+    Ok(Some(data))
+}
+
+/// Bus subject on which a node tells the cluster it stored a new version (payload: JSON
+/// `{"game": .., "version": ..}`).
+pub(crate) const PUBLISHED_SUBJECT: &str = "volley.content.published";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Published {
+    game: String,
+    version: String,
+}
+
+/// Tells the cluster that `game` `version` is stored here. Best effort: a node that misses it
+/// still pulls the version when first asked for it.
+async fn announce_version(api: &Api, game: &str, version: &str) {
+    let Ok(body) = serde_json::to_vec(&Published {
+        game: game.to_owned(),
+        version: version.to_owned(),
+    }) else {
+        return;
+    };
+    if let Err(e) = api.platform.bus().publish(PUBLISHED_SUBJECT, body).await {
+        tracing::warn!(error = %e, game, version, "could not announce a new version");
+    }
+}
+
+/// Runs while the node does (with cluster peers configured): every version another node
+/// announces and this node lacks is pulled with all its chunks, so a player can be sent to
+/// any node the moment a build is out. Malformed announcements are ignored.
+pub(crate) async fn follow_announcements(
+    api: std::sync::Weak<crate::Shared>,
+    mut sub: volley_store::Subscription,
+) {
+    while let Some(msg) = sub.next().await {
+        let Some(api) = api.upgrade() else {
+            return;
+        };
+        let Ok(p) = serde_json::from_slice::<Published>(&msg.payload) else {
+            continue;
+        };
+        if check_name("game", &p.game).is_err() || check_name("version", &p.version).is_err() {
+            continue;
+        }
+        let Ok(dir) = game_dir(&api, &p.game) else {
+            continue;
+        };
+        if tokio::fs::try_exists(dir.join("versions").join(&p.version))
+            .await
+            .unwrap_or(true)
+        {
+            continue; // held already (or this node's own announcement)
+        }
+        tokio::spawn(async move {
+            let (game, version) = (&p.game, &p.version);
+            match pull_version(&api, &HeaderMap::new(), game, version).await {
+                Ok(Some(_)) => tracing::info!(game, version, "pulling an announced version"),
+                Ok(None) => {
+                    tracing::warn!(game, version, "no content peer serves an announced version")
+                }
+                Err(e) => {
+                    tracing::warn!(game, version, error = %e.2, "pulling an announced version failed")
+                }
+            }
+        });
+    }
+}
+
 /// `GET /v1/content/{game}/versions/{version}`: the signed manifest.
 pub(crate) async fn get_manifest(
     State(api): State<Api>,
@@ -436,15 +544,7 @@ pub(crate) async fn get_manifest(
     let data = match tokio::fs::read(&path).await {
         Ok(data) => data,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // Pulled from another node of the cluster: a well-formed, self-consistently signed
-            // manifest of this very version (players check the publisher), kept. Its chunks
-            // are pulled as they are asked for.
-            let url_path = format!("/v1/content/{game}/versions/{version}");
-            let this_version = |b: &[u8]| {
-                Manifest::open(b, None).is_ok_and(|(m, _)| m.game == game && m.version == version)
-            };
-            let Some(data) = pull(&api, &headers, &url_path, MANIFEST_BODY_MAX, this_version).await
-            else {
+            let Some(data) = pull_version(&api, &headers, &game, &version).await? else {
                 return Err(Error(
                     StatusCode::NOT_FOUND,
                     "not_found",
@@ -452,25 +552,6 @@ pub(crate) async fn get_manifest(
                     None,
                 ));
             };
-            let (d, v) = (dir.clone(), version.clone());
-            let data = blocking(move || {
-                write_version(&d, &v, &data)?;
-                Ok(data)
-            })
-            .await?;
-            // Then every chunk of it, in the background: the cluster's other origin should not
-            // need this node once a version has been asked for here.
-            if let Ok((m, _)) = Manifest::open(&data, None) {
-                let key = format!("{game}/{version}");
-                let fresh = api
-                    .content_prefetching
-                    .lock()
-                    .map(|mut p| p.insert(key.clone()))
-                    .unwrap_or(false);
-                if fresh {
-                    tokio::spawn(prefetch(api.clone(), game, key, m));
-                }
-            }
             data
         }
         Err(e) => return Err(content_err(ContentError::io(&path, e))),

@@ -468,6 +468,23 @@ impl Node {
             endpoint.clone(),
         )));
         tasks.push(tokio::spawn(http::serve(shared.clone(), listener)));
+        if !shared.cfg.content_peers.is_empty() {
+            // Subscribed before the node reports started, so no announcement after that is missed.
+            match shared
+                .platform
+                .bus()
+                .subscribe(content::PUBLISHED_SUBJECT)
+                .await
+            {
+                Ok(sub) => tasks.push(tokio::spawn(content::follow_announcements(
+                    Arc::downgrade(&shared),
+                    sub,
+                ))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "content: cannot follow version announcements")
+                }
+            }
+        }
         let sweeper = shared.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -1236,3 +1236,71 @@ async fn a_node_pulls_a_version_it_lacks_from_another_node_of_its_cluster() {
     assert_eq!(tree(&second), tree(&build));
     n2.node.shutdown().await;
 }
+
+/// Two nodes sharing one NATS: a version published to node 1 is announced on the bus, and
+/// node 2 (with node 1 as its content peer) pulls the manifest and every chunk without anyone
+/// asking it for the version; malformed announcements are ignored; once node 1 is gone node 2
+/// serves the build on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_version_is_announced_and_pulled_by_the_rest_of_the_cluster() {
+    let nats = volley_store::testing::nats_url();
+    let n1 = {
+        let nats = nats.clone();
+        start_node(move |c| {
+            c.server_key = Some(KEY.into());
+            c.nats = Some(nats);
+        })
+        .await
+    };
+    let n2 = {
+        let (nats, base1) = (nats.clone(), n1.base.clone());
+        start_node(move |c| {
+            c.server_key = Some(KEY.into());
+            c.nats = Some(nats);
+            c.content_peers = vec![base1];
+        })
+        .await
+    };
+    // Garbage on the subject first: not JSON, bad names, a version nobody has.
+    let bus = volley_store::Bus::nats(&nats).await.unwrap();
+    for junk in [
+        &b"\x00\xff not json"[..],
+        br#"{"game":"../etc","version":"1"}"#,
+        br#"{"game":"arena","version":"no such/version"}"#,
+        br#"{"game":"arena","version":"0.0.0-nobody-has-this"}"#,
+    ] {
+        bus.publish("volley.content.published", junk.to_vec())
+            .await
+            .unwrap();
+    }
+    bus.flush().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(work.path());
+    let build = work.path().join("build");
+    make_build(&build, 2);
+    // A version of this run's own, so that nodes of other test runs on this NATS ignore it.
+    let version = format!("3.{}.{}", std::process::id(), rand::random::<u16>());
+    let chunks = publish(&n1.base, &key, &build, &version)["chunks"]
+        .as_u64()
+        .unwrap();
+    // Nobody asks node 2 for anything but its metrics.
+    let kept = format!("volley_content_chunks_pulled_total {chunks}\n");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = volley_client::Api::raw_get(&format!("{}/metrics", n2.base))
+            .await
+            .unwrap();
+        if metrics.contains(&kept) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 2 never kept the build: {metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(served(&n1.base).await.0, chunks, "each chunk pulled once");
+    n1.node.shutdown().await;
+    let to = work.path().join("install");
+    let r = ok_json(fetch(&n2.base, &public, &to, &version, &[]));
+    assert_eq!(tree(&to), tree(&build));
+    assert_eq!(r["downloaded_chunks"].as_u64().unwrap(), chunks);
+    n2.node.shutdown().await;
+}
