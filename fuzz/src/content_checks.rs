@@ -1,4 +1,4 @@
-// Fuzz checks for `volley-content`'s decoders: signed manifests, peer-protocol messages and chunk batches. Compiled by the fuzz crate and
+// Fuzz checks for `volley-content`'s decoders: signed manifests, peer-protocol messages and chunk batches; and a differential check of the chunker's SIMD kernels. Compiled by the fuzz crate and
 // by crates/volley-content/tests/fuzz_corpus.rs, which replays corpus-content/ on every
 // `cargo test`. Each check must never panic, and whatever decodes must encode back the same.
 
@@ -12,7 +12,22 @@ pub const CONTENT_TARGETS: &[(&str, ContentCheck)] = &[
     ("manifest", manifest),
     ("peer_wire", peer_wire),
     ("chunk_batch", chunk_batch),
+    ("cdc_kernels", cdc_kernels),
 ];
+
+/// The input as chunker input: the first byte picks the prefilter's bits, the next two where
+/// the searched range starts and ends (the end may pass the data's). Every SIMD prefilter
+/// kernel must find the scalar kernel's candidate (and, under the sanitizer, read nothing
+/// outside the data), and the chunker must cut where its one-position definition does.
+pub fn cdc_kernels(data: &[u8]) {
+    let [a, f, t, rest @ ..] = data else {
+        return;
+    };
+    let n = rest.len();
+    let from = usize::from(*f) * n / 255;
+    let to = usize::from(*t) * (n + 16) / 255;
+    volley_content::cdc::check_kernels(rest, from, to, u32::from(*a) % 31 + 1);
+}
 
 /// The input as a chunk batch upload body (with a small per-chunk limit, so lengths near it are
 /// reachable): what decodes re-encodes to the same bytes, within the limits.

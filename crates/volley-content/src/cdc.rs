@@ -117,6 +117,61 @@ impl Params {
     }
 }
 
+/// For the fuzzer (`cdc_kernels`): every prefilter kernel this CPU runs finds the candidate
+/// the scalar kernel finds in `from..to` of `data` with 2^-`a` of positions passing
+/// (`a` in 1..=31), and [`Params::cut`] at a 1 KiB average cuts where the plain
+/// one-position-at-a-time definition does. Panics otherwise.
+#[doc(hidden)]
+pub fn check_kernels(data: &[u8], from: usize, to: usize, a: u32) {
+    let filter = 1u32 << (32 - a.clamp(1, 31));
+    let want = next_candidate_scalar(data, from, to, filter);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            let got = unsafe { simd::next_candidate_avx2(data, from, to, filter) };
+            assert_eq!(got, want, "avx2 kernel, {from}..{to}, a = {a}");
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            let got = unsafe { simd::next_candidate_avx512(data, from, to, filter) };
+            assert_eq!(got, want, "avx512 kernel, {from}..{to}, a = {a}");
+        }
+    }
+    if let Some(p) = Params::new(AVG_MIN) {
+        assert_eq!(
+            p.cut(data),
+            reference_cut(&p, data),
+            "cut at a 1 KiB average"
+        );
+    }
+}
+
+/// The cut rule one position at a time, straight from its definition (the module docs).
+fn reference_cut(p: &Params, data: &[u8]) -> usize {
+    let n = data.len();
+    if n <= p.min {
+        return n;
+    }
+    let end = n.min(p.max);
+    let normal = end.min(p.avg);
+    let mut h: u64 = 0;
+    for i in p.min..end {
+        h = (h << 1).wrapping_add(GEAR[data[i] as usize]);
+        let mask = if i < normal { p.mask_s } else { p.mask_l };
+        let w0 = u32::from_le_bytes([data[i - 3], data[i - 2], data[i - 1], data[i]]);
+        let w4 = u32::from_le_bytes([data[i - 7], data[i - 6], data[i - 5], data[i - 4]]);
+        let f = w0
+            .wrapping_mul(FILTER_MUL)
+            .wrapping_add(w4.wrapping_mul(FILTER_MUL) >> 1)
+            .wrapping_add(FILTER_ADD);
+        if f < p.filter && h & mask == 0 {
+            return i + 1;
+        }
+    }
+    end
+}
+
 /// Plain FastCDC with the same gear table and sizes and no prefilter (masks of `bits ± 2` top
 /// bits, one byte at a time): the rule Volley cut with before the prefilter, kept to compare
 /// chunk statistics and speed against ([`Params::cut`] is the rule in use).
@@ -332,37 +387,45 @@ mod simd {
         let mul = _mm512_set1_epi32(super::FILTER_MUL as i32);
         let add = _mm512_set1_epi32(super::FILTER_ADD as i32);
         let limit = _mm512_set1_epi32(filter.wrapping_sub(1) as i32);
-        // prev[j]'s last lane: the product at position p + j - 4, the word before the first
-        // word of load j (see the module docs).
-        let mut prev = [0, 1, 2, 3].map(|j| {
-            _mm512_set1_epi32(super::word(data, p + j - 4).wrapping_mul(super::FILTER_MUL) as i32)
-        });
-        while p + 64 <= to {
-            let mut w = prev;
-            for (j, w) in w.iter_mut().enumerate() {
-                // SAFETY: load j reads bytes p - 3 + j .. p + 61 + j, within 0..to since p >= 7,
-                // j <= 3 and p + 64 <= to <= data.len(); unaligned loads are allowed.
-                let now = _mm512_mullo_epi32(
-                    unsafe { _mm512_loadu_si512(data.as_ptr().add(p - 3 + j).cast()) },
-                    mul,
-                );
-                // Each lane's word 4 bytes earlier: the lane below, or the last of the step before.
-                let before = _mm512_alignr_epi32(now, prev[j], 15);
-                prev[j] = now;
-                *w = _mm512_add_epi32(now, _mm512_add_epi32(_mm512_srli_epi32(before, 1), add));
-            }
-            let m = _mm512_min_epu32(_mm512_min_epu32(w[0], w[1]), _mm512_min_epu32(w[2], w[3]));
-            if _mm512_cmple_epu32_mask(m, limit) != 0 {
-                let mut first = usize::MAX;
-                for (j, v) in w.into_iter().enumerate() {
-                    let bits = u32::from(_mm512_cmple_epu32_mask(v, limit));
-                    if bits != 0 {
-                        first = first.min(p + j + 4 * bits.trailing_zeros() as usize);
-                    }
+        if p + 64 <= to {
+            // prev[j]'s last lane: the product at position p + j - 4, the word before the first
+            // word of load j (see the module docs); read only once a step fits, since the
+            // data may be shorter than p.
+            let mut prev = [0, 1, 2, 3].map(|j| {
+                _mm512_set1_epi32(
+                    super::word(data, p + j - 4).wrapping_mul(super::FILTER_MUL) as i32
+                )
+            });
+            while p + 64 <= to {
+                let mut w = prev;
+                for (j, w) in w.iter_mut().enumerate() {
+                    // SAFETY: load j reads bytes p - 3 + j .. p + 61 + j, within 0..to since
+                    // p >= 7, j <= 3 and p + 64 <= to <= data.len(); unaligned loads are
+                    // allowed.
+                    let now = _mm512_mullo_epi32(
+                        unsafe { _mm512_loadu_si512(data.as_ptr().add(p - 3 + j).cast()) },
+                        mul,
+                    );
+                    // Each lane's word 4 bytes earlier: the lane below, or the last of the
+                    // step before.
+                    let before = _mm512_alignr_epi32(now, prev[j], 15);
+                    prev[j] = now;
+                    *w = _mm512_add_epi32(now, _mm512_add_epi32(_mm512_srli_epi32(before, 1), add));
                 }
-                return Some(first);
+                let m =
+                    _mm512_min_epu32(_mm512_min_epu32(w[0], w[1]), _mm512_min_epu32(w[2], w[3]));
+                if _mm512_cmple_epu32_mask(m, limit) != 0 {
+                    let mut first = usize::MAX;
+                    for (j, v) in w.into_iter().enumerate() {
+                        let bits = u32::from(_mm512_cmple_epu32_mask(v, limit));
+                        if bits != 0 {
+                            first = first.min(p + j + 4 * bits.trailing_zeros() as usize);
+                        }
+                    }
+                    return Some(first);
+                }
+                p += 64;
             }
-            p += 64;
         }
         // SAFETY: the caller's CPU has AVX-512F, hence AVX2.
         unsafe { next_candidate_avx2(data, p, to, filter) }
@@ -678,31 +741,6 @@ mod tests {
         assert!(changed <= 3, "{changed} chunks changed for one insertion");
     }
 
-    /// The plain one-byte-at-a-time loop: the definition the fast scan must match.
-    fn reference_cut(p: &Params, data: &[u8]) -> usize {
-        let n = data.len();
-        if n <= p.min {
-            return n;
-        }
-        let end = n.min(p.max);
-        let normal = end.min(p.avg);
-        let mut h: u64 = 0;
-        for i in p.min..end {
-            h = (h << 1).wrapping_add(GEAR[data[i] as usize]);
-            let mask = if i < normal { p.mask_s } else { p.mask_l };
-            let w = u32::from_le_bytes([data[i - 3], data[i - 2], data[i - 1], data[i]]);
-            let v = u32::from_le_bytes([data[i - 7], data[i - 6], data[i - 5], data[i - 4]]);
-            let f = w
-                .wrapping_mul(FILTER_MUL)
-                .wrapping_add(v.wrapping_mul(FILTER_MUL) >> 1)
-                .wrapping_add(FILTER_ADD);
-            if f < p.filter && h & mask == 0 {
-                return i + 1;
-            }
-        }
-        end
-    }
-
     type Kernel = Box<dyn Fn(&[u8], usize, usize, u32) -> Option<usize>>;
 
     /// Every prefilter kernel this CPU can run, the dispatcher included.
@@ -746,6 +784,18 @@ mod tests {
                 at = i + 1;
             }
             assert!(found > 0, "a = {a}");
+            // Data shorter than the range, even than the first position with two words (a
+            // kernel once read a word there before checking; the fuzzer found it).
+            for n in 0..24 {
+                for from in 0..12 {
+                    for to in 0..40 {
+                        let want = next_candidate_scalar(&data[..n], from, to, filter);
+                        for (name, k) in kernels() {
+                            assert_eq!(k(&data[..n], from, to, filter), want, "{name} {n}");
+                        }
+                    }
+                }
+            }
             // Short and unaligned ranges at both ends of the data.
             let n = data.len();
             for from in (0..100).chain(n - 100..n).step_by(3) {

@@ -1293,7 +1293,10 @@ async fn a_published_version_is_announced_and_pulled_by_the_rest_of_the_cluster(
         if metrics.contains(&kept) {
             break;
         }
-        assert!(Instant::now() < deadline, "node 2 never kept the build: {metrics}");
+        assert!(
+            Instant::now() < deadline,
+            "node 2 never kept the build: {metrics}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(served(&n1.base).await.0, chunks, "each chunk pulled once");
