@@ -352,22 +352,24 @@ impl Staging {
         }
         let mpath = self.root.join(MANIFEST_FILE);
         let t = self.root.join(TARGET_FILE);
-        let (signed, from) = match fs::read(&t) {
-            Ok(b) => (b, t.clone()),
+        // The manifest goes into place (copied by the kernel, never held in memory), and what
+        // is in place is hashed, piece by piece, against the table's id.
+        let from = match fs::copy(&t, &mpath) {
+            Ok(_) => t.clone(),
             // Finished once already (a crash before the swap): the manifest is in place.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
-                fs::read(&mpath).map_err(|e| ContentError::io(&mpath, e))?,
-                mpath.clone(),
-            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !t.exists() => mpath.clone(),
             Err(e) => return Err(ContentError::io(&t, e)),
         };
-        if blake3::hash(&signed).as_bytes() != self.table.id() {
+        let mut h = blake3::Hasher::new();
+        File::open(&mpath)
+            .and_then(|f| h.update_reader(f).map(|_| ()))
+            .map_err(|e| ContentError::io(&mpath, e))?;
+        if h.finalize().as_bytes() != self.table.id() {
             return Err(ContentError::Invalid(format!(
                 "{} no longer holds the manifest of the version being installed",
                 from.display()
             )));
         }
-        fs::write(&mpath, &signed).map_err(|e| ContentError::io(&mpath, e))?;
         if sync {
             File::open(&mpath)
                 .and_then(|f| f.sync_all())
