@@ -498,6 +498,9 @@ pub(crate) async fn follow_announcements(
     api: std::sync::Weak<crate::Shared>,
     mut sub: volley_store::Subscription,
 ) {
+    // At most four announced versions are pulled at once; more wait (a flood of announcements
+    // cannot make the node open unbounded requests to its peers).
+    let pulls = Arc::new(tokio::sync::Semaphore::new(4));
     while let Some(msg) = sub.next().await {
         let Some(api) = api.upgrade() else {
             return;
@@ -517,7 +520,11 @@ pub(crate) async fn follow_announcements(
         {
             continue; // held already (or this node's own announcement)
         }
+        let Ok(permit) = pulls.clone().acquire_owned().await else {
+            return;
+        };
         tokio::spawn(async move {
+            let _permit = permit;
             let (game, version) = (&p.game, &p.version);
             match pull_version(&api, &HeaderMap::new(), game, version).await {
                 Ok(Some(_)) => tracing::info!(game, version, "pulling an announced version"),
