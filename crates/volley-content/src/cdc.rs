@@ -125,18 +125,8 @@ impl Params {
 pub fn check_kernels(data: &[u8], from: usize, to: usize, a: u32) {
     let filter = 1u32 << (32 - a.clamp(1, 31));
     let want = next_candidate_scalar(data, from, to, filter);
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            let got = unsafe { simd::next_candidate_avx2(data, from, to, filter) };
-            assert_eq!(got, want, "avx2 kernel, {from}..{to}, a = {a}");
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            let got = unsafe { simd::next_candidate_avx512(data, from, to, filter) };
-            assert_eq!(got, want, "avx512 kernel, {from}..{to}, a = {a}");
-        }
+    for (name, got) in every_kernel(data, from, to, filter) {
+        assert_eq!(got, want, "{name} kernel, {from}..{to}, a = {a}");
     }
     if let Some(p) = Params::new(AVG_MIN) {
         assert_eq!(
@@ -145,6 +135,31 @@ pub fn check_kernels(data: &[u8], from: usize, to: usize, a: u32) {
             "cut at a 1 KiB average"
         );
     }
+}
+
+/// What every prefilter kernel this CPU can run (and the dispatcher) finds in `from..to`, by
+/// name, to compare with the scalar kernel.
+fn every_kernel(
+    data: &[u8],
+    from: usize,
+    to: usize,
+    filter: u32,
+) -> Vec<(&'static str, Option<usize>)> {
+    let mut out = vec![("dispatch", next_candidate(data, from, to, filter))];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            let got = unsafe { simd::next_candidate_avx2(data, from, to, filter) };
+            out.push(("avx2", got));
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            let got = unsafe { simd::next_candidate_avx512(data, from, to, filter) };
+            out.push(("avx512", got));
+        }
+    }
+    out
 }
 
 /// The cut rule one position at a time, straight from its definition (the module docs).
@@ -741,31 +756,6 @@ mod tests {
         assert!(changed <= 3, "{changed} chunks changed for one insertion");
     }
 
-    type Kernel = Box<dyn Fn(&[u8], usize, usize, u32) -> Option<usize>>;
-
-    /// Every prefilter kernel this CPU can run, the dispatcher included.
-    fn kernels() -> Vec<(&'static str, Kernel)> {
-        let mut out: Vec<(&'static str, Kernel)> = vec![("dispatch", Box::new(next_candidate))];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2.
-                out.push((
-                    "avx2",
-                    Box::new(|d, f, t, x| unsafe { simd::next_candidate_avx2(d, f, t, x) }),
-                ));
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F.
-                out.push((
-                    "avx512",
-                    Box::new(|d, f, t, x| unsafe { simd::next_candidate_avx512(d, f, t, x) }),
-                ));
-            }
-        }
-        out
-    }
-
     #[test]
     fn the_simd_prefilter_finds_exactly_the_candidates_of_the_plain_loop() {
         let mut data = random(1 << 16, 21);
@@ -776,9 +766,11 @@ mod tests {
             let mut found = 0;
             // Every candidate in turn, each search ending at a different distance.
             while let Some(i) = next_candidate_scalar(&data, at, data.len(), filter) {
-                for (name, k) in kernels() {
-                    assert_eq!(k(&data, at, data.len(), filter), Some(i), "{name}, a = {a}");
-                    assert_eq!(k(&data, at, i, filter), None, "{name}, a = {a}, {at}..{i}");
+                for (name, got) in every_kernel(&data, at, data.len(), filter) {
+                    assert_eq!(got, Some(i), "{name}, a = {a}");
+                }
+                for (name, got) in every_kernel(&data, at, i, filter) {
+                    assert_eq!(got, None, "{name}, a = {a}, {at}..{i}");
                 }
                 found += 1;
                 at = i + 1;
@@ -790,8 +782,8 @@ mod tests {
                 for from in 0..12 {
                     for to in 0..40 {
                         let want = next_candidate_scalar(&data[..n], from, to, filter);
-                        for (name, k) in kernels() {
-                            assert_eq!(k(&data[..n], from, to, filter), want, "{name} {n}");
+                        for (name, got) in every_kernel(&data[..n], from, to, filter) {
+                            assert_eq!(got, want, "{name} {n}");
                         }
                     }
                 }
@@ -801,8 +793,8 @@ mod tests {
             for from in (0..100).chain(n - 100..n).step_by(3) {
                 for to in from..(from + 140).min(n + 1) {
                     let want = next_candidate_scalar(&data, from, to, filter);
-                    for (name, k) in kernels() {
-                        assert_eq!(k(&data, from, to, filter), want, "{name} {from}..{to}");
+                    for (name, got) in every_kernel(&data, from, to, filter) {
+                        assert_eq!(got, want, "{name} {from}..{to}");
                     }
                 }
             }

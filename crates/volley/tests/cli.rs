@@ -1,8 +1,9 @@
 //! The binary as a user runs it: `volley demo --json` and `volley serve` with no configuration,
 //! a TOML file, environment variables and flags.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::Duration;
 
 fn volley() -> Command {
@@ -114,34 +115,9 @@ fn serve_config_precedence_is_flags_then_env_then_file_then_defaults() {
     assert!(effective_config(&["--config", f], &[]).is_err());
 }
 
-struct Serve(std::process::Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `volley serve` and returns it with its announced fingerprint.
-fn serve(dir: &std::path::Path) -> (Serve, String) {
-    let mut child = volley()
-        .args([
-            "serve",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--quic-addr",
-            "127.0.0.1:0",
-        ])
-        .env("VOLLEY_DATA_DIR", dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn serve");
-    let out = child.stdout.take().expect("stdout");
-    let child = Serve(child);
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).expect("read");
+fn serve(dir: &std::path::Path) -> (common::KillOnDrop, String) {
+    let (child, line) = common::serve_process_ready(dir, &[]);
     let fp = line
         .split_whitespace()
         .skip_while(|w| *w != "fingerprint")

@@ -1120,6 +1120,25 @@ fn a_node_killed_mid_publish_keeps_what_it_stored_and_the_publish_completes_afte
     drop(node);
 }
 
+/// Waits (up to a minute) until the node at `base` has kept `chunks` pulled chunks.
+async fn wait_until_kept(base: &str, chunks: u64) {
+    let kept = format!("volley_content_chunks_pulled_total {chunks}\n");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = volley_client::Api::raw_get(&format!("{base}/metrics"))
+            .await
+            .unwrap();
+        if metrics.contains(&kept) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node never kept the build: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A cluster where the build was published to one node only: another node, told of it with
 /// `content_peers`, pulls the manifest when asked for it and then every chunk in the background
 /// (and any chunk asked for on demand), checks and keeps them, and serves the version on its
@@ -1156,18 +1175,7 @@ async fn a_node_pulls_a_version_it_lacks_from_another_node_of_its_cluster() {
             .await
             .unwrap()
     );
-    let kept = format!("volley_content_chunks_pulled_total {chunks}\n");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let metrics = volley_client::Api::raw_get(&format!("{}/metrics", n2.base))
-            .await
-            .unwrap();
-        if metrics.contains(&kept) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{metrics}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_kept(&n2.base, chunks).await;
     let (served1, _) = served(&n1.base).await;
     assert_eq!(served1, chunks, "node 2 pulled each chunk once from node 1");
     // A player fetching through node 2 now needs nothing from node 1.
@@ -1284,21 +1292,7 @@ async fn a_published_version_is_announced_and_pulled_by_the_rest_of_the_cluster(
         .as_u64()
         .unwrap();
     // Nobody asks node 2 for anything but its metrics.
-    let kept = format!("volley_content_chunks_pulled_total {chunks}\n");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let metrics = volley_client::Api::raw_get(&format!("{}/metrics", n2.base))
-            .await
-            .unwrap();
-        if metrics.contains(&kept) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 2 never kept the build: {metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_kept(&n2.base, chunks).await;
     assert_eq!(served(&n1.base).await.0, chunks, "each chunk pulled once");
     n1.node.shutdown().await;
     let to = work.path().join("install");

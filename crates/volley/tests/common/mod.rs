@@ -146,6 +146,18 @@ impl Drop for KillOnDrop {
 /// `volley serve` as a process on `dir` (both listeners on free loopback ports) with `extra`
 /// arguments: its guard and the HTTP base it announces.
 pub fn serve_process(dir: &std::path::Path, extra: &[&str]) -> (KillOnDrop, String) {
+    let (child, line) = serve_process_ready(dir, extra);
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim_end_matches(',')
+        .to_owned();
+    (child, base)
+}
+
+/// [`serve_process`], returning the whole line the node prints once it is ready.
+pub fn serve_process_ready(dir: &std::path::Path, extra: &[&str]) -> (KillOnDrop, String) {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_volley"))
@@ -163,11 +175,5 @@ pub fn serve_process(dir: &std::path::Path, extra: &[&str]) -> (KillOnDrop, Stri
     std::io::BufReader::new(out)
         .read_line(&mut line)
         .expect("ready line");
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .trim_end_matches(',')
-        .to_owned();
-    (child, base)
+    (child, line)
 }
