@@ -20,12 +20,14 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use volley_content::install::{ChunkSource, InstallOptions, InstallReport, Progress};
-use volley_content::{chunk_name, ChunkRef, ContentError, Manifest};
+use volley_content::manifest::SignedManifest;
+use volley_content::{chunk_name, ChunkRef, ContentError};
 use volley_proto::api::{ApiError, ChunkList};
 
 use crate::Error;
@@ -54,23 +56,25 @@ impl Origin {
         get_bytes(&self.http, &url).await
     }
 
-    /// A version's signed manifest bytes and the manifest, checked against `trusted` and
-    /// against the game and version asked for.
+    /// A version's signed manifest, checked against `trusted` and against the game and
+    /// version asked for.
     pub async fn open_version(
         &self,
         version: &str,
         trusted: &VerifyingKey,
-    ) -> Result<(Vec<u8>, Manifest), Error> {
+    ) -> Result<Arc<SignedManifest>, Error> {
         let signed = self.manifest(version).await?;
-        let (m, _) = Manifest::open(&signed, Some(trusted))?;
-        if m.game != self.game || m.version != version {
+        let m = SignedManifest::open(signed, Some(trusted))?;
+        if m.game() != self.game || m.version() != version {
             return Err(ContentError::Invalid(format!(
                 "the node served {} {} for {} {version}",
-                m.game, m.version, self.game
+                m.game(),
+                m.version(),
+                self.game
             ))
             .into());
         }
-        Ok((signed, m))
+        Ok(Arc::new(m))
     }
 }
 
@@ -84,7 +88,8 @@ async fn send(req: reqwest::RequestBuilder) -> Result<Vec<u8>, Error> {
     let status = resp.status();
     let body = resp.bytes().await.map_err(|e| Error::Http(e.to_string()))?;
     if status.is_success() {
-        Ok(body.to_vec())
+        // Without a copy when the body is one buffer (a manifest may be large).
+        Ok(Vec::from(body))
     } else {
         Err(api_error(status.as_u16(), &body))
     }
@@ -152,8 +157,8 @@ pub async fn fetch_with(
     progress: impl FnMut(&Progress) + Send,
 ) -> Result<InstallReport, Error> {
     let origin = Origin::new(base, game);
-    let (signed, m) = origin.open_version(version, trusted).await?;
-    Ok(volley_content::install::install(signed, m, to, &origin, opts, progress).await?)
+    let m = origin.open_version(version, trusted).await?;
+    Ok(volley_content::install::install(m, to, &origin, opts, progress).await?)
 }
 
 /// A publish gathers chunks into upload batches of about this many bytes.

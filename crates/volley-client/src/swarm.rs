@@ -21,12 +21,13 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, Notify};
 use volley_content::install::{ChunkSource, Delivered, InstallOptions};
+use volley_content::manifest::SignedManifest;
 use volley_content::pace::Pace;
 use volley_content::picker::Picker;
 use volley_content::staging::Staging;
 use volley_content::table::ChunkTable;
 use volley_content::wire::{Bits, Hello, Msg, Status, WireError};
-use volley_content::{chunk_name, ChunkRef, ContentError, Manifest, Verified};
+use volley_content::{chunk_name, ChunkRef, ContentError, Verified};
 use volley_net::tls::{self, Identity, Pin};
 
 use crate::content::Origin;
@@ -109,11 +110,9 @@ pub struct SwarmStats {
 enum Serve {
     /// The staging area of an install in progress.
     Staging(Arc<Staging>),
-    /// An installed version: its files, and per chunk number the file and offset.
-    Installed {
-        paths: Vec<PathBuf>,
-        at: Vec<(u32, u64)>,
-    },
+    /// An installed version: its files, and per chunk number the offset of its first place
+    /// (in the file the chunk table names).
+    Installed { paths: Vec<PathBuf>, at: Vec<u64> },
 }
 
 struct PeerState {
@@ -254,17 +253,18 @@ const CTL_DEPTH: usize = 4096;
 const CTL_BATCH: usize = 64;
 
 impl Swarm {
-    /// A swarm for the version `signed` (already opened as `manifest`). `origin` serves what
-    /// peers cannot; `api` (logged in) announces to the node's tracker. Serves nothing until
-    /// [`Swarm::serve_staging`] or [`Swarm::serve_installed`].
+    /// A swarm for the version `manifest`. `origin` serves what peers cannot; `api` (logged
+    /// in) announces to the node's tracker. Serves nothing until [`Swarm::serve_staging`] or
+    /// [`Swarm::serve_installed`].
     pub fn start(
-        signed: &[u8],
-        manifest: &Manifest,
+        manifest: Arc<SignedManifest>,
         origin: Option<Origin>,
         api: Option<Api>,
         opts: SwarmOptions,
     ) -> Result<Swarm, Error> {
-        let table = Arc::new(ChunkTable::new(manifest, signed)?);
+        let game = manifest.game().to_owned();
+        let version = manifest.version().to_owned();
+        let table = Arc::new(ChunkTable::new(manifest)?);
         let me = Identity::generate("volley-peer").map_err(|e| Error::Http(e.to_string()))?;
         let transport = Arc::new(transport(opts.peer_depth));
         let server =
@@ -296,8 +296,8 @@ impl Swarm {
             client_cfg,
             origin,
             api,
-            game: manifest.game.clone(),
-            version: manifest.version.clone(),
+            game,
+            version,
             held: Mutex::new(Bits::new(n)),
             serve: Mutex::new(Serve::Installed {
                 paths: Vec::new(),
@@ -352,8 +352,8 @@ impl Swarm {
     /// new one as the installer writes it).
     pub fn serve_staging(&self, staging: Arc<Staging>) {
         let mut held = Bits::new(self.inner.table.len());
-        for (i, c) in self.inner.table.iter().enumerate() {
-            if staging.has(&c.hash) {
+        for i in 0..self.inner.table.len() {
+            if staging.has_chunk(i as u32) {
                 held.set(i);
             }
         }
@@ -363,34 +363,35 @@ impl Swarm {
 
     /// Serves every chunk from the version installed in `dir` (which must be this version).
     pub fn serve_installed(&self, dir: &Path) -> Result<(), Error> {
-        let Some((m, signed)) = volley_content::install::installed(dir)? else {
-            return Err(
-                ContentError::Invalid(format!("{} holds no install", dir.display())).into(),
-            );
-        };
-        if blake3::hash(&signed).as_bytes() != &self.inner.manifest_id {
-            return Err(ContentError::Invalid(format!(
-                "{} holds {} {}, not the version this swarm serves",
-                dir.display(),
-                m.game,
-                m.version
-            ))
-            .into());
-        }
-        let mut at = vec![(0u32, 0u64); self.inner.table.len()];
-        let mut held = Bits::new(self.inner.table.len());
-        for (fi, f) in m.files.iter().enumerate() {
-            let mut off = 0u64;
-            for c in &f.chunks {
-                if let Some(i) = self.inner.table.find(&c.hash) {
-                    if held.set(i as usize) {
-                        at[i as usize] = (fi as u32, off);
-                    }
-                }
-                off += u64::from(c.size);
+        let table = &self.inner.table;
+        match volley_content::install::installed_id(dir)? {
+            None => {
+                return Err(
+                    ContentError::Invalid(format!("{} holds no install", dir.display())).into(),
+                )
             }
+            Some(id) if &id != table.id() => {
+                return Err(ContentError::Invalid(format!(
+                    "{} holds another version than the {} {} this swarm serves",
+                    dir.display(),
+                    self.inner.game,
+                    self.inner.version
+                ))
+                .into())
+            }
+            Some(_) => {}
         }
-        let paths = m.files.iter().map(|f| dir.join(&f.path)).collect();
+        let at = table.first_offsets();
+        let mut held = Bits::new(table.len());
+        for i in 0..table.len() {
+            held.set(i);
+        }
+        let paths = table
+            .manifest()
+            .files()
+            .iter()
+            .map(|f| dir.join(&f.path))
+            .collect();
         *lock(&self.inner.serve) = Serve::Installed { paths, at };
         self.replace_held(held);
         Ok(())
@@ -508,8 +509,9 @@ impl Inner {
         let loc = match &*lock(&self.serve) {
             Serve::Staging(staging) => return staging.get(&c.hash).ok().flatten(),
             Serve::Installed { paths, at } => {
-                let &(fi, off) = at.get(i as usize)?;
-                (paths.get(fi as usize)?.clone(), off)
+                let off = *at.get(i as usize)?;
+                let (fi, _) = self.table.first_ref(i)?;
+                (paths.get(fi)?.clone(), off)
             }
         };
         use std::io::{Read, Seek, SeekFrom};
@@ -606,18 +608,22 @@ impl ChunkSource for Swarm {
 
     fn download<'a>(
         &'a self,
-        wanted: Vec<ChunkRef>,
+        table: Arc<ChunkTable>,
+        wanted: Vec<u32>,
         opts: InstallOptions,
         out: mpsc::Sender<Delivered>,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let inner = &self.inner;
-            let needed: Vec<u32> = wanted
-                .iter()
-                .filter_map(|c| inner.table.find(&c.hash))
-                .collect();
-            drop(wanted);
-            let mut picker = Picker::new(inner.table.len(), needed, rand_u64());
+            if table.id() != inner.table.id() {
+                let _ = out
+                    .send(Err(ContentError::Invalid(
+                        "asked for chunks of another version than the swarm's".into(),
+                    )))
+                    .await;
+                return;
+            }
+            let mut picker = Picker::new(inner.table.len(), wanted, rand_u64());
             for p in lock(&inner.peers).values() {
                 picker.add_peer(&lock(&p.state).bits);
             }
@@ -1370,10 +1376,10 @@ pub async fn fetch(
     progress: impl FnMut(&volley_content::install::Progress) + Send,
 ) -> Result<SwarmFetch, Error> {
     let origin = Origin::new(base, game);
-    let (signed, m) = origin.open_version(version, trusted).await?;
+    let m = origin.open_version(version, trusted).await?;
     volley_content::install::recover(to)?;
-    let swarm = Swarm::start(&signed, &m, Some(origin), api, opts)?;
-    let r = volley_content::install::install(signed, m, to, &swarm, install, progress).await;
+    let swarm = Swarm::start(m.clone(), Some(origin), api, opts)?;
+    let r = volley_content::install::install(m, to, &swarm, install, progress).await;
     let stats = swarm.stats();
     match r {
         Ok(report) => {
@@ -1399,11 +1405,19 @@ pub async fn seed(
     api: Option<Api>,
     opts: SwarmOptions,
 ) -> Result<Swarm, Error> {
-    let Some((_, signed)) = volley_content::install::installed(to)? else {
+    let Some(m) = volley_content::install::installed(to)? else {
         return Err(ContentError::Invalid(format!("{} holds no install", to.display())).into());
     };
-    let (m, _) = Manifest::open(&signed, Some(trusted))?;
-    let swarm = Swarm::start(&signed, &m, None, api, opts)?;
+    if m.key() != trusted {
+        return Err(ContentError::BadSignature(format!(
+            "{} holds a version signed by {}, which is not the trusted publisher {}",
+            to.display(),
+            hex::encode(m.key().as_bytes()),
+            hex::encode(trusted.as_bytes())
+        ))
+        .into());
+    }
+    let swarm = Swarm::start(Arc::new(m), None, api, opts)?;
     swarm.serve_installed(to)?;
     Ok(swarm)
 }

@@ -18,10 +18,11 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::manifest::Manifest;
+use crate::manifest::SignedManifest;
 use crate::pace::Pace;
 use crate::staging::{Staging, MANIFEST_FILE};
 use crate::table::ChunkTable;
+use crate::wire::Bits;
 use crate::{chunk_name, ChunkRef, ContentError, Verified};
 
 /// A chunk the source delivered, with the number of corrupt copies it threw away on the way.
@@ -32,13 +33,14 @@ pub trait ChunkSource: Send + Sync {
     /// One chunk's bytes (verified by the caller).
     fn fetch(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Vec<u8>, ContentError>>;
 
-    /// Delivers every chunk of `wanted` on `out`, in any order, each verified. Stops early
-    /// when `out` is closed. The default fetches `concurrency`
+    /// Delivers every chunk of `wanted` (numbers in `table`) on `out`, in any order, each
+    /// verified. Stops early when `out` is closed. The default fetches `concurrency`
     /// chunks at a time through [`ChunkSource::fetch`], at most `max_bytes_per_s`, retrying a
     /// chunk that fails or comes back corrupt up to `attempts` times.
     fn download<'a>(
         &'a self,
-        wanted: Vec<ChunkRef>,
+        table: std::sync::Arc<ChunkTable>,
+        wanted: Vec<u32>,
         opts: InstallOptions,
         out: mpsc::Sender<Delivered>,
     ) -> BoxFuture<'a, ()> {
@@ -46,6 +48,7 @@ pub trait ChunkSource: Send + Sync {
             let pace = Pace::new(opts.max_bytes_per_s);
             let pace = &pace;
             let mut fetches = futures_util::stream::iter(wanted)
+                .filter_map(|i| std::future::ready(table.get(i)))
                 .map(|c| async move {
                     let mut corrupt = 0;
                     let mut last = None;
@@ -219,24 +222,35 @@ pub fn recover(dir: &Path) -> Result<(), ContentError> {
 }
 
 /// The installed version's signed manifest, if `dir` holds one.
-pub fn installed(dir: &Path) -> Result<Option<(Manifest, Vec<u8>)>, ContentError> {
+pub fn installed(dir: &Path) -> Result<Option<SignedManifest>, ContentError> {
     let path = dir.join(MANIFEST_FILE);
     match fs::read(&path) {
-        Ok(bytes) => {
-            let (m, _) = Manifest::open(&bytes, None)?;
-            Ok(Some((m, bytes)))
+        Ok(bytes) => Ok(Some(SignedManifest::open(bytes, None)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ContentError::io(&path, e)),
+    }
+}
+
+/// BLAKE3 of the installed version's signed manifest (its id in the swarm), if `dir` holds
+/// one; read piece by piece, not parsed.
+pub fn installed_id(dir: &Path) -> Result<Option<[u8; 32]>, ContentError> {
+    let path = dir.join(MANIFEST_FILE);
+    match fs::File::open(&path) {
+        Ok(f) => {
+            let mut h = blake3::Hasher::new();
+            h.update_reader(f).map_err(|e| ContentError::io(&path, e))?;
+            Ok(Some(*h.finalize().as_bytes()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(ContentError::io(&path, e)),
     }
 }
 
-/// Installs the version `signed` (already opened as `manifest`) into `dir`. Both are
-/// consumed: once the staging area is laid out (with the signed bytes written into it), neither
-/// the manifest's per-chunk lists nor its bytes are kept in memory while the download runs.
+/// Installs the version `manifest` into `dir`. Per chunk, only the signed bytes (36 bytes)
+/// and a few bytes of state ([`ChunkTable`], [`Staging`], the source's own) are kept in
+/// memory.
 pub async fn install(
-    signed: Vec<u8>,
-    manifest: Manifest,
+    manifest: std::sync::Arc<SignedManifest>,
     dir: &Path,
     source: &dyn ChunkSource,
     opts: InstallOptions,
@@ -245,95 +259,87 @@ pub async fn install(
     let start = Instant::now();
     recover(dir)?;
     let table = match source.chunk_table() {
-        Some(t) if t.id() == blake3::hash(&signed).as_bytes() => t,
-        _ => std::sync::Arc::new(ChunkTable::new(&manifest, &signed)?),
+        Some(t) if t.id() == manifest.id() => t,
+        _ => std::sync::Arc::new(ChunkTable::new(manifest.clone())?),
     };
-    // Where each chunk of the new version occurs in the installed one, if it does: (file of
-    // the installed version, offset).
-    let mut local: Vec<(u32, u64)> = Vec::new();
     let old = installed(dir)?;
-    match &old {
-        Some((old, _)) => {
-            local = vec![(u32::MAX, 0); table.len()];
-            for (fi, f) in old.files.iter().enumerate() {
-                let mut at = 0u64;
-                for c in &f.chunks {
-                    if let Some(i) = table.find(&c.hash) {
-                        let l = &mut local[i as usize];
-                        if l.0 == u32::MAX && table.get(i).is_some_and(|n| n.size == c.size) {
-                            *l = (fi as u32, at);
-                        }
-                    }
-                    at += u64::from(c.size);
-                }
-            }
-        }
-        None => {
-            let empty = match fs::read_dir(dir) {
-                Ok(mut d) => d.next().is_none(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-                Err(e) => return Err(ContentError::io(dir, e)),
-            };
-            if !empty {
-                return Err(ContentError::Invalid(format!(
-                    "{} is not empty and holds no Volley install; choose a new or empty directory",
-                    dir.display()
-                )));
-            }
+    if old.is_none() {
+        let empty = match fs::read_dir(dir) {
+            Ok(mut d) => d.next().is_none(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(ContentError::io(dir, e)),
+        };
+        if !empty {
+            return Err(ContentError::Invalid(format!(
+                "{} is not empty and holds no Volley install; choose a new or empty directory",
+                dir.display()
+            )));
         }
     }
-    let staging = std::sync::Arc::new(Staging::open(
-        &staging_dir(dir),
-        &manifest,
-        &signed,
-        table.clone(),
-    )?);
-    drop(signed);
+    let staging = std::sync::Arc::new(Staging::open(&staging_dir(dir), table.clone())?);
     let mut report = InstallReport {
-        files: manifest.files.len(),
+        files: manifest.files().len(),
         total_bytes: manifest.total_size(),
         chunks: staging.chunks(),
         ..Default::default()
     };
     drop(manifest);
-    let mut wanted = Vec::new();
-    let mut p = Progress::default();
-    let mut open_old: Option<(PathBuf, fs::File)> = None;
-    for (i, c) in table.iter().enumerate() {
-        if let (Some((old, _)), Some(&(fi, at))) = (&old, local.get(i)) {
-            if let Some(f) = old.files.get(fi as usize) {
-                // From the installed version into place (unless a resumed run already did),
-                // if its bytes there still hash right; a damaged copy is downloaded instead.
-                let copied = staging.has_chunk(i as u32)
-                    || match read_local(&mut open_old, &dir.join(&f.path), at, &c)? {
-                        Some(v) => {
-                            staging.put(&v)?;
-                            true
-                        }
-                        None => false,
-                    };
-                if copied {
-                    report.reused_chunks += 1;
-                    report.reused_bytes += u64::from(c.size);
-                    continue;
-                }
+    // Chunks of the installed version go into place from there (unless a resumed run already
+    // put them), read in its order, each only if its bytes there still hash right: a damaged
+    // copy is downloaded instead.
+    let mut in_old = Bits::new(table.len());
+    if let Some(old) = &old {
+        let mut open_old: Option<(PathBuf, fs::File)> = None;
+        let mut at = 0u64;
+        let mut file = usize::MAX;
+        for (fi, _, c) in old.chunks() {
+            if fi != file {
+                (file, at) = (fi, 0);
+            }
+            let offset = at;
+            at += u64::from(c.size);
+            let Some(i) = table.find(&c.hash) else {
+                continue;
+            };
+            if table.get(i).is_none_or(|n| n.size != c.size) {
+                continue;
+            }
+            in_old.set(i as usize);
+            if staging.has_chunk(i) {
+                continue;
+            }
+            let Some(f) = old.files().get(fi) else {
+                continue;
+            };
+            if let Some(v) = read_local(&mut open_old, &dir.join(&f.path), offset, &c)? {
+                staging.put(&v)?;
             }
         }
+    }
+    drop(old);
+    let mut wanted = Vec::new();
+    let mut p = Progress::default();
+    for (i, c) in table.iter().enumerate() {
+        let held = staging.has_chunk(i as u32);
+        if held && in_old.get(i) {
+            report.reused_chunks += 1;
+            report.reused_bytes += u64::from(c.size);
+            continue;
+        }
         p.need_bytes += u64::from(c.size);
-        if staging.has_chunk(i as u32) {
+        if held {
             report.resumed_chunks += 1;
             p.have_bytes += u64::from(c.size);
         } else {
-            wanted.push(c);
+            wanted.push(i as u32);
         }
     }
-    drop((local, old));
-    drop(open_old);
+    drop(in_old);
     source.attach_staging(staging.clone());
     progress(&p);
     // Download what is missing, verifying each chunk before it is written in place.
     let (tx, mut rx) = mpsc::channel::<Delivered>(16);
-    let downloading = source.download(wanted, opts, tx);
+    let downloading = source.download(table.clone(), wanted, opts, tx);
     let storing = async {
         while let Some(r) = rx.recv().await {
             let (v, corrupt) = r?;

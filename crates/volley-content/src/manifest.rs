@@ -110,69 +110,7 @@ impl Manifest {
     /// chunk sizes within the chunker's bounds, file sizes equal to their chunks' sum, totals
     /// within limits.
     pub fn validate(&self) -> Result<(), ContentError> {
-        check_name("game", &self.game)?;
-        check_name("version", &self.version)?;
-        let p = Params::new(self.chunk_avg).ok_or_else(|| {
-            ContentError::Invalid(format!(
-                "chunk average {} is not a power of two in {AVG_MIN}..={AVG_MAX}",
-                self.chunk_avg
-            ))
-        })?;
-        if self.files.len() > MAX_FILES {
-            return Err(ContentError::Invalid("too many files".into()));
-        }
-        let (mut total, mut chunks) = (0u64, 0usize);
-        for (i, f) in self.files.iter().enumerate() {
-            check_path(&f.path)?;
-            if let Some(prev) = i.checked_sub(1).map(|j| &self.files[j]) {
-                if prev.path >= f.path {
-                    return Err(ContentError::Invalid(format!(
-                        "paths not sorted or repeated at {:?}",
-                        f.path
-                    )));
-                }
-            }
-            if f.mode & !0o777 != 0 {
-                return Err(ContentError::Invalid(format!(
-                    "{}: mode {:o} has bits beyond 0o777",
-                    f.path, f.mode
-                )));
-            }
-            let mut sum = 0u64;
-            for (k, c) in f.chunks.iter().enumerate() {
-                let last = k + 1 == f.chunks.len();
-                if c.size == 0 || c.size as usize > p.max || (!last && (c.size as usize) < p.min) {
-                    return Err(ContentError::Invalid(format!(
-                        "{}: chunk {k} has an impossible size {}",
-                        f.path, c.size
-                    )));
-                }
-                sum += u64::from(c.size);
-            }
-            if sum != f.size {
-                return Err(ContentError::Invalid(format!(
-                    "{}: size {} but its chunks add up to {sum}",
-                    f.path, f.size
-                )));
-            }
-            total = total.saturating_add(f.size);
-            chunks += f.chunks.len();
-        }
-        if total > MAX_BUILD || chunks > MAX_CHUNKS {
-            return Err(ContentError::Invalid("build too large".into()));
-        }
-        // A file may not also be a directory of another ("a" and "a/b").
-        let mut sorted: Vec<&str> = self.files.iter().map(|f| f.path.as_str()).collect();
-        sorted.sort_unstable();
-        for w in sorted.windows(2) {
-            if w[1].starts_with(w[0]) && w[1].as_bytes().get(w[0].len()) == Some(&b'/') {
-                return Err(ContentError::Invalid(format!(
-                    "{:?} is both a file and a directory",
-                    w[0]
-                )));
-            }
-        }
-        Ok(())
+        check_rules(&self.game, &self.version, self.chunk_avg, &self.files[..])
     }
 
     /// The unsigned body bytes (what the signature covers, after the domain prefix).
@@ -212,29 +150,7 @@ impl Manifest {
         bytes: &[u8],
         trusted: Option<&VerifyingKey>,
     ) -> Result<(Manifest, VerifyingKey), ContentError> {
-        if bytes.len() < 5 + 96 {
-            return Err(ContentError::Invalid("manifest truncated".into()));
-        }
-        let (body, tail) = bytes.split_at(bytes.len() - 96);
-        let mut pk = [0u8; 32];
-        pk.copy_from_slice(&tail[..32]);
-        let mut sig = [0u8; 64];
-        sig.copy_from_slice(&tail[32..]);
-        let key = VerifyingKey::from_bytes(&pk)
-            .map_err(|_| ContentError::BadSignature("not a valid public key".into()))?;
-        if let Some(t) = trusted {
-            if t != &key {
-                return Err(ContentError::BadSignature(format!(
-                    "signed by {}, which is not the trusted publisher {}",
-                    hex::encode(key.as_bytes()),
-                    hex::encode(t.as_bytes())
-                )));
-            }
-        }
-        let mut msg = DOMAIN.to_vec();
-        msg.extend_from_slice(body);
-        key.verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&sig))
-            .map_err(|_| ContentError::BadSignature("the signature does not match".into()))?;
+        let (body, key) = verify_signed(bytes, trusted)?;
         let m = Self::decode_body(body).map_err(|e| ContentError::Invalid(e.to_string()))?;
         m.validate()?;
         Ok((m, key))
@@ -291,6 +207,374 @@ impl Manifest {
             chunk_avg,
             files,
         })
+    }
+}
+
+/// What [`check_rules`] reads of a manifest's files: a parsed [`Manifest`]'s, or a
+/// [`SignedManifest`]'s read from its bytes.
+trait Files {
+    fn count(&self) -> usize;
+    fn path(&self, i: usize) -> &str;
+    fn mode(&self, i: usize) -> u32;
+    fn size(&self, i: usize) -> u64;
+    fn chunk_sizes(&self, i: usize) -> impl Iterator<Item = u32> + '_;
+}
+
+impl Files for [FileEntry] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn path(&self, i: usize) -> &str {
+        &self[i].path
+    }
+    fn mode(&self, i: usize) -> u32 {
+        self[i].mode
+    }
+    fn size(&self, i: usize) -> u64 {
+        self[i].size
+    }
+    fn chunk_sizes(&self, i: usize) -> impl Iterator<Item = u32> + '_ {
+        self[i].chunks.iter().map(|c| c.size)
+    }
+}
+
+/// The rules of [`Manifest::validate`].
+fn check_rules<F: Files + ?Sized>(
+    game: &str,
+    version: &str,
+    chunk_avg: u32,
+    files: &F,
+) -> Result<(), ContentError> {
+    check_name("game", game)?;
+    check_name("version", version)?;
+    let p = Params::new(chunk_avg).ok_or_else(|| {
+        ContentError::Invalid(format!(
+            "chunk average {chunk_avg} is not a power of two in {AVG_MIN}..={AVG_MAX}"
+        ))
+    })?;
+    let n = files.count();
+    if n > MAX_FILES {
+        return Err(ContentError::Invalid("too many files".into()));
+    }
+    let (mut total, mut chunks) = (0u64, 0usize);
+    for i in 0..n {
+        let path = files.path(i);
+        check_path(path)?;
+        if i > 0 && files.path(i - 1) >= path {
+            return Err(ContentError::Invalid(format!(
+                "paths not sorted or repeated at {path:?}"
+            )));
+        }
+        let mode = files.mode(i);
+        if mode & !0o777 != 0 {
+            return Err(ContentError::Invalid(format!(
+                "{path}: mode {mode:o} has bits beyond 0o777"
+            )));
+        }
+        let mut sum = 0u64;
+        let mut sizes = files.chunk_sizes(i).enumerate().peekable();
+        while let Some((k, size)) = sizes.next() {
+            let last = sizes.peek().is_none();
+            if size == 0 || size as usize > p.max || (!last && (size as usize) < p.min) {
+                return Err(ContentError::Invalid(format!(
+                    "{path}: chunk {k} has an impossible size {size}"
+                )));
+            }
+            sum += u64::from(size);
+            chunks += 1;
+        }
+        if sum != files.size(i) {
+            return Err(ContentError::Invalid(format!(
+                "{path}: size {} but its chunks add up to {sum}",
+                files.size(i)
+            )));
+        }
+        total = total.saturating_add(sum);
+    }
+    if total > MAX_BUILD || chunks > MAX_CHUNKS {
+        return Err(ContentError::Invalid("build too large".into()));
+    }
+    // A file may not also be a directory of another ("a" and "a/b").
+    let mut sorted: Vec<&str> = (0..n).map(|i| files.path(i)).collect();
+    sorted.sort_unstable();
+    for w in sorted.windows(2) {
+        if w[1].starts_with(w[0]) && w[1].as_bytes().get(w[0].len()) == Some(&b'/') {
+            return Err(ContentError::Invalid(format!(
+                "{:?} is both a file and a directory",
+                w[0]
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Splits signed manifest bytes into the body and the signer's key, after checking the
+/// signature over `DOMAIN || body` (as strictly as ed25519-dalek's `verify_strict`, without
+/// copying the body) and, when `trusted` is given, that it is that key.
+fn verify_signed<'a>(
+    bytes: &'a [u8],
+    trusted: Option<&VerifyingKey>,
+) -> Result<(&'a [u8], VerifyingKey), ContentError> {
+    if bytes.len() < 5 + 96 {
+        return Err(ContentError::Invalid("manifest truncated".into()));
+    }
+    let (body, tail) = bytes.split_at(bytes.len() - 96);
+    let mut pk = [0u8; 32];
+    pk.copy_from_slice(&tail[..32]);
+    let mut sig = [0u8; 64];
+    sig.copy_from_slice(&tail[32..]);
+    let key = VerifyingKey::from_bytes(&pk)
+        .map_err(|_| ContentError::BadSignature("not a valid public key".into()))?;
+    if let Some(t) = trusted {
+        if t != &key {
+            return Err(ContentError::BadSignature(format!(
+                "signed by {}, which is not the trusted publisher {}",
+                hex::encode(key.as_bytes()),
+                hex::encode(t.as_bytes())
+            )));
+        }
+    }
+    let bad = || ContentError::BadSignature("the signature does not match".into());
+    let sig = ed25519_dalek::Signature::from_bytes(&sig);
+    // verify_strict's rules beyond the equation: neither the key nor R of small order.
+    let r = curve25519_dalek::edwards::CompressedEdwardsY(*sig.r_bytes());
+    if key.is_weak() || r.decompress().is_none_or(|r| r.is_small_order()) {
+        return Err(bad());
+    }
+    let mut v = key.verify_stream(&sig).map_err(|_| bad())?;
+    v.update(DOMAIN);
+    v.update(body);
+    v.finalize_and_verify().map_err(|_| bad())?;
+    Ok((body, key))
+}
+
+/// One file of a [`SignedManifest`]: its chunk list stays in the signed bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Relative path, `/`-separated, no `.` or `..` components.
+    pub path: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// Length in bytes.
+    pub size: u64,
+    /// Where its first chunk reference starts in the signed bytes.
+    chunks_at: u32,
+    /// Its chunk references.
+    chunk_count: u32,
+}
+
+impl FileInfo {
+    /// The number of chunk references (repeats included).
+    pub fn chunk_count(&self) -> usize {
+        self.chunk_count as usize
+    }
+}
+
+/// Bytes of one chunk reference in the signed form: hash and size.
+pub const CHUNK_REF_BYTES: usize = 36;
+
+/// A checked signed manifest that stays in its signed form: the files are parsed, each chunk
+/// reference (36 bytes) is read from the bytes when asked for. A player's fetch holds one of
+/// these and nothing else per chunk of the manifest, where a [`Manifest`] beside its bytes
+/// costs twice that.
+#[derive(Debug, Clone)]
+pub struct SignedManifest {
+    bytes: Vec<u8>,
+    id: [u8; 32],
+    key: VerifyingKey,
+    game: String,
+    version: String,
+    chunk_avg: u32,
+    files: Vec<FileInfo>,
+    refs: usize,
+}
+
+impl Files for SignedManifest {
+    fn count(&self) -> usize {
+        self.files.len()
+    }
+    fn path(&self, i: usize) -> &str {
+        &self.files[i].path
+    }
+    fn mode(&self, i: usize) -> u32 {
+        self.files[i].mode
+    }
+    fn size(&self, i: usize) -> u64 {
+        self.files[i].size
+    }
+    fn chunk_sizes(&self, i: usize) -> impl Iterator<Item = u32> + '_ {
+        self.file_chunks(i).map(|(_, c)| c.size)
+    }
+}
+
+impl SignedManifest {
+    /// Checks signed manifest bytes as [`Manifest::open`] does (signature first, then every
+    /// rule of [`Manifest::validate`]) and keeps them.
+    pub fn open(bytes: Vec<u8>, trusted: Option<&VerifyingKey>) -> Result<Self, ContentError> {
+        if u32::try_from(bytes.len()).is_err() {
+            return Err(ContentError::Invalid("manifest larger than 4 GiB".into()));
+        }
+        let (body, key) = verify_signed(&bytes, trusted)?;
+        let (head, files, refs) =
+            Self::outline(body).map_err(|e| ContentError::Invalid(e.to_string()))?;
+        let m = SignedManifest {
+            id: *blake3::hash(&bytes).as_bytes(),
+            key,
+            game: head.0,
+            version: head.1,
+            chunk_avg: head.2,
+            files,
+            refs,
+            bytes,
+        };
+        check_rules(&m.game, &m.version, m.chunk_avg, &m)?;
+        Ok(m)
+    }
+
+    /// Parses everything but the chunk references, which are only skipped over.
+    #[allow(clippy::type_complexity)]
+    fn outline(body: &[u8]) -> Result<((String, String, u32), Vec<FileInfo>, usize), DecodeError> {
+        let mut r = Reader::new(body);
+        if &r.array::<4>()? != MAGIC {
+            return Err(DecodeError::Invalid("not a manifest"));
+        }
+        let v = r.u8()?;
+        if v != FORMAT {
+            return Err(DecodeError::Version {
+                found: v,
+                expected: FORMAT,
+            });
+        }
+        let game = r.string("game", 64)?.to_owned();
+        let version = r.string("version", 64)?.to_owned();
+        let chunk_avg = r.u32()?;
+        let n = r.len("files", MAX_FILES.min(r.remaining() / 14))?;
+        let mut files = Vec::with_capacity(n);
+        let mut refs = 0usize;
+        for _ in 0..n {
+            let path = r.string("path", MAX_PATH)?.to_owned();
+            let mode = r.u32()?;
+            let size = r.u64()?;
+            let k = r.len("chunks", MAX_CHUNKS.min(r.remaining() / CHUNK_REF_BYTES))?;
+            let chunks_at = (body.len() - r.remaining()) as u32;
+            r.take(k * CHUNK_REF_BYTES)?;
+            refs += k;
+            files.push(FileInfo {
+                path,
+                mode,
+                size,
+                chunks_at,
+                chunk_count: k as u32,
+            });
+        }
+        r.finish()?;
+        Ok(((game, version, chunk_avg), files, refs))
+    }
+
+    /// The signed bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// BLAKE3 of the signed bytes: the version's identity in the swarm.
+    pub fn id(&self) -> &[u8; 32] {
+        &self.id
+    }
+
+    /// The key that signed it.
+    pub fn key(&self) -> &VerifyingKey {
+        &self.key
+    }
+
+    /// The game's id.
+    pub fn game(&self) -> &str {
+        &self.game
+    }
+
+    /// The version's name.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The average chunk size it was cut with.
+    pub fn chunk_avg(&self) -> u32 {
+        self.chunk_avg
+    }
+
+    /// The files, sorted by path.
+    pub fn files(&self) -> &[FileInfo] {
+        &self.files
+    }
+
+    /// Total bytes.
+    pub fn total_size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// Chunk references, repeats included.
+    pub fn refs(&self) -> usize {
+        self.refs
+    }
+
+    /// The chunk reference starting at byte `at` of the signed bytes (one that
+    /// [`SignedManifest::file_chunks`] gave).
+    pub fn chunk_at(&self, at: u32) -> ChunkRef {
+        let at = at as usize;
+        let mut c = ChunkRef {
+            hash: [0; 32],
+            size: 0,
+        };
+        // Offsets come from the walk of a checked manifest, so the range is always there.
+        if let Some(b) = self.bytes.get(at..at + CHUNK_REF_BYTES) {
+            c.hash.copy_from_slice(&b[..32]);
+            c.size = u32::from_be_bytes([b[32], b[33], b[34], b[35]]);
+        }
+        c
+    }
+
+    /// File `i`'s chunk references in order, each with where it starts in the signed bytes.
+    pub fn file_chunks(&self, i: usize) -> impl Iterator<Item = (u32, ChunkRef)> + '_ {
+        let (at, k) = self
+            .files
+            .get(i)
+            .map_or((0, 0), |f| (f.chunks_at, f.chunk_count));
+        (0..k).map(move |j| {
+            let a = at + j * CHUNK_REF_BYTES as u32;
+            (a, self.chunk_at(a))
+        })
+    }
+
+    /// Every chunk reference, file by file, with its file and where it starts in the bytes.
+    pub fn chunks(&self) -> impl Iterator<Item = (usize, u32, ChunkRef)> + '_ {
+        (0..self.files.len()).flat_map(move |i| self.file_chunks(i).map(move |(a, c)| (i, a, c)))
+    }
+
+    /// The file whose chunk references include byte `at`.
+    pub fn file_of(&self, at: u32) -> Option<usize> {
+        let k = self.files.partition_point(|f| f.chunks_at <= at);
+        let i = k.checked_sub(1)?;
+        let f = &self.files[i];
+        (at < f.chunks_at + f.chunk_count * CHUNK_REF_BYTES as u32).then_some(i)
+    }
+
+    /// The whole manifest, parsed.
+    pub fn to_manifest(&self) -> Manifest {
+        Manifest {
+            game: self.game.clone(),
+            version: self.version.clone(),
+            chunk_avg: self.chunk_avg,
+            files: (0..self.files.len())
+                .map(|i| {
+                    let f = &self.files[i];
+                    FileEntry {
+                        path: f.path.clone(),
+                        mode: f.mode,
+                        size: f.size,
+                        chunks: self.file_chunks(i).map(|(_, c)| c).collect(),
+                    }
+                })
+                .collect(),
+        }
     }
 }
 
@@ -356,6 +640,29 @@ mod tests {
         let (m, k) = Manifest::open(&bytes, Some(&key.verifying_key())).unwrap();
         assert_eq!(m, sample());
         assert_eq!(k, key.verifying_key());
+        // Kept signed: the same files, each chunk read from the bytes where the walk says.
+        let s = SignedManifest::open(bytes.clone(), Some(&key.verifying_key())).unwrap();
+        assert_eq!(s.to_manifest(), sample());
+        assert_eq!((s.game(), s.version(), s.refs()), ("arena", "1.2.0", 2));
+        assert_eq!(s.id(), blake3::hash(&bytes).as_bytes());
+        assert_eq!(s.total_size(), 70_000);
+        for (fi, at, c) in s.chunks() {
+            assert_eq!(s.chunk_at(at), c);
+            assert_eq!(s.file_of(at), Some(fi));
+            assert_eq!(&bytes[at as usize..at as usize + 32], &c.hash);
+        }
+        assert_eq!(s.file_of(0), None);
+        let strict = |b: &[u8]| {
+            let (body, sig) = b.split_at(b.len() - 64);
+            let mut msg = DOMAIN.to_vec();
+            msg.extend_from_slice(&body[..body.len() - 32]);
+            k.verify_strict(
+                &msg,
+                &ed25519_dalek::Signature::from_bytes(sig.try_into().unwrap()),
+            )
+            .is_ok()
+        };
+        assert!(strict(&bytes));
         let other = generate_key();
         let e = Manifest::open(&bytes, Some(&other.verifying_key())).unwrap_err();
         assert!(matches!(e, ContentError::BadSignature(_)), "{e}");
@@ -367,8 +674,30 @@ mod tests {
                 Manifest::open(&b, Some(&key.verifying_key())).is_err(),
                 "bit {i}"
             );
+            assert!(SignedManifest::open(b.clone(), None).is_err(), "bit {i}");
+            assert!(!strict(&b), "bit {i}");
         }
         assert!(Manifest::open(&bytes[..50], None).is_err());
+        assert!(SignedManifest::open(bytes[..50].to_vec(), None).is_err());
+        // The identity as both key and R, with s = 0, satisfies the plain verification
+        // equation for every message: the strict checks must refuse it.
+        let mut b = bytes[..bytes.len() - 96].to_vec();
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        b.extend_from_slice(&identity);
+        b.extend_from_slice(&identity);
+        b.extend_from_slice(&[0u8; 32]);
+        let weak = VerifyingKey::from_bytes(&identity).unwrap();
+        let sig = ed25519_dalek::Signature::from_bytes(b[b.len() - 64..].try_into().unwrap());
+        let mut plain = weak.verify_stream(&sig).unwrap();
+        plain.update(DOMAIN);
+        plain.update(&b[..b.len() - 96]);
+        assert!(plain.finalize_and_verify().is_ok());
+        assert!(matches!(
+            SignedManifest::open(b.clone(), None),
+            Err(ContentError::BadSignature(_))
+        ));
+        assert!(Manifest::open(&b, None).is_err());
     }
 
     #[test]
@@ -420,6 +749,13 @@ mod tests {
                     Err(ContentError::Invalid(_))
                 ),
                 "{name} opens"
+            );
+            assert!(
+                matches!(
+                    SignedManifest::open(bytes, Some(&key.verifying_key())),
+                    Err(ContentError::Invalid(_))
+                ),
+                "{name} opens signed"
             );
         }
     }

@@ -28,7 +28,8 @@ pub struct Picker {
     avail: Vec<u16>,
     inflight: Vec<u8>,
     failures: Vec<u8>,
-    claimed_until: Vec<u64>,
+    /// Milliseconds (saturating at about 49 days).
+    claimed_until: Vec<u32>,
     missing: Vec<u32>,
     pos: Vec<u32>,
     rng: u64,
@@ -121,7 +122,7 @@ impl Picker {
     /// Another peer is fetching chunk `i` from the origin until `until_ms`.
     pub fn claimed(&mut self, i: u32, until_ms: u64) {
         if let Some(c) = self.claimed_until.get_mut(i as usize) {
-            *c = (*c).max(until_ms);
+            *c = (*c).max(u32::try_from(until_ms).unwrap_or(u32::MAX));
         }
     }
 
@@ -186,7 +187,7 @@ impl Picker {
         let found = (0..n).map(|k| self.missing[(start + k) % n]).find(|&i| {
             let iu = i as usize;
             self.inflight[iu] == 0
-                && ((self.avail[iu] == 0 && self.claimed_until[iu] <= now_ms)
+                && ((self.avail[iu] == 0 && u64::from(self.claimed_until[iu]) <= now_ms)
                     || self.failures[iu] >= FAILURES_FOR_ORIGIN)
         })?;
         self.inflight[found as usize] += 1;

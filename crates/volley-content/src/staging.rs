@@ -13,10 +13,9 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::manifest::Manifest;
 use crate::table::ChunkTable;
 use crate::{chunk_name, ContentError, Verified};
 
@@ -40,13 +39,12 @@ pub struct Staging {
     paths: Vec<PathBuf>,
     modes: Vec<u32>,
     table: Arc<ChunkTable>,
-    /// Per chunk: the file and offset where it first occurs.
-    first_file: Vec<u32>,
+    /// Per chunk: the offset of its first place, in the file the table names.
     first_at: Vec<u64>,
     /// The further places of the few chunks that occur more than once.
     more: HashMap<u32, Vec<(u32, u64)>>,
-    /// Per chunk: whole at all its places.
-    have: Vec<AtomicBool>,
+    /// Per chunk, a bit: whole at all its places.
+    have: Vec<AtomicU64>,
     held: AtomicUsize,
     open: Mutex<HashMap<u32, Arc<File>>>,
     dirty: Mutex<Dirty>,
@@ -72,20 +70,12 @@ pub fn target(root: &Path) -> Option<Vec<u8>> {
 }
 
 impl Staging {
-    /// Opens the staging area at `root` for the version `signed` (opened as `manifest`, its
-    /// chunks numbered by `table`): reuses one already building that version, verifying what
-    /// it holds, or starts a new one with every file created at its size.
-    pub fn open(
-        root: &Path,
-        manifest: &Manifest,
-        signed: &[u8],
-        table: Arc<ChunkTable>,
-    ) -> Result<Staging, ContentError> {
-        if table.id() != blake3::hash(signed).as_bytes() {
-            return Err(ContentError::Invalid(
-                "the chunk table is not of this manifest".into(),
-            ));
-        }
+    /// Opens the staging area at `root` for the version of `table` (its signed manifest and
+    /// numbered chunks): reuses one already building that version, verifying what it holds, or
+    /// starts a new one with every file created at its size.
+    pub fn open(root: &Path, table: Arc<ChunkTable>) -> Result<Staging, ContentError> {
+        let manifest = table.manifest().clone();
+        let signed = manifest.bytes();
         // Building this version, or finished building it (a crash before the swap).
         let resume = target(root).as_deref() == Some(signed)
             || fs::read(root.join(MANIFEST_FILE)).ok().as_deref() == Some(signed);
@@ -95,12 +85,9 @@ impl Staging {
         let state = root.join(".volley");
         fs::create_dir_all(&state).map_err(|e| ContentError::io(&state, e))?;
         let n = table.len();
-        let mut first_file = vec![u32::MAX; n];
-        let mut first_at = vec![0u64; n];
-        let mut more: HashMap<u32, Vec<(u32, u64)>> = HashMap::new();
-        let mut paths = Vec::with_capacity(manifest.files.len());
-        let mut modes = Vec::with_capacity(manifest.files.len());
-        for (fi, f) in manifest.files.iter().enumerate() {
+        let mut paths = Vec::with_capacity(manifest.files().len());
+        let mut modes = Vec::with_capacity(manifest.files().len());
+        for f in manifest.files() {
             let path = root.join(&f.path);
             if let Some(parent) = path.parent() {
                 fs::create_dir_all(parent).map_err(|e| ContentError::io(parent, e))?;
@@ -115,25 +102,21 @@ impl Staging {
                     .map_err(|e| ContentError::io(&path, e))?;
             }
             reserve(&file, f.size).map_err(|e| ContentError::io(&path, e))?;
-            let mut at = 0u64;
-            for c in &f.chunks {
-                let i = table.find(&c.hash).ok_or_else(|| {
-                    ContentError::Invalid(format!(
-                        "chunk {} is missing from the chunk table",
-                        chunk_name(&c.hash)
-                    ))
-                })?;
-                let iu = i as usize;
-                if first_file[iu] == u32::MAX {
-                    first_file[iu] = fi as u32;
-                    first_at[iu] = at;
-                } else {
-                    more.entry(i).or_default().push((fi as u32, at));
-                }
-                at += u64::from(c.size);
-            }
             paths.push(path);
             modes.push(f.mode);
+        }
+        let mut first_at = vec![0u64; n];
+        let mut more: HashMap<u32, Vec<(u32, u64)>> = HashMap::new();
+        for p in table.places() {
+            if p.first {
+                if let Some(o) = first_at.get_mut(p.number as usize) {
+                    *o = p.offset;
+                }
+            } else if (p.number as usize) < n {
+                more.entry(p.number)
+                    .or_default()
+                    .push((p.file as u32, p.offset));
+            }
         }
         if !resume {
             let t = root.join(TARGET_FILE);
@@ -144,10 +127,9 @@ impl Staging {
             paths,
             modes,
             table,
-            first_file,
             first_at,
             more,
-            have: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            have: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             held: AtomicUsize::new(0),
             open: Mutex::new(HashMap::new()),
             dirty: Mutex::new(Dirty::default()),
@@ -160,9 +142,26 @@ impl Staging {
 
     /// Every place chunk `i` occurs: (file index, offset).
     fn places(&self, i: u32) -> impl Iterator<Item = (u32, u64)> + '_ {
-        let iu = i as usize;
-        std::iter::once((self.first_file[iu], self.first_at[iu]))
+        let first = self.table.first_ref(i).map(|(fi, _)| fi as u32);
+        let at = self.first_at.get(i as usize).copied().unwrap_or(0);
+        first
+            .map(|fi| (fi, at))
+            .into_iter()
             .chain(self.more.get(&i).into_iter().flatten().copied())
+    }
+
+    /// Sets chunk `i`'s bit to `whole`; returns its old value.
+    fn set_have(&self, i: u32, whole: bool) -> bool {
+        let (word, bit) = ((i / 64) as usize, 1u64 << (i % 64));
+        let Some(w) = self.have.get(word) else {
+            return false;
+        };
+        let old = if whole {
+            w.fetch_or(bit, Ordering::AcqRel)
+        } else {
+            w.fetch_and(!bit, Ordering::AcqRel)
+        };
+        old & bit != 0
     }
 
     /// Marks every chunk that is whole at all its offsets.
@@ -181,7 +180,7 @@ impl Staging {
                     break;
                 }
             }
-            self.have[i].store(whole, Ordering::Relaxed);
+            self.set_have(i as u32, whole);
             held += usize::from(whole);
         }
         self.held.store(held, Ordering::Relaxed);
@@ -218,25 +217,19 @@ impl Staging {
     /// Whether chunk number `i` (of [`Staging::table`]) is whole in the staging area.
     pub fn has_chunk(&self, i: u32) -> bool {
         self.have
-            .get(i as usize)
-            .is_some_and(|h| h.load(Ordering::Acquire))
+            .get((i / 64) as usize)
+            .is_some_and(|w| w.load(Ordering::Acquire) & (1u64 << (i % 64)) != 0)
     }
 
     /// Where the version's files will be once the staging area is renamed to `dir`, and per
-    /// chunk the file (an index into those) and offset of its first place.
-    pub fn layout(&self, dir: &Path) -> (Vec<PathBuf>, Vec<(u32, u64)>) {
+    /// chunk the offset of its first place (in the file [`ChunkTable::first_ref`] names).
+    pub fn layout(&self, dir: &Path) -> (Vec<PathBuf>, Vec<u64>) {
         let paths = self
             .paths
             .iter()
             .map(|p| dir.join(p.strip_prefix(&self.root).unwrap_or(p)))
             .collect();
-        let at = self
-            .first_file
-            .iter()
-            .copied()
-            .zip(self.first_at.iter().copied())
-            .collect();
-        (paths, at)
+        (paths, self.first_at.clone())
     }
 
     /// The version's chunks.
@@ -264,8 +257,7 @@ impl Staging {
                 chunk_name(hash)
             )));
         };
-        let have = &self.have[i as usize];
-        if have.load(Ordering::Acquire) {
+        if self.has_chunk(i) {
             return Ok(());
         }
         for (fi, at) in self.places(i) {
@@ -273,7 +265,7 @@ impl Staging {
                 .write_all_at(data, at)
                 .map_err(|e| ContentError::io(&self.paths[fi as usize], e))?;
         }
-        if !have.swap(true, Ordering::AcqRel) {
+        if !self.set_have(i, true) {
             self.held.fetch_add(1, Ordering::Relaxed);
         }
         self.written(i, data.len() as u64);
@@ -309,11 +301,12 @@ impl Staging {
         let Some(i) = self.table.find(hash) else {
             return Ok(None);
         };
-        let (iu, have) = (i as usize, &self.have[i as usize]);
-        if !have.load(Ordering::Acquire) {
+        if !self.has_chunk(i) {
             return Ok(None);
         }
-        let (fi, at) = (self.first_file[iu], self.first_at[iu]);
+        let Some((fi, at)) = self.places(i).next() else {
+            return Ok(None);
+        };
         let mut buf = vec![0u8; self.table.get(i).map_or(0, |c| c.size as usize)];
         self.file(fi)?
             .read_exact_at(&mut buf, at)
@@ -321,7 +314,7 @@ impl Staging {
         if blake3::hash(&buf).as_bytes() == hash {
             Ok(Some(buf))
         } else {
-            if have.swap(false, Ordering::AcqRel) {
+            if self.set_have(i, false) {
                 self.held.fetch_sub(1, Ordering::Relaxed);
             }
             Ok(None)
@@ -453,18 +446,19 @@ fn start_writeback(file: &File) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::manifest::{generate_key, Manifest, SignedManifest};
     use crate::{ChunkRef, FileEntry};
 
-    fn open(root: &Path, m: &Manifest, signed: &[u8]) -> Result<Staging, ContentError> {
-        let table = Arc::new(ChunkTable::new(m, signed)?);
-        Staging::open(root, m, signed, table)
+    fn open(root: &Path, signed: &[u8]) -> Result<Staging, ContentError> {
+        let m = SignedManifest::open(signed.to_vec(), None)?;
+        Staging::open(root, Arc::new(ChunkTable::new(Arc::new(m))?))
     }
 
     fn version(files: &[(&str, &[&[u8]])]) -> (Manifest, Vec<u8>) {
         let m = Manifest {
             game: "g".into(),
             version: "1".into(),
-            chunk_avg: 1 << 16,
+            chunk_avg: crate::cdc::AVG_MIN,
             files: files
                 .iter()
                 .map(|(path, chunks)| FileEntry {
@@ -481,8 +475,7 @@ mod tests {
                 })
                 .collect(),
         };
-        // The staging area compares these bytes only; they need not be signed here.
-        let signed = m.body();
+        let signed = m.sign(&generate_key()).unwrap();
         (m, signed)
     }
 
@@ -490,38 +483,40 @@ mod tests {
     fn chunks_land_at_every_offset_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("s");
-        let a: &[u8] = b"aaaa";
-        let b: &[u8] = b"bb";
-        let (m, signed) = version(&[("x", &[a, b, a]), ("d/y", &[b])]);
-        let s = open(&root, &m, &signed).unwrap();
+        let a: &[u8] = &[b'a'; 300];
+        let b: &[u8] = &[b'b'; 260];
+        let (m, signed) = version(&[("d/y", &[b]), ("x", &[a, b, a])]);
+        let s = open(&root, &signed).unwrap();
         assert_eq!(s.chunks(), 2);
-        assert_eq!(fs::metadata(root.join("x")).unwrap().len(), 10);
-        let (ca, cb) = (m.files[0].chunks[0], m.files[0].chunks[1]);
+        assert_eq!(fs::metadata(root.join("x")).unwrap().len(), 860);
+        let (ca, cb) = (m.files[1].chunks[0], m.files[1].chunks[1]);
         let (ha, hb) = (ca.hash, cb.hash);
         let va = Verified::check(ca, a.to_vec()).unwrap();
         let vb = Verified::check(cb, b.to_vec()).unwrap();
-        assert!(Verified::check(ca, b"aaab".to_vec()).is_err());
+        assert!(Verified::check(ca, b.to_vec()).is_err());
         s.put(&va).unwrap();
         assert!(s.has(&ha) && !s.has(&hb));
+        assert_eq!(s.get(&ha).unwrap().as_deref(), Some(a));
+        assert_eq!(s.get(&hb).unwrap(), None);
         drop(s);
         // Reopened: what is whole is kept; a chunk damaged at one of its offsets is not.
-        let s = open(&root, &m, &signed).unwrap();
+        let s = open(&root, &signed).unwrap();
         assert_eq!(s.count(), 1);
         s.put(&vb).unwrap();
-        assert_eq!(fs::read(root.join("x")).unwrap(), b"aaaabbaaaa");
-        assert_eq!(fs::read(root.join("d/y")).unwrap(), b"bb");
+        assert_eq!(fs::read(root.join("x")).unwrap(), [a, b, a].concat());
+        assert_eq!(fs::read(root.join("d/y")).unwrap(), b);
+        let (paths, at) = s.layout(Path::new("/there"));
+        assert_eq!(paths, [Path::new("/there/d/y"), Path::new("/there/x")]);
+        assert_eq!(at, [0, 0]);
         let f = OpenOptions::new().write(true).open(root.join("x")).unwrap();
-        f.write_all_at(b"z", 8).unwrap();
+        f.write_all_at(b"z", 568).unwrap();
         drop(s);
-        let s = open(&root, &m, &signed).unwrap();
+        let s = open(&root, &signed).unwrap();
         assert!(!s.has(&ha) && s.has(&hb));
-        assert!(!s.has_chunk(0) && s.has_chunk(1) && !s.has_chunk(2));
-        // A table of another manifest is refused.
-        let other = Arc::new(ChunkTable::new(&m, b"other").unwrap());
-        assert!(Staging::open(&root, &m, &signed, other).is_err());
+        assert!(s.has_chunk(0) && !s.has_chunk(1) && !s.has_chunk(2));
         // A staging area of another version is discarded.
-        let (m2, signed2) = version(&[("x", &[a])]);
-        let s2 = open(&root, &m2, &signed2).unwrap();
+        let (_, signed2) = version(&[("x", &[a])]);
+        let s2 = open(&root, &signed2).unwrap();
         assert_eq!(s2.count(), 0);
         assert!(!root.join("d/y").exists());
         drop(s);
@@ -537,7 +532,7 @@ mod tests {
         assert!(target(&root).is_none());
         // Finished but not swapped in (a crash just before the rename): reopened whole.
         drop(s2);
-        let s3 = open(&root, &m2, &signed2).unwrap();
+        let s3 = open(&root, &signed2).unwrap();
         assert_eq!(s3.count(), 1);
         s3.finish(true).unwrap();
         assert_eq!(fs::read(root.join(".volley/manifest")).unwrap(), signed2);

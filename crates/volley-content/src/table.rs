@@ -1,140 +1,203 @@
 //! The distinct chunks of one version, numbered in the order they first occur in its manifest
-//! (the numbering peers use on the wire), with each one's hash and size and a lookup by hash.
+//! (the numbering peers use on the wire), with a lookup by hash.
 //!
-//! One table is built per fetch and shared by the swarm and the staging area: 40 bytes per
-//! chunk (hash, size, and a slot in an index sorted by hash, searched by bisection), where a
-//! hash map per user cost several times that.
+//! One table is built per fetch and shared by the swarm and the staging area. It keeps the
+//! signed manifest it was built from and reads each chunk's hash and size from there, so it
+//! adds 8 bytes per chunk: where the chunk's first reference starts in the signed bytes, and a
+//! slot in an index sorted by hash (searched by bisection).
 
-use crate::manifest::Manifest;
+use std::sync::Arc;
+
+use crate::manifest::SignedManifest;
 use crate::{chunk_name, ChunkRef, ContentError};
 
 /// See the module docs.
 #[derive(Debug, Clone)]
 pub struct ChunkTable {
-    id: [u8; 32],
-    hashes: Vec<[u8; 32]>,
-    sizes: Vec<u32>,
+    manifest: Arc<SignedManifest>,
+    /// Per chunk number: where its first reference starts in the signed bytes (ascending).
+    first: Vec<u32>,
     /// Chunk numbers, sorted by hash.
     by_hash: Vec<u32>,
 }
 
 impl ChunkTable {
-    /// The table of `manifest`, whose signed bytes are `signed`. A manifest that lists one hash
-    /// with two sizes can never be installed, and is refused.
-    pub fn new(manifest: &Manifest, signed: &[u8]) -> Result<ChunkTable, ContentError> {
-        let all: Vec<&ChunkRef> = manifest.chunks().collect();
-        // Sorted by (hash, position): the first of each run of equal hashes is where that
-        // chunk first occurs.
-        let mut order: Vec<u32> = (0..all.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| {
-            all[a as usize]
-                .hash
-                .cmp(&all[b as usize].hash)
-                .then(a.cmp(&b))
-        });
-        let mut first = vec![false; all.len()];
-        let mut prev: Option<&ChunkRef> = None;
-        for &k in &order {
-            let c = all[k as usize];
+    /// The table of `manifest`. A manifest that lists one hash with two sizes can never be
+    /// installed, and is refused.
+    pub fn new(manifest: Arc<SignedManifest>) -> Result<ChunkTable, ContentError> {
+        let m = &*manifest;
+        // Every reference, sorted by (hash, position): the first of each run of equal hashes
+        // is where that chunk first occurs.
+        let mut refs: Vec<u32> = m.chunks().map(|(_, at, _)| at).collect();
+        let hash_at = |at: u32| -> [u8; 32] { m.chunk_at(at).hash };
+        refs.sort_unstable_by_key(|&at| (hash_at(at), at));
+        let mut prev: Option<ChunkRef> = None;
+        let mut bad = None;
+        refs.retain(|&at| {
+            let c = m.chunk_at(at);
             match prev {
                 Some(p) if p.hash == c.hash => {
-                    if p.size != c.size {
-                        return Err(ContentError::Invalid(format!(
-                            "chunk {} is listed with sizes {} and {}",
-                            chunk_name(&c.hash),
-                            p.size,
-                            c.size
-                        )));
+                    if p.size != c.size && bad.is_none() {
+                        bad = Some((c.hash, p.size, c.size));
                     }
+                    false
                 }
                 _ => {
-                    first[k as usize] = true;
                     prev = Some(c);
+                    true
                 }
             }
+        });
+        if let Some((hash, a, b)) = bad {
+            return Err(ContentError::Invalid(format!(
+                "chunk {} is listed with sizes {a} and {b}",
+                chunk_name(&hash)
+            )));
         }
-        drop(order);
-        let n = first.iter().filter(|&&f| f).count();
-        let mut hashes = Vec::with_capacity(n);
-        let mut sizes = Vec::with_capacity(n);
-        for (c, _) in all.iter().zip(&first).filter(|(_, &f)| f) {
-            hashes.push(c.hash);
-            sizes.push(c.size);
+        refs.shrink_to_fit();
+        // Numbered by first position; `refs` (sorted by hash) becomes the numbers in that order.
+        let mut first = refs.clone();
+        first.sort_unstable();
+        for r in &mut refs {
+            *r = first.binary_search(r).map_or(u32::MAX, |k| k as u32);
         }
-        let mut by_hash: Vec<u32> = (0..n as u32).collect();
-        by_hash.sort_unstable_by(|&a, &b| hashes[a as usize].cmp(&hashes[b as usize]));
         Ok(ChunkTable {
-            id: *blake3::hash(signed).as_bytes(),
-            hashes,
-            sizes,
-            by_hash,
+            manifest,
+            first,
+            by_hash: refs,
         })
     }
 
     /// BLAKE3 of the signed manifest the table was built from.
     pub fn id(&self) -> &[u8; 32] {
-        &self.id
+        self.manifest.id()
+    }
+
+    /// The signed manifest the table was built from.
+    pub fn manifest(&self) -> &Arc<SignedManifest> {
+        &self.manifest
     }
 
     /// Distinct chunks.
     pub fn len(&self) -> usize {
-        self.hashes.len()
+        self.first.len()
     }
 
     /// Whether the version has no chunks (only empty files).
     pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
+        self.first.is_empty()
     }
 
     /// Chunk `i`.
     pub fn get(&self, i: u32) -> Option<ChunkRef> {
-        let i = i as usize;
-        Some(ChunkRef {
-            hash: *self.hashes.get(i)?,
-            size: *self.sizes.get(i)?,
-        })
+        self.first
+            .get(i as usize)
+            .map(|&at| self.manifest.chunk_at(at))
+    }
+
+    /// Where chunk `i` first occurs: its file (an index into the manifest's files) and where
+    /// its reference starts in the signed bytes.
+    pub fn first_ref(&self, i: u32) -> Option<(usize, u32)> {
+        let at = *self.first.get(i as usize)?;
+        Some((self.manifest.file_of(at)?, at))
     }
 
     /// The number of the chunk with this hash.
     pub fn find(&self, hash: &[u8; 32]) -> Option<u32> {
         self.by_hash
-            .binary_search_by(|&i| self.hashes[i as usize].cmp(hash))
+            .binary_search_by(|&i| {
+                let at = self.first.get(i as usize).copied().unwrap_or(0);
+                self.manifest.chunk_at(at).hash.cmp(hash)
+            })
             .ok()
             .map(|k| self.by_hash[k])
     }
 
     /// Every chunk, by number.
     pub fn iter(&self) -> impl Iterator<Item = ChunkRef> + '_ {
-        self.hashes
-            .iter()
-            .zip(&self.sizes)
-            .map(|(&hash, &size)| ChunkRef { hash, size })
+        self.first.iter().map(|&at| self.manifest.chunk_at(at))
     }
+
+    /// Walks every reference of the manifest in order, each with its file, the offset it has
+    /// in that file, and its chunk number.
+    pub fn places(&self) -> impl Iterator<Item = Place> + '_ {
+        let m = &*self.manifest;
+        let mut at_in_file = 0u64;
+        let mut file = usize::MAX;
+        let mut next_first = 0usize;
+        m.chunks().map(move |(fi, at, c)| {
+            if fi != file {
+                (file, at_in_file) = (fi, 0);
+            }
+            let offset = at_in_file;
+            at_in_file += u64::from(c.size);
+            // References come in signed-byte order, as the first ones were numbered.
+            let (number, first) = if self.first.get(next_first) == Some(&at) {
+                next_first += 1;
+                ((next_first - 1) as u32, true)
+            } else {
+                (self.find(&c.hash).unwrap_or(u32::MAX), false)
+            };
+            Place {
+                file: fi,
+                offset,
+                number,
+                first,
+            }
+        })
+    }
+
+    /// Per chunk number, the offset of its first place in its file (see
+    /// [`ChunkTable::first_ref`] for the file).
+    pub fn first_offsets(&self) -> Vec<u64> {
+        let mut out = vec![0u64; self.len()];
+        for p in self.places().filter(|p| p.first) {
+            if let Some(o) = out.get_mut(p.number as usize) {
+                *o = p.offset;
+            }
+        }
+        out
+    }
+}
+
+/// One reference of a manifest, placed (see [`ChunkTable::places`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    /// The file (an index into the manifest's files).
+    pub file: usize,
+    /// Where in the file.
+    pub offset: u64,
+    /// The chunk's number.
+    pub number: u32,
+    /// Whether this is the chunk's first place.
+    pub first: bool,
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::manifest::{generate_key, Manifest};
     use crate::FileEntry;
 
+    /// Chunk sizes are 1000 + the given number, valid at the smallest average.
     fn manifest(files: &[&[(u8, u32)]]) -> Manifest {
         Manifest {
             game: "g".into(),
             version: "1".into(),
-            chunk_avg: 1 << 16,
+            chunk_avg: crate::cdc::AVG_MIN,
             files: files
                 .iter()
                 .enumerate()
                 .map(|(k, chunks)| FileEntry {
                     path: format!("f{k}"),
                     mode: 0o644,
-                    size: chunks.iter().map(|c| u64::from(c.1)).sum(),
+                    size: chunks.iter().map(|c| u64::from(1000 + c.1)).sum(),
                     chunks: chunks
                         .iter()
                         .map(|&(h, size)| ChunkRef {
                             hash: [h; 32],
-                            size,
+                            size: 1000 + size,
                         })
                         .collect(),
                 })
@@ -142,13 +205,27 @@ mod tests {
         }
     }
 
+    fn table(files: &[&[(u8, u32)]]) -> Result<(Manifest, ChunkTable), ContentError> {
+        let m = manifest(files);
+        let key = generate_key();
+        // Signed without the checks `sign` makes, as a careless publisher could.
+        let mut bytes = m.body();
+        let mut msg = b"volley-manifest-v1".to_vec();
+        msg.extend_from_slice(&bytes);
+        use ed25519_dalek::Signer;
+        bytes.extend_from_slice(key.verifying_key().as_bytes());
+        bytes.extend_from_slice(&key.sign(&msg).to_bytes());
+        let s = SignedManifest::open(bytes, Some(&key.verifying_key()))?;
+        assert_eq!(s.to_manifest(), m);
+        Ok((m, ChunkTable::new(Arc::new(s))?))
+    }
+
     #[test]
     fn numbers_distinct_chunks_in_first_occurrence_order() {
-        let m = manifest(&[&[(9, 5), (3, 4), (9, 5)], &[(1, 2), (3, 4), (7, 1)]]);
-        let t = ChunkTable::new(&m, b"signed").unwrap();
-        assert_eq!(t.id(), blake3::hash(b"signed").as_bytes());
+        let (m, t) = table(&[&[(9, 5), (3, 4), (9, 5)], &[(1, 2), (3, 4), (7, 1)], &[]]).unwrap();
         let order: Vec<u8> = t.iter().map(|c| c.hash[0]).collect();
         assert_eq!(order, [9, 3, 1, 7]);
+        assert_eq!(t.len(), 4);
         // The same numbering as a first-seen walk of the manifest.
         let mut seen = std::collections::HashMap::new();
         for c in m.chunks() {
@@ -161,15 +238,33 @@ mod tests {
         }
         assert_eq!(t.find(&[4; 32]), None);
         assert_eq!(t.get(4), None);
-        assert_eq!(t.get(1).unwrap().size, 4);
+        assert_eq!(t.get(1).unwrap().size, 1004);
+        assert_eq!(t.first_ref(2).map(|r| r.0), Some(1));
+        assert_eq!(t.first_ref(4), None);
+        // Every place: file, offset in it, number, first or not.
+        let places: Vec<(usize, u64, u32, bool)> = t
+            .places()
+            .map(|p| (p.file, p.offset, p.number, p.first))
+            .collect();
+        assert_eq!(
+            places,
+            [
+                (0, 0, 0, true),
+                (0, 1005, 1, true),
+                (0, 2009, 0, false),
+                (1, 0, 2, true),
+                (1, 1002, 1, false),
+                (1, 2006, 3, true),
+            ]
+        );
+        assert_eq!(t.first_offsets(), [0, 1005, 0, 2006]);
     }
 
     #[test]
     fn one_hash_with_two_sizes_is_refused() {
-        let m = manifest(&[&[(9, 5)], &[(9, 6)]]);
-        let e = ChunkTable::new(&m, b"s").unwrap_err();
-        assert!(e.to_string().contains("sizes 5 and 6"), "{e}");
-        let empty = ChunkTable::new(&manifest(&[&[]]), b"s").unwrap();
+        let e = table(&[&[(9, 5)], &[(9, 6)]]).unwrap_err();
+        assert!(e.to_string().contains("sizes 1005 and 1006"), "{e}");
+        let (_, empty) = table(&[&[]]).unwrap();
         assert!(empty.is_empty());
     }
 }

@@ -490,16 +490,11 @@ async fn a_killed_fetch_resumes_without_downloading_verified_chunks_again() {
         // Chunks whole in the staging area, by the installer's own check.
         killed_at.push(match volley_content::staging::target(&staging) {
             Some(signed) => {
-                let (m, _) = volley_content::Manifest::open(&signed, None).unwrap();
-                let table = volley_content::table::ChunkTable::new(&m, &signed).unwrap();
-                volley_content::staging::Staging::open(
-                    &staging,
-                    &m,
-                    &signed,
-                    std::sync::Arc::new(table),
-                )
-                .unwrap()
-                .count()
+                let m = volley_content::manifest::SignedManifest::open(signed, None).unwrap();
+                let table = volley_content::table::ChunkTable::new(std::sync::Arc::new(m)).unwrap();
+                volley_content::staging::Staging::open(&staging, std::sync::Arc::new(table))
+                    .unwrap()
+                    .count()
             }
             None => 0,
         });
