@@ -82,6 +82,9 @@ pub fn manifest(data: &[u8]) {
         let again = Manifest::parse_body(&m.body()).expect("a re-encoded manifest parses");
         assert_eq!(again, m);
     }
+    if let Err(e) = volley_content::manifest::SignedManifest::check_against_parser(data) {
+        panic!("{e}");
+    }
     if let Ok(m) = Manifest::parse_body(data) {
         let again = Manifest::parse_body(&m.body()).expect("a re-encoded body parses");
         assert_eq!(again, m, "a parsed body re-encodes to the same manifest");

@@ -53,7 +53,8 @@ impl Origin {
     /// A version's signed manifest bytes.
     pub async fn manifest(&self, version: &str) -> Result<Vec<u8>, Error> {
         let url = format!("{}/v1/content/{}/versions/{version}", self.base, self.game);
-        get_bytes(&self.http, &url).await
+        // Kept without a copy: a manifest may be large, and its buffer is exactly its size.
+        Ok(Vec::from(send_raw(self.http.get(url)).await?))
     }
 
     /// A version's signed manifest, checked against `trusted` and against the game and
@@ -84,12 +85,17 @@ async fn get_bytes(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, Error> 
 
 /// Sends a request; the body on success, the node's error otherwise.
 async fn send(req: reqwest::RequestBuilder) -> Result<Vec<u8>, Error> {
+    // A copy of exactly the body's length: the buffer it was read into may be larger.
+    Ok(send_raw(req).await?.to_vec())
+}
+
+/// [`send`] returning the body as received.
+async fn send_raw(req: reqwest::RequestBuilder) -> Result<bytes::Bytes, Error> {
     let resp = req.send().await.map_err(|e| Error::Http(e.to_string()))?;
     let status = resp.status();
     let body = resp.bytes().await.map_err(|e| Error::Http(e.to_string()))?;
     if status.is_success() {
-        // Without a copy when the body is one buffer (a manifest may be large).
-        Ok(Vec::from(body))
+        Ok(body)
     } else {
         Err(api_error(status.as_u16(), &body))
     }

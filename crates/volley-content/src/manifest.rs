@@ -471,6 +471,52 @@ impl SignedManifest {
         Ok(((game, version, chunk_avg), files, refs))
     }
 
+    /// For fuzzing: reads `body` as [`SignedManifest::open`] reads a body after its signature
+    /// check, and as [`Manifest::parse_body`] reads it; the two must agree (both refuse it,
+    /// or both give the same manifest, with every chunk reference where the walk says).
+    #[doc(hidden)]
+    pub fn check_against_parser(body: &[u8]) -> Result<(), String> {
+        let parsed = Manifest::parse_body(body);
+        let walked = Self::outline(body)
+            .map_err(|e| ContentError::Invalid(e.to_string()))
+            .and_then(|(head, files, refs)| {
+                let mut bytes = body.to_vec();
+                bytes.extend_from_slice(&[0; 96]);
+                let m = SignedManifest {
+                    id: [0; 32],
+                    key: SigningKey::from_bytes(&[7; 32]).verifying_key(),
+                    game: head.0,
+                    version: head.1,
+                    chunk_avg: head.2,
+                    files,
+                    refs,
+                    bytes,
+                };
+                check_rules(&m.game, &m.version, m.chunk_avg, &m).map(|()| m)
+            });
+        match (parsed, walked) {
+            (Err(_), Err(_)) => Ok(()),
+            (Ok(p), Ok(w)) => {
+                if w.to_manifest() != p || w.refs() != p.chunks().count() {
+                    return Err("the walk and the parser read different manifests".into());
+                }
+                for (fi, at, c) in w.chunks() {
+                    if w.file_of(at) != Some(fi)
+                        || body.get(at as usize..at as usize + 32) != Some(&c.hash[..])
+                    {
+                        return Err(format!("reference at {at} misplaced"));
+                    }
+                }
+                Ok(())
+            }
+            (p, w) => Err(format!(
+                "the parser says {:?}, the walk {:?}",
+                p.err(),
+                w.err()
+            )),
+        }
+    }
+
     /// The signed bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes

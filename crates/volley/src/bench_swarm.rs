@@ -527,11 +527,11 @@ async fn fetch_peak_kib(exe: &Path, work: &Path, mib: u64) -> anyhow::Result<(u6
         .args(["--listen", "127.0.0.1:0", "--to"])
         .arg(dir.join("install"))
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("fetch.stderr"))?)
         .spawn()?;
     let rx = lines(&mut child);
     let status = format!("/proc/{}/status", child.id());
-    let p = Proc(child);
+    let mut p = Proc(child);
     let mut peak = 0u64;
     loop {
         if let Ok(text) = std::fs::read_to_string(&status) {
@@ -545,6 +545,14 @@ async fn fetch_peak_kib(exe: &Path, work: &Path, mib: u64) -> anyhow::Result<(u6
         }
         if rx.try_recv().is_ok() {
             break;
+        }
+        if let Some(code) = p.0.try_wait()? {
+            // The report may still be in the pipe.
+            if rx.recv_timeout(Duration::from_secs(2)).is_ok() {
+                break;
+            }
+            let err = std::fs::read_to_string(dir.join("fetch.stderr")).unwrap_or_default();
+            bail!("the fetch exited ({code}) without its report: {err}");
         }
         if start.elapsed() > Duration::from_secs(3600) {
             bail!("the fetch did not finish");
