@@ -531,24 +531,26 @@ impl Inner {
     /// A verified chunk arrived (from a peer or the origin): hand it to the installer.
     async fn deliver(&self, i: u32, data: Verified, from_peer: bool) {
         let n = data.bytes().len() as u64;
-        let new = lock(&self.picker)
-            .as_mut()
-            .is_some_and(|p| p.finished(i, true));
-        if !new {
+        // The installer's channel is taken before the chunk counts as delivered: once the
+        // last chunk counts, the download ends and clears `out`, and a chunk counted but not
+        // yet sent would be lost (a fetch then stopped a few chunks short).
+        let out = lock(&self.out).clone();
+        let new = out.is_some()
+            && lock(&self.picker)
+                .as_mut()
+                .is_some_and(|p| p.finished(i, true));
+        let (true, Some(out)) = (new, out) else {
             self.wasted_bytes.fetch_add(n, Ordering::Relaxed);
             return;
-        }
+        };
         if from_peer {
             self.peer_bytes.fetch_add(n, Ordering::Relaxed);
         } else {
             self.origin_bytes.fetch_add(n, Ordering::Relaxed);
         }
         lock(&self.recent).push(i, data.shared());
-        let out = lock(&self.out).clone();
-        if let Some(out) = out {
-            let corrupt = self.corrupt_pending.swap(0, Ordering::Relaxed);
-            let _ = out.send(Ok((data, corrupt))).await;
-        }
+        let corrupt = self.corrupt_pending.swap(0, Ordering::Relaxed);
+        let _ = out.send(Ok((data, corrupt))).await;
         self.wake.notify_waiters();
     }
 
@@ -627,8 +629,9 @@ impl ChunkSource for Swarm {
             for p in lock(&inner.peers).values() {
                 picker.add_peer(&lock(&p.state).bits);
             }
-            *lock(&inner.picker) = Some(picker);
+            // The channel first: a chunk counts as delivered only once it can be sent.
             *lock(&inner.out) = Some(out.clone());
+            *lock(&inner.picker) = Some(picker);
             // Tell peers what we want now that we know.
             for p in lock(&inner.peers).values() {
                 update_interest(inner, p);
