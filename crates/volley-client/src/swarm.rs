@@ -1420,7 +1420,11 @@ pub async fn seed(
         ))
         .into());
     }
-    let swarm = Swarm::start(Arc::new(m), None, api, opts)?;
+    let m = Arc::new(m);
+    let swarm = Swarm::start(m.clone(), None, api, opts)?;
+    // Read from disk from here on, if the install's state folder takes a file (it stays in
+    // memory otherwise).
+    let _ = m.move_to_disk(&to.join(".volley"));
     swarm.serve_installed(to)?;
     Ok(swarm)
 }

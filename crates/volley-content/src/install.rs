@@ -246,9 +246,9 @@ pub fn installed_id(dir: &Path) -> Result<Option<[u8; 32]>, ContentError> {
     }
 }
 
-/// Installs the version `manifest` into `dir`. Per chunk, only the signed bytes (36 bytes)
-/// and a few bytes of state ([`ChunkTable`], [`Staging`], the source's own) are kept in
-/// memory.
+/// Installs the version `manifest` into `dir`. Once the staging area is open the manifest's
+/// bytes move to disk, and per chunk only a few bytes of state ([`ChunkTable`], [`Staging`],
+/// the source's own) are kept in memory.
 pub async fn install(
     manifest: std::sync::Arc<SignedManifest>,
     dir: &Path,
@@ -277,6 +277,11 @@ pub async fn install(
         }
     }
     let staging = std::sync::Arc::new(Staging::open(&staging_dir(dir), table.clone())?);
+    // From here the signed bytes are read from disk: nothing per chunk of the manifest stays
+    // in memory but the table's index.
+    table
+        .manifest()
+        .move_to_disk(&staging.root().join(".volley"))?;
     let mut report = InstallReport {
         files: manifest.files().len(),
         total_bytes: manifest.total_size(),

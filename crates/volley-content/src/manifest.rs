@@ -6,6 +6,8 @@
 //! `"volley-manifest-v1" || body`. Decoding checks the signature against the key the player
 //! trusts *before* parsing the body, then checks every rule in [`Manifest::validate`].
 
+use std::path::Path;
+
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use volley_proto::codec::{DecodeError, Reader, Writer};
 
@@ -373,13 +375,22 @@ impl FileInfo {
 /// Bytes of one chunk reference in the signed form: hash and size.
 pub const CHUNK_REF_BYTES: usize = 36;
 
+/// Where a [`SignedManifest`]'s bytes are.
+#[derive(Debug)]
+enum Storage {
+    Memory(Vec<u8>),
+    /// A file of the process's own (unlinked), read with positioned reads.
+    Disk(std::fs::File),
+}
+
 /// A checked signed manifest that stays in its signed form: the files are parsed, each chunk
-/// reference (36 bytes) is read from the bytes when asked for. A player's fetch holds one of
-/// these and nothing else per chunk of the manifest, where a [`Manifest`] beside its bytes
-/// costs twice that.
-#[derive(Debug, Clone)]
+/// reference (36 bytes) is read from the bytes when asked for. The bytes can move to a
+/// private file ([`SignedManifest::move_to_disk`]), after which a fetch holds nothing per
+/// chunk of the manifest in memory.
+#[derive(Debug)]
 pub struct SignedManifest {
-    bytes: Vec<u8>,
+    storage: std::sync::RwLock<Storage>,
+    len: usize,
     id: [u8; 32],
     key: VerifyingKey,
     game: String,
@@ -425,7 +436,8 @@ impl SignedManifest {
             chunk_avg: head.2,
             files,
             refs,
-            bytes,
+            len: bytes.len(),
+            storage: std::sync::RwLock::new(Storage::Memory(bytes)),
         };
         check_rules(&m.game, &m.version, m.chunk_avg, &m)?;
         Ok(m)
@@ -490,7 +502,8 @@ impl SignedManifest {
                     chunk_avg: head.2,
                     files,
                     refs,
-                    bytes,
+                    len: bytes.len(),
+                    storage: std::sync::RwLock::new(Storage::Memory(bytes)),
                 };
                 check_rules(&m.game, &m.version, m.chunk_avg, &m).map(|()| m)
             });
@@ -517,9 +530,85 @@ impl SignedManifest {
         }
     }
 
-    /// The signed bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+    fn storage(&self) -> std::sync::RwLockReadGuard<'_, Storage> {
+        self.storage.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads `buf.len()` signed bytes from `at`.
+    fn read_at(&self, at: usize, buf: &mut [u8]) -> std::io::Result<()> {
+        match &*self.storage() {
+            Storage::Memory(b) => {
+                let src = b.get(at..at + buf.len()).ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "past the end")
+                })?;
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+            Storage::Disk(f) => {
+                use std::os::unix::fs::FileExt;
+                f.read_exact_at(buf, at as u64)
+            }
+        }
+    }
+
+    /// Length of the signed bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no signed bytes (never, for a checked manifest).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the bytes have moved to disk.
+    pub fn on_disk(&self) -> bool {
+        matches!(&*self.storage(), Storage::Disk(_))
+    }
+
+    /// Writes the signed bytes to `w`.
+    pub fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut at = 0;
+        while at < self.len {
+            let n = (self.len - at).min(buf.len());
+            self.read_at(at, &mut buf[..n])?;
+            w.write_all(&buf[..n])?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// The signed bytes, copied.
+    pub fn to_bytes(&self) -> std::io::Result<Vec<u8>> {
+        let mut v = Vec::with_capacity(self.len);
+        self.write_to(&mut v)?;
+        Ok(v)
+    }
+
+    /// Moves the signed bytes out of memory into an unnamed file in `dir` (gone when the
+    /// process is), checking what was written against the manifest's id. Chunk references are
+    /// then read from there, 36 bytes at a time.
+    pub fn move_to_disk(&self, dir: &Path) -> Result<(), ContentError> {
+        if self.on_disk() {
+            return Ok(());
+        }
+        let io = |e| ContentError::io(dir, e);
+        let mut f = tempfile::tempfile_in(dir).map_err(io)?;
+        self.write_to(&mut f).map_err(io)?;
+        // What reads come back with is what was checked: hashed from the file.
+        use std::io::Seek;
+        f.rewind().map_err(io)?;
+        let mut h = blake3::Hasher::new();
+        h.update_reader(&f).map_err(io)?;
+        if h.finalize().as_bytes() != &self.id {
+            return Err(ContentError::Invalid(format!(
+                "the manifest written to {} reads back different",
+                dir.display()
+            )));
+        }
+        *self.storage.write().unwrap_or_else(|p| p.into_inner()) = Storage::Disk(f);
+        Ok(())
     }
 
     /// BLAKE3 of the signed bytes: the version's identity in the swarm.
@@ -570,8 +659,11 @@ impl SignedManifest {
             hash: [0; 32],
             size: 0,
         };
-        // Offsets come from the walk of a checked manifest, so the range is always there.
-        if let Some(b) = self.bytes.get(at..at + CHUNK_REF_BYTES) {
+        // Offsets come from the walk of a checked manifest, so the range is always there; a
+        // failed read of the manifest's own file gives a chunk no data matches (size 0), so
+        // whatever would use it is refused rather than trusted.
+        let mut b = [0u8; CHUNK_REF_BYTES];
+        if self.read_at(at, &mut b).is_ok() {
             c.hash.copy_from_slice(&b[..32]);
             c.size = u32::from_be_bytes([b[32], b[33], b[34], b[35]]);
         }

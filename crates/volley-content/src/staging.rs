@@ -75,10 +75,10 @@ impl Staging {
     /// starts a new one with every file created at its size.
     pub fn open(root: &Path, table: Arc<ChunkTable>) -> Result<Staging, ContentError> {
         let manifest = table.manifest().clone();
-        let signed = manifest.bytes();
         // Building this version, or finished building it (a crash before the swap).
-        let resume = target(root).as_deref() == Some(signed)
-            || fs::read(root.join(MANIFEST_FILE)).ok().as_deref() == Some(signed);
+        let id = Some(*manifest.id());
+        let resume =
+            file_id(&root.join(TARGET_FILE)) == id || file_id(&root.join(MANIFEST_FILE)) == id;
         if !resume && root.exists() {
             fs::remove_dir_all(root).map_err(|e| ContentError::io(root, e))?;
         }
@@ -120,7 +120,9 @@ impl Staging {
         }
         if !resume {
             let t = root.join(TARGET_FILE);
-            fs::write(&t, signed).map_err(|e| ContentError::io(&t, e))?;
+            File::create(&t)
+                .and_then(|mut f| manifest.write_to(&mut f))
+                .map_err(|e| ContentError::io(&t, e))?;
         }
         let s = Staging {
             root: root.to_owned(),
@@ -377,6 +379,14 @@ impl Staging {
         guard(&self.open).clear();
         Ok(())
     }
+}
+
+/// BLAKE3 of a file's bytes, read piece by piece; `None` when it cannot be read.
+fn file_id(path: &Path) -> Option<[u8; 32]> {
+    let f = File::open(path).ok()?;
+    let mut h = blake3::Hasher::new();
+    h.update_reader(f).ok()?;
+    Some(*h.finalize().as_bytes())
 }
 
 /// Opens a staged file for reading and writing. A file that already got its final read-only

@@ -2,9 +2,10 @@
 //! (the numbering peers use on the wire), with a lookup by hash.
 //!
 //! One table is built per fetch and shared by the swarm and the staging area. It keeps the
-//! signed manifest it was built from and reads each chunk's hash and size from there, so it
-//! adds 8 bytes per chunk: where the chunk's first reference starts in the signed bytes, and a
-//! slot in an index sorted by hash (searched by bisection).
+//! signed manifest it was built from (in memory or moved to disk) and reads each chunk's hash
+//! and size from there, so it adds 16 bytes per chunk: where the chunk's first reference
+//! starts in the signed bytes, and a slot in an index sorted by hash (the chunk's number and
+//! the first 8 bytes of its hash, searched by bisection without reading the manifest).
 
 use std::sync::Arc;
 
@@ -19,6 +20,14 @@ pub struct ChunkTable {
     first: Vec<u32>,
     /// Chunk numbers, sorted by hash.
     by_hash: Vec<u32>,
+    /// The first 8 bytes of each hash, in `by_hash` order.
+    prefix: Vec<u64>,
+}
+
+fn prefix_of(hash: &[u8; 32]) -> u64 {
+    u64::from_be_bytes([
+        hash[0], hash[1], hash[2], hash[3], hash[4], hash[5], hash[6], hash[7],
+    ])
 }
 
 impl ChunkTable {
@@ -56,6 +65,7 @@ impl ChunkTable {
         }
         refs.shrink_to_fit();
         // Numbered by first position; `refs` (sorted by hash) becomes the numbers in that order.
+        let prefix: Vec<u64> = refs.iter().map(|&at| prefix_of(&hash_at(at))).collect();
         let mut first = refs.clone();
         first.sort_unstable();
         for r in &mut refs {
@@ -65,6 +75,7 @@ impl ChunkTable {
             manifest,
             first,
             by_hash: refs,
+            prefix,
         })
     }
 
@@ -104,13 +115,15 @@ impl ChunkTable {
 
     /// The number of the chunk with this hash.
     pub fn find(&self, hash: &[u8; 32]) -> Option<u32> {
-        self.by_hash
-            .binary_search_by(|&i| {
-                let at = self.first.get(i as usize).copied().unwrap_or(0);
-                self.manifest.chunk_at(at).hash.cmp(hash)
-            })
-            .ok()
-            .map(|k| self.by_hash[k])
+        let p = prefix_of(hash);
+        let from = self.prefix.partition_point(|&x| x < p);
+        // Equal prefixes are rare (and sorted by the rest of the hash): each is checked whole.
+        self.prefix[from..]
+            .iter()
+            .zip(&self.by_hash[from..])
+            .take_while(|(&x, _)| x == p)
+            .map(|(_, &i)| i)
+            .find(|&i| self.get(i).is_some_and(|c| c.hash == *hash))
     }
 
     /// Every chunk, by number.
@@ -258,6 +271,59 @@ mod tests {
             ]
         );
         assert_eq!(t.first_offsets(), [0, 1005, 0, 2006]);
+    }
+
+    #[test]
+    fn the_table_reads_the_same_once_the_manifest_is_on_disk() {
+        let (_, t) = table(&[&[(9, 5), (3, 4), (9, 5)], &[(1, 2), (3, 4), (7, 1)]]).unwrap();
+        let chunks: Vec<ChunkRef> = t.iter().collect();
+        let places: Vec<Place> = t.places().collect();
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = t.manifest().to_bytes().unwrap();
+        t.manifest().move_to_disk(dir.path()).unwrap();
+        assert!(t.manifest().on_disk());
+        // An unnamed file: nothing is left in the folder.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert_eq!(t.manifest().to_bytes().unwrap(), bytes);
+        assert_eq!(t.iter().collect::<Vec<_>>(), chunks);
+        assert_eq!(t.places().collect::<Vec<_>>(), places);
+        for (i, c) in chunks.iter().enumerate() {
+            assert_eq!(t.find(&c.hash), Some(i as u32));
+        }
+        assert_eq!(t.find(&[4; 32]), None);
+    }
+
+    #[test]
+    fn hashes_sharing_their_first_bytes_are_told_apart() {
+        let h = |last: u8| {
+            let mut h = [1u8; 32];
+            h[31] = last;
+            h
+        };
+        let m = Manifest {
+            game: "g".into(),
+            version: "1".into(),
+            chunk_avg: crate::cdc::AVG_MIN,
+            files: vec![FileEntry {
+                path: "f".into(),
+                mode: 0o644,
+                size: 3000,
+                chunks: [5, 0, 2]
+                    .iter()
+                    .map(|&l| ChunkRef {
+                        hash: h(l),
+                        size: 1000,
+                    })
+                    .collect(),
+            }],
+        };
+        let s = SignedManifest::open(m.sign(&generate_key()).unwrap(), None).unwrap();
+        let t = ChunkTable::new(Arc::new(s)).unwrap();
+        assert_eq!(t.find(&h(5)), Some(0));
+        assert_eq!(t.find(&h(0)), Some(1));
+        assert_eq!(t.find(&h(2)), Some(2));
+        assert_eq!(t.find(&h(3)), None);
+        assert_eq!(t.find(&h(1)), None);
     }
 
     #[test]
