@@ -262,8 +262,9 @@ pub async fn install(
         Some(t) if t.id() == manifest.id() => t,
         _ => std::sync::Arc::new(ChunkTable::new(manifest.clone())?),
     };
-    let old = installed(dir)?;
-    if old.is_none() {
+    let old = dir.join(MANIFEST_FILE);
+    let has_old = old.is_file();
+    if !has_old {
         let empty = match fs::read_dir(dir) {
             Ok(mut d) => d.next().is_none(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
@@ -293,35 +294,24 @@ pub async fn install(
     // put them), read in its order, each only if its bytes there still hash right: a damaged
     // copy is downloaded instead.
     let mut in_old = Bits::new(table.len());
-    if let Some(old) = &old {
+    if has_old {
         let mut open_old: Option<(PathBuf, fs::File)> = None;
-        let mut at = 0u64;
-        let mut file = usize::MAX;
-        for (fi, _, c) in old.chunks() {
-            if fi != file {
-                (file, at) = (fi, 0);
-            }
-            let offset = at;
-            at += u64::from(c.size);
+        walk_installed(&old, |path, offset, c| {
             let Some(i) = table.find(&c.hash) else {
-                continue;
+                return Ok(());
             };
             if table.get(i).is_none_or(|n| n.size != c.size) {
-                continue;
+                return Ok(());
             }
             in_old.set(i as usize);
-            if staging.has_chunk(i) {
-                continue;
+            if !staging.has_chunk(i) {
+                if let Some(v) = read_local(&mut open_old, &dir.join(path), offset, &c)? {
+                    staging.put(&v)?;
+                }
             }
-            let Some(f) = old.files().get(fi) else {
-                continue;
-            };
-            if let Some(v) = read_local(&mut open_old, &dir.join(&f.path), offset, &c)? {
-                staging.put(&v)?;
-            }
-        }
+            Ok(())
+        })?;
     }
-    drop(old);
     let mut wanted = Vec::new();
     let mut p = Progress::default();
     for (i, c) in table.iter().enumerate() {
@@ -396,6 +386,106 @@ fn sync_parent(dir: &Path) {
     }
 }
 
+/// Walks the chunk references of the installed version's manifest at `path` straight from the
+/// file, never holding it whole: `each(file path, offset in that file, chunk)` in order. The
+/// manifest was checked when it was installed, and nothing read here is trusted: every chunk
+/// is re-verified against the new version's hash when read, and paths must still be safe. A
+/// file that does not parse is an error.
+fn walk_installed(
+    path: &Path,
+    mut each: impl FnMut(&str, u64, ChunkRef) -> Result<(), ContentError>,
+) -> Result<(), ContentError> {
+    use std::io::BufRead;
+    let file = fs::File::open(path).map_err(|e| ContentError::io(path, e))?;
+    let mut r = std::io::BufReader::with_capacity(1 << 16, file);
+    let bad = |why: &str| {
+        ContentError::Invalid(format!(
+            "the installed manifest {} is unreadable: {why}",
+            path.display()
+        ))
+    };
+    let mut take = |r: &mut std::io::BufReader<fs::File>, buf: &mut [u8]| {
+        r.read_exact(buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => bad("truncated"),
+            _ => ContentError::io(path, e),
+        })
+    };
+    fn varint(
+        r: &mut std::io::BufReader<fs::File>,
+        take: &mut impl FnMut(&mut std::io::BufReader<fs::File>, &mut [u8]) -> Result<(), ContentError>,
+    ) -> Result<u64, ContentError> {
+        let mut first = [0u8; 1];
+        take(r, &mut first)?;
+        let len = 1usize << (first[0] >> 6);
+        let mut v = u64::from(first[0] & 0x3f);
+        let mut rest = [0u8; 7];
+        take(r, &mut rest[..len - 1])?;
+        for b in &rest[..len - 1] {
+            v = (v << 8) | u64::from(*b);
+        }
+        Ok(v)
+    }
+    let mut head = [0u8; 5];
+    take(&mut r, &mut head)?;
+    if &head[..4] != b"VLYM" || head[4] != 1 {
+        return Err(bad("not a version 1 manifest"));
+    }
+    let skip = |r: &mut std::io::BufReader<fs::File>, n: u64| -> Result<(), ContentError> {
+        let mut left = n;
+        while left > 0 {
+            let got = r.fill_buf().map_err(|e| ContentError::io(path, e))?.len();
+            if got == 0 {
+                return Err(bad("truncated"));
+            }
+            let k = (got as u64).min(left) as usize;
+            r.consume(k);
+            left -= k as u64;
+        }
+        Ok(())
+    };
+    for _ in 0..2 {
+        let n = varint(&mut r, &mut take)?;
+        if n > 64 {
+            return Err(bad("name too long"));
+        }
+        skip(&mut r, n)?;
+    }
+    skip(&mut r, 4)?;
+    let files = varint(&mut r, &mut take)?;
+    if files > crate::manifest::MAX_FILES as u64 {
+        return Err(bad("too many files"));
+    }
+    let mut name = Vec::new();
+    let mut chunk = [0u8; 36];
+    for _ in 0..files {
+        let n = varint(&mut r, &mut take)?;
+        if n > crate::manifest::MAX_PATH as u64 {
+            return Err(bad("path too long"));
+        }
+        name.resize(n as usize, 0);
+        take(&mut r, &mut name)?;
+        let file_path = std::str::from_utf8(&name).map_err(|_| bad("path is not UTF-8"))?;
+        crate::manifest::check_path(file_path)?;
+        skip(&mut r, 12)?;
+        let k = varint(&mut r, &mut take)?;
+        if k > crate::manifest::MAX_CHUNKS as u64 {
+            return Err(bad("too many chunks"));
+        }
+        let mut offset = 0u64;
+        for _ in 0..k {
+            take(&mut r, &mut chunk)?;
+            let mut c = ChunkRef {
+                hash: [0; 32],
+                size: u32::from_be_bytes([chunk[32], chunk[33], chunk[34], chunk[35]]),
+            };
+            c.hash.copy_from_slice(&chunk[..32]);
+            each(file_path, offset, c)?;
+            offset = offset.saturating_add(u64::from(c.size));
+        }
+    }
+    Ok(())
+}
+
 /// A chunk of the installed version, if its bytes still hash right.
 fn read_local(
     open: &mut Option<(PathBuf, fs::File)>,
@@ -417,4 +507,77 @@ fn read_local(
         return Ok(None);
     }
     Ok(Verified::check(*chunk, buf).ok())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::manifest::{generate_key, Manifest};
+    use crate::FileEntry;
+
+    #[test]
+    fn the_installed_manifest_is_walked_from_its_file_as_the_signed_walk_reads_it() {
+        let c = |b: u8, size: u32| ChunkRef {
+            hash: [b; 32],
+            size,
+        };
+        let m = Manifest {
+            game: "g".into(),
+            version: "1".into(),
+            chunk_avg: crate::cdc::AVG_MIN,
+            files: vec![
+                FileEntry {
+                    path: "a/b".into(),
+                    mode: 0o644,
+                    size: 2300,
+                    chunks: vec![c(1, 1000), c(2, 1000), c(1, 300)],
+                },
+                FileEntry {
+                    path: "e".into(),
+                    mode: 0o644,
+                    size: 0,
+                    chunks: vec![],
+                },
+                FileEntry {
+                    path: "z".into(),
+                    mode: 0o755,
+                    size: 900,
+                    chunks: vec![c(3, 900)],
+                },
+            ],
+        };
+        let signed = m.sign(&generate_key()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest");
+        fs::write(&path, &signed).unwrap();
+        let mut walked = Vec::new();
+        walk_installed(&path, |p, at, c| {
+            walked.push((p.to_owned(), at, c));
+            Ok(())
+        })
+        .unwrap();
+        let s = SignedManifest::open(signed.clone(), None).unwrap();
+        let mut expected = Vec::new();
+        for (fi, f) in s.files().iter().enumerate() {
+            let mut at = 0;
+            for (_, c) in s.file_chunks(fi) {
+                expected.push((f.path.clone(), at, c));
+                at += u64::from(c.size);
+            }
+        }
+        assert_eq!(walked.len(), 4);
+        assert_eq!(walked, expected);
+        // Cut anywhere inside the body: a clear error, never a panic.
+        for cut in [0, 3, 5, 20, signed.len() - 150, signed.len() - 97] {
+            fs::write(&path, &signed[..cut]).unwrap();
+            let e = walk_installed(&path, |_, _, _| Ok(())).unwrap_err();
+            assert!(e.to_string().contains("unreadable"), "{cut}: {e}");
+        }
+        // An unsafe path is refused even here.
+        let mut evil = m.clone();
+        evil.files[0].path = "../x".into();
+        fs::write(&path, evil.body()).unwrap();
+        assert!(walk_installed(&path, |_, _, _| Ok(())).is_err());
+    }
 }
