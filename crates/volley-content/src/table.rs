@@ -37,9 +37,28 @@ impl ChunkTable {
         let m = &*manifest;
         // Every reference, sorted by (hash, position): the first of each run of equal hashes
         // is where that chunk first occurs.
-        let mut refs: Vec<u32> = m.chunks().map(|(_, at, _)| at).collect();
+        // Sorted as integers first (the hash's top 32 bits, then the position: no reads of
+        // the manifest while sorting), then each run of equal top bits by its whole hashes.
         let hash_at = |at: u32| -> [u8; 32] { m.chunk_at(at).hash };
-        refs.sort_unstable_by_key(|&at| (hash_at(at), at));
+        let mut keys: Vec<u64> = m
+            .chunks()
+            .map(|(_, at, c)| {
+                let top = u32::from_be_bytes([c.hash[0], c.hash[1], c.hash[2], c.hash[3]]);
+                (u64::from(top) << 32) | u64::from(at)
+            })
+            .collect();
+        keys.sort_unstable();
+        let mut from = 0;
+        while from < keys.len() {
+            let top = keys[from] >> 32;
+            let to = from + keys[from..].partition_point(|&k| k >> 32 == top);
+            if to - from > 1 {
+                keys[from..to].sort_by_cached_key(|&k| (hash_at(k as u32), k as u32));
+            }
+            from = to;
+        }
+        let mut refs: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
+        drop(keys);
         let mut prev: Option<ChunkRef> = None;
         let mut bad = None;
         refs.retain(|&at| {
