@@ -427,7 +427,7 @@ fn walk_installed(
     }
     let mut head = [0u8; 5];
     take(&mut r, &mut head)?;
-    if &head[..4] != b"VLYM" || head[4] != 1 {
+    if &head[..4] != crate::manifest::MAGIC || head[4] != crate::manifest::FORMAT {
         return Err(bad("not a version 1 manifest"));
     }
     let skip = |r: &mut std::io::BufReader<fs::File>, n: u64| -> Result<(), ContentError> {

@@ -14,8 +14,8 @@ use volley_proto::codec::{DecodeError, Reader, Writer};
 use crate::cdc::{Params, AVG_MAX, AVG_MIN};
 use crate::ContentError;
 
-const MAGIC: &[u8; 4] = b"VLYM";
-const FORMAT: u8 = 1;
+pub(crate) const MAGIC: &[u8; 4] = b"VLYM";
+pub(crate) const FORMAT: u8 = 1;
 const DOMAIN: &[u8] = b"volley-manifest-v1";
 
 /// Most files in one build.
@@ -168,26 +168,12 @@ impl Manifest {
 
     fn decode_body(body: &[u8]) -> Result<Manifest, DecodeError> {
         let mut r = Reader::new(body);
-        if &r.array::<4>()? != MAGIC {
-            return Err(DecodeError::Invalid("not a manifest"));
-        }
-        let v = r.u8()?;
-        if v != FORMAT {
-            return Err(DecodeError::Version {
-                found: v,
-                expected: FORMAT,
-            });
-        }
-        let game = r.string("game", 64)?.to_owned();
-        let version = r.string("version", 64)?.to_owned();
-        let chunk_avg = r.u32()?;
+        let (game, version, chunk_avg) = read_head(&mut r)?;
         // Each file takes at least 14 bytes, each chunk 36: counts are bounded by the input.
         let n = r.len("files", MAX_FILES.min(r.remaining() / 14))?;
         let mut files = Vec::with_capacity(n);
         for _ in 0..n {
-            let path = r.string("path", MAX_PATH)?.to_owned();
-            let mode = r.u32()?;
-            let size = r.u64()?;
+            let (path, mode, size) = read_file_head(&mut r)?;
             let k = r.len("chunks", MAX_CHUNKS.min(r.remaining() / 36))?;
             let mut chunks = Vec::with_capacity(k);
             for _ in 0..k {
@@ -210,6 +196,29 @@ impl Manifest {
             files,
         })
     }
+}
+
+/// The body's head: magic, format, game, version, average chunk size.
+fn read_head(r: &mut Reader<'_>) -> Result<(String, String, u32), DecodeError> {
+    if &r.array::<4>()? != MAGIC {
+        return Err(DecodeError::Invalid("not a manifest"));
+    }
+    let v = r.u8()?;
+    if v != FORMAT {
+        return Err(DecodeError::Version {
+            found: v,
+            expected: FORMAT,
+        });
+    }
+    let game = r.string("game", 64)?.to_owned();
+    let version = r.string("version", 64)?.to_owned();
+    Ok((game, version, r.u32()?))
+}
+
+/// A file's head: path, mode, size (its chunk count follows).
+fn read_file_head(r: &mut Reader<'_>) -> Result<(String, u32, u64), DecodeError> {
+    let path = r.string("path", MAX_PATH)?.to_owned();
+    Ok((path, r.u32()?, r.u64()?))
 }
 
 /// What [`check_rules`] reads of a manifest's files: a parsed [`Manifest`]'s, or a
@@ -447,26 +456,13 @@ impl SignedManifest {
     #[allow(clippy::type_complexity)]
     fn outline(body: &[u8]) -> Result<((String, String, u32), Vec<FileInfo>, usize), DecodeError> {
         let mut r = Reader::new(body);
-        if &r.array::<4>()? != MAGIC {
-            return Err(DecodeError::Invalid("not a manifest"));
-        }
-        let v = r.u8()?;
-        if v != FORMAT {
-            return Err(DecodeError::Version {
-                found: v,
-                expected: FORMAT,
-            });
-        }
-        let game = r.string("game", 64)?.to_owned();
-        let version = r.string("version", 64)?.to_owned();
-        let chunk_avg = r.u32()?;
+        let (game, version, chunk_avg) = read_head(&mut r)?;
+        // As in `decode_body`: counts are bounded by the input.
         let n = r.len("files", MAX_FILES.min(r.remaining() / 14))?;
         let mut files = Vec::with_capacity(n);
         let mut refs = 0usize;
         for _ in 0..n {
-            let path = r.string("path", MAX_PATH)?.to_owned();
-            let mode = r.u32()?;
-            let size = r.u64()?;
+            let (path, mode, size) = read_file_head(&mut r)?;
             let k = r.len("chunks", MAX_CHUNKS.min(r.remaining() / CHUNK_REF_BYTES))?;
             let chunks_at = (body.len() - r.remaining()) as u32;
             r.take(k * CHUNK_REF_BYTES)?;
