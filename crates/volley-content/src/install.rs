@@ -1,8 +1,9 @@
 //! A manifest → an install directory.
 //!
 //! The new version is built in place in `<dir>.volley-staging` ([`crate::staging`]): every file
-//! at its size from the start, chunks of the installed version (located through its manifest,
-//! kept in `<dir>/.volley/manifest`, and re-verified when read) copied to their offsets, and
+//! at its size from the start, chunks already on this machine ([`crate::local`]: the installed
+//! version's, located through its manifest in `<dir>/.volley/manifest`, or found by re-cutting
+//! local files with the version's rule; each re-verified when read) copied to their offsets, and
 //! chunks fetched from a [`ChunkSource`] written to theirs once verified (and re-verified when a
 //! run resumes, so a fetch interrupted at any point never downloads a whole chunk twice). Then
 //! two renames swap it in: `<dir>` → `<dir>.volley-old`,
@@ -10,7 +11,6 @@
 //! by every install) finishes or rolls back a swap a crash interrupted.
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -18,11 +18,11 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::local::{gather, Found, STATE_DIR};
 use crate::manifest::SignedManifest;
 use crate::pace::Pace;
 use crate::staging::{Staging, MANIFEST_FILE};
 use crate::table::ChunkTable;
-use crate::wire::Bits;
 use crate::{chunk_name, ChunkRef, ContentError, Verified};
 
 /// A chunk the source delivered, with the number of corrupt copies it threw away on the way.
@@ -47,12 +47,13 @@ pub trait ChunkSource: Send + Sync {
         Box::pin(async move {
             let pace = Pace::new(opts.max_bytes_per_s);
             let pace = &pace;
+            let attempts = opts.attempts.max(1);
             let mut fetches = futures_util::stream::iter(wanted)
                 .filter_map(|i| std::future::ready(table.get(i)))
                 .map(|c| async move {
                     let mut corrupt = 0;
                     let mut last = None;
-                    for _ in 0..opts.attempts.max(1) {
+                    for _ in 0..attempts {
                         pace.wait(u64::from(c.size)).await;
                         match self.fetch(c).await.map(|d| Verified::check(c, d)) {
                             Ok(Ok(v)) => return Ok((v, corrupt)),
@@ -103,7 +104,7 @@ pub fn staging_dir(dir: &Path) -> PathBuf {
 }
 
 /// Tunables.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct InstallOptions {
     /// Chunk requests in flight.
     pub concurrency: usize,
@@ -113,6 +114,10 @@ pub struct InstallOptions {
     pub sync: bool,
     /// Download rate cap, bytes per second (0: none).
     pub max_bytes_per_s: u64,
+    /// Directories whose files are re-cut with the version's rule before anything is
+    /// downloaded: every chunk of the version found there is taken (verified) instead of
+    /// fetched. For a copy of the game from elsewhere, or an install moved aside.
+    pub reuse_from: Vec<PathBuf>,
 }
 
 impl Default for InstallOptions {
@@ -122,6 +127,7 @@ impl Default for InstallOptions {
             attempts: 3,
             sync: true,
             max_bytes_per_s: 0,
+            reuse_from: Vec::new(),
         }
     }
 }
@@ -143,6 +149,10 @@ pub struct Progress {
     pub peer_bytes: u64,
     /// Bytes received from the origin in this run (a swarm source).
     pub origin_bytes: u64,
+    /// Whether local files are being re-cut to find chunks (before any download).
+    pub scanning: bool,
+    /// Bytes of local files re-cut so far.
+    pub recut_bytes: u64,
 }
 
 impl Progress {
@@ -178,7 +188,7 @@ pub struct InstallReport {
     pub total_bytes: u64,
     /// Distinct chunks it has.
     pub chunks: usize,
-    /// Chunks (and bytes) taken from the installed version.
+    /// Chunks (and bytes) taken from this machine: the installed version, or files re-cut.
     pub reused_chunks: usize,
     /// See `reused_chunks`.
     pub reused_bytes: u64,
@@ -195,6 +205,11 @@ pub struct InstallReport {
     /// Time spent after that: setting modes, syncing the staged version and swapping it into
     /// place.
     pub build_time: Duration,
+    /// Bytes of local files re-cut to find chunks ([`InstallOptions::reuse_from`], or an
+    /// install whose manifest was missing, unreadable or cut at another size).
+    pub recut_bytes: u64,
+    /// Why the installer re-cut the install's own files, if it did.
+    pub notes: Vec<String>,
 }
 
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
@@ -262,9 +277,10 @@ pub async fn install(
         Some(t) if t.id() == manifest.id() => t,
         _ => std::sync::Arc::new(ChunkTable::new(manifest.clone())?),
     };
-    let old = dir.join(MANIFEST_FILE);
-    let has_old = old.is_file();
-    if !has_old {
+    // A directory that never held an install is refused unless empty: the swap replaces it
+    // whole. (Its files can still be reused: move it aside and name it in `reuse_from`.)
+    let is_install = dir.join(STATE_DIR).is_dir();
+    if !is_install {
         let empty = match fs::read_dir(dir) {
             Ok(mut d) => d.next().is_none(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
@@ -272,8 +288,16 @@ pub async fn install(
         };
         if !empty {
             return Err(ContentError::Invalid(format!(
-                "{} is not empty and holds no Volley install; choose a new or empty directory",
+                "{} is not empty and holds no Volley install; choose a new or empty directory (to reuse its files, move it aside and name it with --reuse-from)",
                 dir.display()
+            )));
+        }
+    }
+    for d in &opts.reuse_from {
+        if !d.is_dir() {
+            return Err(ContentError::Invalid(format!(
+                "reuse from {}: not a directory",
+                d.display()
             )));
         }
     }
@@ -282,7 +306,7 @@ pub async fn install(
     // in memory but the table's index.
     table
         .manifest()
-        .move_to_disk(&staging.root().join(".volley"))?;
+        .move_to_disk(&staging.root().join(STATE_DIR))?;
     let mut report = InstallReport {
         files: manifest.files().len(),
         total_bytes: manifest.total_size(),
@@ -290,33 +314,42 @@ pub async fn install(
         ..Default::default()
     };
     drop(manifest);
-    // Chunks of the installed version go into place from there (unless a resumed run already
-    // put them), read in its order, each only if its bytes there still hash right: a damaged
-    // copy is downloaded instead.
-    let mut in_old = Bits::new(table.len());
-    if has_old {
-        let mut open_old: Option<(PathBuf, fs::File)> = None;
-        walk_installed(&old, |path, offset, c| {
-            let Some(i) = table.find(&c.hash) else {
-                return Ok(());
-            };
-            if table.get(i).is_none_or(|n| n.size != c.size) {
-                return Ok(());
-            }
-            in_old.set(i as usize);
-            if !staging.has_chunk(i) {
-                if let Some(v) = read_local(&mut open_old, &dir.join(path), offset, &c)? {
-                    staging.put(&v)?;
+    let mut p = Progress::default();
+    // Chunks already on this machine go into place (unless a resumed run already put them):
+    // the installed version's, each only if its bytes still hash right (a damaged copy is
+    // downloaded instead), and those found by re-cutting local files ([`crate::local`]).
+    let found = std::sync::Arc::new(Found::new(table.len()));
+    {
+        let (tell, mut told) = tokio::sync::watch::channel(0u64);
+        let (staging, dir, found) = (staging.clone(), dir.to_owned(), found.clone());
+        let reuse_from = opts.reuse_from.clone();
+        let mut job = tokio::task::spawn_blocking(move || {
+            gather(&staging, &dir, is_install, &reuse_from, &found, &|n| {
+                tell.send_replace(n);
+            })
+        });
+        let gathered = loop {
+            tokio::select! {
+                r = &mut job => break r,
+                Ok(()) = told.changed() => {
+                    p.scanning = true;
+                    p.recut_bytes = *told.borrow_and_update();
+                    p.elapsed = start.elapsed();
+                    progress(&p);
                 }
             }
-            Ok(())
-        })?;
+        };
+        let g =
+            gathered.map_err(|e| ContentError::Fetch(format!("finding local chunks: {e}")))??;
+        report.recut_bytes = g.recut_bytes;
+        report.notes = g.notes;
+        p.scanning = false;
+        p.recut_bytes = report.recut_bytes;
     }
     let mut wanted = Vec::new();
-    let mut p = Progress::default();
     for (i, c) in table.iter().enumerate() {
         let held = staging.has_chunk(i as u32);
-        if held && in_old.get(i) {
+        if held && found.get(i as u32) {
             report.reused_chunks += 1;
             report.reused_bytes += u64::from(c.size);
             continue;
@@ -329,12 +362,12 @@ pub async fn install(
             wanted.push(i as u32);
         }
     }
-    drop(in_old);
+    drop(found);
     source.attach_staging(staging.clone());
     progress(&p);
     // Download what is missing, verifying each chunk before it is written in place.
     let (tx, mut rx) = mpsc::channel::<Delivered>(16);
-    let downloading = source.download(table.clone(), wanted, opts, tx);
+    let downloading = source.download(table.clone(), wanted, opts.clone(), tx);
     let storing = async {
         while let Some(r) = rx.recv().await {
             let (v, corrupt) = r?;
@@ -383,201 +416,5 @@ fn sync_parent(dir: &Path) {
         if let Ok(d) = fs::File::open(parent) {
             let _ = d.sync_all();
         }
-    }
-}
-
-/// Walks the chunk references of the installed version's manifest at `path` straight from the
-/// file, never holding it whole: `each(file path, offset in that file, chunk)` in order. The
-/// manifest was checked when it was installed, and nothing read here is trusted: every chunk
-/// is re-verified against the new version's hash when read, and paths must still be safe. A
-/// file that does not parse is an error.
-fn walk_installed(
-    path: &Path,
-    mut each: impl FnMut(&str, u64, ChunkRef) -> Result<(), ContentError>,
-) -> Result<(), ContentError> {
-    use std::io::BufRead;
-    let file = fs::File::open(path).map_err(|e| ContentError::io(path, e))?;
-    let mut r = std::io::BufReader::with_capacity(1 << 16, file);
-    let bad = |why: &str| {
-        ContentError::Invalid(format!(
-            "the installed manifest {} is unreadable: {why}",
-            path.display()
-        ))
-    };
-    let mut take = |r: &mut std::io::BufReader<fs::File>, buf: &mut [u8]| {
-        r.read_exact(buf).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => bad("truncated"),
-            _ => ContentError::io(path, e),
-        })
-    };
-    fn varint(
-        r: &mut std::io::BufReader<fs::File>,
-        take: &mut impl FnMut(&mut std::io::BufReader<fs::File>, &mut [u8]) -> Result<(), ContentError>,
-    ) -> Result<u64, ContentError> {
-        let mut first = [0u8; 1];
-        take(r, &mut first)?;
-        let len = 1usize << (first[0] >> 6);
-        let mut v = u64::from(first[0] & 0x3f);
-        let mut rest = [0u8; 7];
-        take(r, &mut rest[..len - 1])?;
-        for b in &rest[..len - 1] {
-            v = (v << 8) | u64::from(*b);
-        }
-        Ok(v)
-    }
-    let mut head = [0u8; 5];
-    take(&mut r, &mut head)?;
-    if &head[..4] != crate::manifest::MAGIC || head[4] != crate::manifest::FORMAT {
-        return Err(bad("not a version 1 manifest"));
-    }
-    let skip = |r: &mut std::io::BufReader<fs::File>, n: u64| -> Result<(), ContentError> {
-        let mut left = n;
-        while left > 0 {
-            let got = r.fill_buf().map_err(|e| ContentError::io(path, e))?.len();
-            if got == 0 {
-                return Err(bad("truncated"));
-            }
-            let k = (got as u64).min(left) as usize;
-            r.consume(k);
-            left -= k as u64;
-        }
-        Ok(())
-    };
-    for _ in 0..2 {
-        let n = varint(&mut r, &mut take)?;
-        if n > 64 {
-            return Err(bad("name too long"));
-        }
-        skip(&mut r, n)?;
-    }
-    skip(&mut r, 4)?;
-    let files = varint(&mut r, &mut take)?;
-    if files > crate::manifest::MAX_FILES as u64 {
-        return Err(bad("too many files"));
-    }
-    let mut name = Vec::new();
-    let mut chunk = [0u8; 36];
-    for _ in 0..files {
-        let n = varint(&mut r, &mut take)?;
-        if n > crate::manifest::MAX_PATH as u64 {
-            return Err(bad("path too long"));
-        }
-        name.resize(n as usize, 0);
-        take(&mut r, &mut name)?;
-        let file_path = std::str::from_utf8(&name).map_err(|_| bad("path is not UTF-8"))?;
-        crate::manifest::check_path(file_path)?;
-        skip(&mut r, 12)?;
-        let k = varint(&mut r, &mut take)?;
-        if k > crate::manifest::MAX_CHUNKS as u64 {
-            return Err(bad("too many chunks"));
-        }
-        let mut offset = 0u64;
-        for _ in 0..k {
-            take(&mut r, &mut chunk)?;
-            let mut c = ChunkRef {
-                hash: [0; 32],
-                size: u32::from_be_bytes([chunk[32], chunk[33], chunk[34], chunk[35]]),
-            };
-            c.hash.copy_from_slice(&chunk[..32]);
-            each(file_path, offset, c)?;
-            offset = offset.saturating_add(u64::from(c.size));
-        }
-    }
-    Ok(())
-}
-
-/// A chunk of the installed version, if its bytes still hash right.
-fn read_local(
-    open: &mut Option<(PathBuf, fs::File)>,
-    path: &Path,
-    at: u64,
-    chunk: &ChunkRef,
-) -> Result<Option<Verified>, ContentError> {
-    if open.as_ref().map(|(p, _)| p.as_path()) != Some(path) {
-        match fs::File::open(path) {
-            Ok(f) => *open = Some((path.to_owned(), f)),
-            Err(_) => return Ok(None),
-        }
-    }
-    let Some((_, f)) = open.as_mut() else {
-        return Ok(None);
-    };
-    let mut buf = vec![0u8; chunk.size as usize];
-    if f.seek(SeekFrom::Start(at)).is_err() || f.read_exact(&mut buf).is_err() {
-        return Ok(None);
-    }
-    Ok(Verified::check(*chunk, buf).ok())
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use crate::manifest::{generate_key, Manifest};
-    use crate::FileEntry;
-
-    #[test]
-    fn the_installed_manifest_is_walked_from_its_file_as_the_signed_walk_reads_it() {
-        let c = |b: u8, size: u32| ChunkRef {
-            hash: [b; 32],
-            size,
-        };
-        let m = Manifest {
-            game: "g".into(),
-            version: "1".into(),
-            chunk_avg: crate::cdc::AVG_MIN,
-            files: vec![
-                FileEntry {
-                    path: "a/b".into(),
-                    mode: 0o644,
-                    size: 2300,
-                    chunks: vec![c(1, 1000), c(2, 1000), c(1, 300)],
-                },
-                FileEntry {
-                    path: "e".into(),
-                    mode: 0o644,
-                    size: 0,
-                    chunks: vec![],
-                },
-                FileEntry {
-                    path: "z".into(),
-                    mode: 0o755,
-                    size: 900,
-                    chunks: vec![c(3, 900)],
-                },
-            ],
-        };
-        let signed = m.sign(&generate_key()).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("manifest");
-        fs::write(&path, &signed).unwrap();
-        let mut walked = Vec::new();
-        walk_installed(&path, |p, at, c| {
-            walked.push((p.to_owned(), at, c));
-            Ok(())
-        })
-        .unwrap();
-        let s = SignedManifest::open(signed.clone(), None).unwrap();
-        let mut expected = Vec::new();
-        for (fi, f) in s.files().iter().enumerate() {
-            let mut at = 0;
-            for (_, c) in s.file_chunks(fi) {
-                expected.push((f.path.clone(), at, c));
-                at += u64::from(c.size);
-            }
-        }
-        assert_eq!(walked.len(), 4);
-        assert_eq!(walked, expected);
-        // Cut anywhere inside the body: a clear error, never a panic.
-        for cut in [0, 3, 5, 20, signed.len() - 150, signed.len() - 97] {
-            fs::write(&path, &signed[..cut]).unwrap();
-            let e = walk_installed(&path, |_, _, _| Ok(())).unwrap_err();
-            assert!(e.to_string().contains("unreadable"), "{cut}: {e}");
-        }
-        // An unsafe path is refused even here.
-        let mut evil = m.clone();
-        evil.files[0].path = "../x".into();
-        fs::write(&path, evil.body()).unwrap();
-        assert!(walk_installed(&path, |_, _, _| Ok(())).is_err());
     }
 }

@@ -7,7 +7,8 @@
 //!   chunks to one upload.
 //! - [`staging`]: the version being installed, each verified chunk written in place.
 //! - [`tracker`]: which players hold which version (the node answers announces with peers).
-//! - [`install`]: a manifest → an install directory, reusing every chunk already on disk,
+//! - [`install`]: a manifest → an install directory, reusing every chunk already on disk
+//!   (the installed version's, or any found by re-cutting local files),
 //!   fetching the rest from a [`install::ChunkSource`], verifying each, writing the new version
 //!   beside the old and swapping it in with renames, so a crash leaves one whole version.
 #![warn(missing_docs, unreachable_pub)]
@@ -16,6 +17,7 @@
 pub mod batch;
 pub mod cdc;
 pub mod install;
+mod local;
 pub mod manifest;
 pub mod pace;
 pub mod pack;
@@ -64,8 +66,9 @@ impl ContentError {
     }
 }
 
-/// A chunk's bytes, checked against its reference: only [`Verified::check`] makes one, so
-/// whoever holds one need not hash the bytes again.
+/// A chunk's bytes, checked against its reference: only [`Verified::check`] makes one (and,
+/// inside this crate, code that has just hashed the bytes), so whoever holds one need not hash
+/// the bytes again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     chunk: ChunkRef,
@@ -81,6 +84,12 @@ impl Verified {
         } else {
             Err(data)
         }
+    }
+
+    /// Bytes the caller has just hashed to `chunk`'s hash (not hashed again).
+    pub(crate) fn hashed(chunk: ChunkRef, data: bytes::Bytes) -> Verified {
+        debug_assert_eq!(blake3::hash(&data).as_bytes(), &chunk.hash);
+        Verified { chunk, data }
     }
 
     /// Which chunk.

@@ -66,6 +66,11 @@ pub(crate) enum ContentCmd {
         /// Download rate cap in KiB/s (0: none).
         #[arg(long, default_value_t = 0)]
         max_kib_per_s: u64,
+        /// A directory holding some version of the game (a copy from elsewhere, an install
+        /// moved aside): its files are re-cut with the version's rule and every chunk found
+        /// there is taken instead of downloaded. Repeatable.
+        #[arg(long)]
+        reuse_from: Vec<PathBuf>,
         /// Print a JSON report instead of a progress line.
         #[arg(long)]
         json: bool,
@@ -261,15 +266,18 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
             trust,
             concurrency,
             max_kib_per_s,
+            reuse_from,
             json,
             swarm,
             seed_secs,
             peer,
         } => {
             let trusted = volley_content::manifest::parse_public_key(&trust)?;
+            let max_bytes_per_s = max_kib_per_s.saturating_mul(1024);
             let opts = volley_content::install::InstallOptions {
                 concurrency,
-                max_bytes_per_s: max_kib_per_s.saturating_mul(1024),
+                max_bytes_per_s,
+                reuse_from,
                 ..Default::default()
             };
             let mut last = Instant::now() - Duration::from_secs(1);
@@ -278,6 +286,13 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
                     return;
                 }
                 last = Instant::now();
+                if p.scanning {
+                    eprint!(
+                        "\rre-cutting local files: {:.1} MiB read   ",
+                        mib(p.recut_bytes)
+                    );
+                    return;
+                }
                 let eta = p
                     .eta()
                     .map_or("-".to_owned(), |d| format!("{:.0} s", d.as_secs_f64()));
@@ -301,7 +316,7 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
                     &to,
                     &trusted,
                     opts,
-                    peer.options(opts.max_bytes_per_s),
+                    peer.options(max_bytes_per_s),
                     show,
                 )
                 .await?;
@@ -322,6 +337,8 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
                     "downloaded_chunks": r.downloaded_chunks,
                     "downloaded_bytes": r.downloaded_bytes,
                     "corrupt_chunks": r.corrupt_chunks,
+                    "recut_bytes": r.recut_bytes,
+                    "notes": r.notes,
                     "seconds": seconds,
                     "download_seconds": r.download_time.as_secs_f64(),
                     "build_seconds": r.build_time.as_secs_f64(),
@@ -332,8 +349,14 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
                 println!("{v}");
             } else {
                 eprintln!();
+                for n in &r.notes {
+                    eprintln!("note: {n}");
+                }
+                if r.recut_bytes > 0 {
+                    eprintln!("re-cut {:.1} MiB of local files", mib(r.recut_bytes));
+                }
                 println!(
-                    "installed {game} {version} in {}: {:.1} MiB; {:.1} MiB reused from the installed version, {} chunks resumed, {:.1} MiB downloaded in {seconds:.1} s",
+                    "installed {game} {version} in {}: {:.1} MiB; {:.1} MiB reused from this machine, {} chunks resumed, {:.1} MiB downloaded in {seconds:.1} s",
                     to.display(),
                     mib(r.total_bytes),
                     mib(r.reused_bytes),

@@ -211,6 +211,164 @@ async fn a_build_and_an_update_install_byte_identical_and_the_update_moves_only_
 }
 
 /// Posts a chunk batch; the status and the JSON body.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn notes(r: &serde_json::Value) -> String {
+    r["notes"].to_string()
+}
+
+/// Chunks on this machine that no readable manifest locates are still found, by re-cutting
+/// files with the new version's rule: a copy of the game from elsewhere (`--reuse-from`), an
+/// install whose manifest was damaged or deleted, an install cut at another average size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_no_manifest_locates_are_found_by_recutting_local_files() {
+    let n = start_node(|c| c.server_key = Some(KEY.into())).await;
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(work.path());
+    let v1 = work.path().join("v1");
+    make_build(&v1, 8);
+    publish(&n.base, &key, &v1, "1.0.0");
+    let v2 = work.path().join("v2");
+    make_build(&v2, 8);
+    for (name, seed) in [("one.pak", 40), ("two.pak", 50)] {
+        let p = v2.join("data/levels").join(name);
+        let mut data = std::fs::read(&p).unwrap();
+        data.splice(2000..2000, random(77, seed));
+        data.splice(6 << 20..6 << 20, random(30, seed + 1));
+        std::fs::write(&p, data).unwrap();
+    }
+    let total = publish(&n.base, &key, &v2, "2.0.0")["total_bytes"]
+        .as_u64()
+        .unwrap();
+    let small = total / 20;
+
+    // 1. A copy of version 1 from elsewhere, laid out differently, with files of its own, a
+    //    symlink (not followed) and an unreadable corner: version 2 installs into a new
+    //    directory downloading only what changed, and the copy is left as it was.
+    let elsewhere = work.path().join("elsewhere");
+    copy_tree(&v1, &elsewhere.join("nested/game"));
+    std::fs::rename(
+        elsewhere.join("nested/game/data/levels/one.pak"),
+        elsewhere.join("moved.pak"),
+    )
+    .unwrap();
+    std::fs::write(elsewhere.join("saves.dat"), random(300_000, 9)).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", elsewhere.join("dangling")).unwrap();
+    let before = tree(&elsewhere.join("nested"));
+    let fresh = work.path().join("fresh");
+    let (_, served_before) = served(&n.base).await;
+    let r = ok_json(fetch(
+        &n.base,
+        &public,
+        &fresh,
+        "2.0.0",
+        &["--reuse-from", elsewhere.to_str().unwrap()],
+    ));
+    let (_, served_after) = served(&n.base).await;
+    assert_eq!(tree(&fresh), tree(&v2), "byte-identical");
+    let downloaded = r["downloaded_bytes"].as_u64().unwrap();
+    assert_eq!(
+        downloaded,
+        served_after - served_before,
+        "the origin agrees"
+    );
+    assert!(
+        downloaded < small,
+        "downloaded {downloaded} of {total}: {r}"
+    );
+    assert_eq!(
+        r["reused_bytes"].as_u64().unwrap() + downloaded,
+        total,
+        "every byte was either found in the copy or downloaded (no chunk repeats): {r}"
+    );
+    assert!(r["recut_bytes"].as_u64().unwrap() >= (16 << 20), "{r}");
+    assert_eq!(
+        tree(&elsewhere.join("nested")),
+        before,
+        "the copy is untouched"
+    );
+
+    // 2. The install's manifest is damaged: the update still reuses the installed files.
+    let install = work.path().join("install");
+    ok_json(fetch(&n.base, &public, &install, "1.0.0", &[]));
+    let manifest = install.join(".volley/manifest");
+    let bytes = std::fs::read(&manifest).unwrap();
+    std::fs::write(&manifest, &bytes[..bytes.len() / 2]).unwrap();
+    let r = ok_json(fetch(&n.base, &public, &install, "2.0.0", &[]));
+    assert_eq!(tree(&install), tree(&v2));
+    assert!(notes(&r).contains("unreadable"), "{r}");
+    assert!(r["downloaded_bytes"].as_u64().unwrap() < small, "{r}");
+
+    // 3. Its manifest is gone: the same, back to version 1.
+    std::fs::remove_file(&manifest).unwrap();
+    let r = ok_json(fetch(&n.base, &public, &install, "1.0.0", &[]));
+    assert_eq!(tree(&install), tree(&v1));
+    assert!(notes(&r).contains("holds no manifest"), "{r}");
+    assert!(r["downloaded_bytes"].as_u64().unwrap() < small, "{r}");
+
+    // 4. Version 1 again, published at twice the average chunk size: no chunk is shared by
+    //    hash, yet nothing is downloaded, since re-cutting the installed files finds them all.
+    let out = volley(&[
+        "content",
+        "publish",
+        v1.to_str().unwrap(),
+        "--game",
+        "arena",
+        "--version",
+        "1.0.1",
+        "--key",
+        &key,
+        "--node",
+        &n.base,
+        "--server-key",
+        KEY,
+        "--chunk-avg",
+        "131072",
+        "--json",
+    ]);
+    assert!(ok_json(out)["uploaded_chunks"].as_u64().unwrap() > 0);
+    let r = ok_json(fetch(&n.base, &public, &install, "1.0.1", &[]));
+    assert_eq!(tree(&install), tree(&v1));
+    assert!(notes(&r).contains("65536-byte average"), "{r}");
+    assert_eq!(r["downloaded_bytes"], 0, "{r}");
+
+    // 5. Bad input: a reuse directory that does not exist, and a non-empty directory that
+    //    holds no install, each refused with a clear error and nothing left behind.
+    let out = fetch(
+        &n.base,
+        &public,
+        &work.path().join("other"),
+        "2.0.0",
+        &[
+            "--reuse-from",
+            work.path().join("missing").to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing") && err.contains("not a directory"),
+        "{err}"
+    );
+    assert!(!work.path().join("other.volley-staging").exists());
+    let out = fetch(&n.base, &public, &elsewhere, "2.0.0", &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--reuse-from"), "{err}");
+    assert_eq!(tree(&elsewhere.join("nested")), before);
+    n.node.shutdown().await;
+}
+
 async fn post_batch(
     base: &str,
     game: &str,
