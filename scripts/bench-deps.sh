@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Installs the peers `volley bench swarm` runs beside Volley's swarm: aria2 (BitTorrent client),
-# opentracker (tracker) and mktorrent, all Debian packages. Safe to run again.
+# Installs the peers the benchmarks run beside Volley: aria2 (BitTorrent client), opentracker
+# (tracker) and mktorrent for `bench swarm` and `bench tracker`; casync (and python3 for its HTTP
+# store) for `bench reuse`. All Debian packages. Safe to run again.
 set -euo pipefail
 
 need=()
 command -v aria2c >/dev/null 2>&1 || need+=(aria2)
 command -v opentracker >/dev/null 2>&1 || need+=(opentracker)
 command -v mktorrent >/dev/null 2>&1 || need+=(mktorrent)
+command -v casync >/dev/null 2>&1 || need+=(casync)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 if [ "${#need[@]}" -eq 0 ]; then
   exit 0
 fi

@@ -205,6 +205,9 @@ pub struct InstallReport {
     /// Time spent after that: setting modes, syncing the staged version and swapping it into
     /// place.
     pub build_time: Duration,
+    /// Time spent finding chunks on this machine and writing them into place (part of
+    /// `download_time`).
+    pub local_time: Duration,
     /// Bytes of local files re-cut to find chunks ([`InstallOptions::reuse_from`], or an
     /// install whose manifest was missing, unreadable or cut at another size).
     pub recut_bytes: u64,
@@ -342,6 +345,7 @@ pub async fn install(
         let g =
             gathered.map_err(|e| ContentError::Fetch(format!("finding local chunks: {e}")))??;
         report.recut_bytes = g.recut_bytes;
+        report.local_time = start.elapsed();
         report.notes = g.notes;
         p.scanning = false;
         p.recut_bytes = report.recut_bytes;

@@ -36,6 +36,9 @@ pub(crate) enum BenchCmd {
     /// One origin and N peers with every upload capped: Volley's swarm next to aria2 and plain
     /// HTTP, as multiples of the fastest possible time (T_min), origin bytes and wire bytes.
     Swarm(crate::bench_swarm::SwarmArgs),
+    /// Installing next to a copy of the previous version that no manifest describes
+    /// (`fetch --reuse-from`) next to casync `extract --seed`: time and bytes fetched.
+    Reuse(crate::bench_reuse::ReuseArgs),
     /// Announces/s and latency: the node's tracker in memory and in Redis next to opentracker.
     Tracker(crate::bench_tracker::TrackerArgs),
     /// The baseline forwarder `bench node` runs in a child process.
@@ -434,6 +437,7 @@ pub(crate) async fn run(which: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Leaderboard(args) => crate::bench_platform::leaderboard(args).await,
         BenchCmd::Content(args) => crate::bench_content::run(args),
         BenchCmd::Swarm(args) => crate::bench_swarm::run(args).await,
+        BenchCmd::Reuse(args) => crate::bench_reuse::run(args).await,
         BenchCmd::Tracker(args) => crate::bench_tracker::run(args).await,
         BenchCmd::UdpForwarder => crate::bench_node::udp_forwarder().await,
     }

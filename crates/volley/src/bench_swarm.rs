@@ -78,7 +78,7 @@ struct Row {
     last_report_read_s: Option<f64>,
 }
 
-const KEY: &str = "bench-swarm-server-key-0123456789";
+pub(crate) const KEY: &str = "bench-swarm-server-key-0123456789";
 
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -164,12 +164,12 @@ pub(crate) fn percentile(v: &mut [f64], q: f64) -> f64 {
         .unwrap_or(0.0)
 }
 
-struct Node {
-    _proc: Proc,
-    base: String,
+pub(crate) struct Node {
+    pub(crate) _proc: Proc,
+    pub(crate) base: String,
 }
 
-async fn start_node(exe: &Path, dir: &Path, cap_kib: u64) -> anyhow::Result<Node> {
+pub(crate) async fn start_node(exe: &Path, dir: &Path, cap_kib: u64) -> anyhow::Result<Node> {
     let http = free_port()?;
     let quic = free_udp_port()?;
     let child = Command::new(exe)

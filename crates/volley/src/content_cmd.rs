@@ -341,6 +341,7 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
                     "notes": r.notes,
                     "seconds": seconds,
                     "download_seconds": r.download_time.as_secs_f64(),
+                    "local_seconds": r.local_time.as_secs_f64(),
                     "build_seconds": r.build_time.as_secs_f64(),
                 });
                 if let Some((_, s)) = &swarm {

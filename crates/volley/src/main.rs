@@ -11,6 +11,7 @@ mod bench;
 mod bench_content;
 mod bench_node;
 mod bench_platform;
+mod bench_reuse;
 mod bench_swarm;
 mod bench_sync;
 mod bench_tracker;
