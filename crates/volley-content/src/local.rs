@@ -63,9 +63,10 @@ pub(crate) struct Gathered {
 
 /// Puts into `staging` every chunk of the new version found on this machine, marking it in
 /// `found`: first the installed version in `dir` through its manifest (if `dir` holds an
-/// install), then by re-cutting the install's own files if its manifest is missing, unreadable
-/// or cut at another average size, then by re-cutting each of `reuse_from`, stopping once every
-/// chunk is held. `read(n)` is told the bytes re-cut so far.
+/// install), re-cutting each installed file where a chunk the version needs no longer hashes
+/// right; then by re-cutting all the install's own files if its manifest is missing,
+/// unreadable or cut at another average size; then by re-cutting each of `reuse_from`,
+/// stopping once every chunk is held. `read(n)` is told the bytes re-cut so far.
 pub(crate) fn gather(
     staging: &Staging,
     dir: &Path,
@@ -80,10 +81,25 @@ pub(crate) fn gather(
         .ok_or_else(|| ContentError::Invalid(format!("bad chunk average {avg}")))?;
     let mut out = Gathered::default();
     let mut to_recut = Vec::new();
+    let skip = fs::canonicalize(staging.root()).unwrap_or_else(|_| staging.root().to_owned());
+    let total = AtomicU64::new(0);
+    let recut_with = Recut {
+        table,
+        staging,
+        params,
+        found,
+        skip: &skip,
+        total: &total,
+        read,
+    };
     let old = dir.join(MANIFEST_FILE);
     if is_install {
         if old.is_file() {
             let mut open_old: Option<(PathBuf, fs::File)> = None;
+            // Installed files holding a chunk the version needs whose bytes no longer hash
+            // right (modified or damaged since): re-cut afterwards, so a file changed in one
+            // place costs the chunks around that place, not everything after it.
+            let mut changed: Vec<(PathBuf, u64)> = Vec::new();
             let walked = walk_installed(&old, |path, offset, c| {
                 let Some(i) = table.find(&c.hash) else {
                     return Ok(());
@@ -93,14 +109,31 @@ pub(crate) fn gather(
                 }
                 found.set(i);
                 if !staging.has_chunk(i) {
-                    if let Some(v) = read_local(&mut open_old, &dir.join(path), offset, &c)? {
-                        staging.put(&v)?;
+                    let full = dir.join(path);
+                    match read_local(&mut open_old, &full, offset, &c)? {
+                        Some(v) => staging.put(&v)?,
+                        None => {
+                            if changed.last().is_none_or(|(p, _)| *p != full) {
+                                if let Ok(m) = fs::metadata(&full) {
+                                    changed.push((full, m.len()));
+                                }
+                            }
+                        }
                     }
                 }
                 Ok(())
             });
+            changed.dedup_by(|a, b| a.0 == b.0);
             match walked {
-                Ok(old_avg) if old_avg == avg => {}
+                Ok(old_avg) if old_avg == avg => {
+                    if !changed.is_empty() {
+                        out.notes.push(format!(
+                            "{} installed file(s) changed since they were installed and were re-cut",
+                            changed.len()
+                        ));
+                        recut_files(changed, &recut_with)?;
+                    }
+                }
                 Ok(old_avg) => {
                     out.notes.push(format!(
                         "the installed version was cut at {old_avg}-byte average chunks and this one at {avg}: the installed files were re-cut at {avg}"
@@ -123,24 +156,11 @@ pub(crate) fn gather(
         }
     }
     to_recut.extend(reuse_from.iter().cloned());
-    let skip = fs::canonicalize(staging.root()).unwrap_or_else(|_| staging.root().to_owned());
-    let total = AtomicU64::new(0);
     for root in &to_recut {
         if staging.count() >= table.len() {
             break;
         }
-        recut(
-            root,
-            &Recut {
-                table,
-                staging,
-                params,
-                found,
-                skip: &skip,
-                total: &total,
-                read,
-            },
-        )?;
+        recut(root, &recut_with)?;
     }
     out.recut_bytes = total.load(Ordering::Relaxed);
     Ok(out)
@@ -194,6 +214,11 @@ pub(crate) fn recut(root: &Path, r: &Recut<'_>) -> Result<(), ContentError> {
     fs::read_dir(&root).map_err(|e| ContentError::io(&root, e))?;
     let mut files = Vec::new();
     list_files(&root, r.skip, &mut files);
+    recut_files(files, r)
+}
+
+/// Cuts each of `files` (path, length) as [`recut`] does, on every core.
+fn recut_files(mut files: Vec<(PathBuf, u64)>, r: &Recut<'_>) -> Result<(), ContentError> {
     // Largest first, so the threads finish together.
     files.sort_by_key(|f| std::cmp::Reverse(f.1));
     let next = AtomicUsize::new(0);

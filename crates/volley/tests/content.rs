@@ -298,7 +298,21 @@ async fn chunks_no_manifest_locates_are_found_by_recutting_local_files() {
         "the copy is untouched"
     );
 
-    // 2. The install's manifest is damaged: the update still reuses the installed files.
+    // 2. An installed file was changed locally (bytes inserted near its start, as a mod or a
+    //    damaged copy might): the update re-cuts that file and still downloads only what the
+    //    new version changed, not everything after the local change.
+    let modded = work.path().join("modded");
+    ok_json(fetch(&n.base, &public, &modded, "1.0.0", &[]));
+    let pack = modded.join("data/levels/two.pak");
+    let mut data = std::fs::read(&pack).unwrap();
+    data.splice(3000..3000, random(10, 99));
+    std::fs::write(&pack, data).unwrap();
+    let r = ok_json(fetch(&n.base, &public, &modded, "2.0.0", &[]));
+    assert_eq!(tree(&modded), tree(&v2));
+    assert!(notes(&r).contains("changed since"), "{r}");
+    assert!(r["downloaded_bytes"].as_u64().unwrap() < small, "{r}");
+
+    // 3. The install's manifest is damaged: the update still reuses the installed files.
     let install = work.path().join("install");
     ok_json(fetch(&n.base, &public, &install, "1.0.0", &[]));
     let manifest = install.join(".volley/manifest");
@@ -309,14 +323,14 @@ async fn chunks_no_manifest_locates_are_found_by_recutting_local_files() {
     assert!(notes(&r).contains("unreadable"), "{r}");
     assert!(r["downloaded_bytes"].as_u64().unwrap() < small, "{r}");
 
-    // 3. Its manifest is gone: the same, back to version 1.
+    // 4. Its manifest is gone: the same, back to version 1.
     std::fs::remove_file(&manifest).unwrap();
     let r = ok_json(fetch(&n.base, &public, &install, "1.0.0", &[]));
     assert_eq!(tree(&install), tree(&v1));
     assert!(notes(&r).contains("holds no manifest"), "{r}");
     assert!(r["downloaded_bytes"].as_u64().unwrap() < small, "{r}");
 
-    // 4. Version 1 again, published at twice the average chunk size: no chunk is shared by
+    // 5. Version 1 again, published at twice the average chunk size: no chunk is shared by
     //    hash, yet nothing is downloaded, since re-cutting the installed files finds them all.
     let out = volley(&[
         "content",
@@ -342,7 +356,7 @@ async fn chunks_no_manifest_locates_are_found_by_recutting_local_files() {
     assert!(notes(&r).contains("65536-byte average"), "{r}");
     assert_eq!(r["downloaded_bytes"], 0, "{r}");
 
-    // 5. Bad input: a reuse directory that does not exist, and a non-empty directory that
+    // 6. Bad input: a reuse directory that does not exist, and a non-empty directory that
     //    holds no install, each refused with a clear error and nothing left behind.
     let out = fetch(
         &n.base,
