@@ -104,6 +104,20 @@ pub(crate) enum ContentCmd {
         #[command(flatten)]
         peer: PeerArgs,
     },
+    /// Checks an install against its manifest: every file's size and mode and every chunk's
+    /// hash. Exits non-zero when something is wrong; fetching the same version again repairs
+    /// it, downloading only the damaged chunks.
+    Verify {
+        /// The install directory.
+        #[arg(long)]
+        to: PathBuf,
+        /// The publisher's public key (64 hex characters): the manifest must be signed by it.
+        #[arg(long, env = "VOLLEY_CONTENT_TRUST")]
+        trust: Option<String>,
+        /// Print a JSON report.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// How this process takes part in a swarm.
@@ -383,6 +397,57 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
                     println!("{}", serde_json::json!({ "seeded": stats_json(&s) }));
                 }
                 swarm.close().await;
+            }
+            Ok(())
+        }
+        ContentCmd::Verify { to, trust, json } => {
+            let trusted = trust
+                .as_deref()
+                .map(volley_content::manifest::parse_public_key)
+                .transpose()?;
+            let dir = to.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                volley_content::install::verify(&dir, trusted.as_ref())
+            })
+            .await??;
+            if json {
+                let problems: Vec<_> = r
+                    .problems
+                    .iter()
+                    .map(|p| serde_json::json!({ "path": p.path, "what": p.what }))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "game": r.game, "version": r.version, "files": r.files,
+                        "checked_bytes": r.checked_bytes, "damaged_chunks": r.damaged_chunks,
+                        "damaged_bytes": r.damaged_bytes, "problems": problems,
+                    })
+                );
+            } else {
+                for p in &r.problems {
+                    println!("{}: {}", p.path, p.what);
+                }
+                println!(
+                    "{} {} in {}: {} files, {:.1} MiB checked, {} damaged chunks ({:.1} MiB)",
+                    r.game,
+                    r.version,
+                    to.display(),
+                    r.files,
+                    mib(r.checked_bytes),
+                    r.damaged_chunks,
+                    mib(r.damaged_bytes)
+                );
+            }
+            if !r.problems.is_empty() {
+                anyhow::bail!(
+                    "{} of {} files are damaged or missing; `volley content fetch` of {} {} into {} repairs them, downloading only the damaged chunks",
+                    r.problems.len(),
+                    r.files,
+                    r.game,
+                    r.version,
+                    to.display()
+                );
             }
             Ok(())
         }

@@ -383,6 +383,116 @@ async fn chunks_no_manifest_locates_are_found_by_recutting_local_files() {
     n.node.shutdown().await;
 }
 
+/// `volley content verify` finds every kind of damage to an install, and fetching the same
+/// version again repairs it, downloading only the damaged chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_damage_and_fetching_the_same_version_repairs_only_that() {
+    let n = start_node(|c| c.server_key = Some(KEY.into())).await;
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(work.path());
+    let v1 = work.path().join("v1");
+    make_build(&v1, 8);
+    let total = publish(&n.base, &key, &v1, "1.0.0")["total_bytes"]
+        .as_u64()
+        .unwrap();
+    let install = work.path().join("install");
+    ok_json(fetch(&n.base, &public, &install, "1.0.0", &[]));
+    let dir = install.to_str().unwrap();
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["content", "verify", "--to", dir, "--json"];
+        args.extend_from_slice(extra);
+        volley(&args)
+    };
+    let clean = ok_json(verify(&["--trust", &public]));
+    assert_eq!(clean["checked_bytes"].as_u64(), Some(total), "{clean}");
+    assert_eq!(clean["problems"], serde_json::json!([]));
+    assert_eq!(clean["version"], "1.0.0");
+    // Damage of every kind: a flipped byte, a truncated file, a deleted file, a lost mode bit.
+    let one = install.join("data/levels/one.pak");
+    let mut data = std::fs::read(&one).unwrap();
+    data[4 << 20] ^= 0x40;
+    std::fs::write(&one, data).unwrap();
+    let two = install.join("data/levels/two.pak");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&two)
+        .unwrap()
+        .set_len(5 << 20)
+        .unwrap();
+    std::fs::remove_file(install.join("readme.txt")).unwrap();
+    std::fs::set_permissions(
+        install.join("bin/game"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = verify(&[]);
+    assert!(!out.status.success(), "damage is an error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("4 of 5 files") && err.contains("repairs"),
+        "{err}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems: Vec<(String, String)> = r["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["path"].as_str().unwrap().to_owned(),
+                p["what"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let paths: Vec<&str> = problems.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "bin/game",
+            "data/levels/one.pak",
+            "data/levels/two.pak",
+            "readme.txt"
+        ],
+        "{r}"
+    );
+    assert!(problems[0].1.contains("mode 644"), "{r}");
+    assert!(problems[1].1.contains("1 damaged chunk"), "{r}");
+    assert!(problems[2].1.contains("5242880 bytes"), "{r}");
+    assert!(problems[3].1.contains("missing"), "{r}");
+    let damaged = r["damaged_bytes"].as_u64().unwrap();
+    assert!(damaged > 3 << 20 && damaged < 4 << 20, "{r}");
+    // Bad input: a key that did not sign it, a directory that holds no install.
+    let other = volley(&[
+        "content",
+        "keygen",
+        "--out",
+        work.path().join("other.key").to_str().unwrap(),
+    ]);
+    let other = String::from_utf8(other.stdout).unwrap().trim().to_owned();
+    assert!(!verify(&["--trust", &other]).status.success());
+    let out = volley(&["content", "verify", "--to", v1.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds no Volley install"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The repair: the same version fetched again downloads only the damaged chunks.
+    let (_, before) = served(&n.base).await;
+    let f = ok_json(fetch(&n.base, &public, &install, "1.0.0", &[]));
+    let (_, after) = served(&n.base).await;
+    assert_eq!(tree(&install), tree(&v1), "repaired, modes too");
+    let downloaded = f["downloaded_bytes"].as_u64().unwrap();
+    assert_eq!(downloaded, after - before);
+    assert!(
+        downloaded <= damaged,
+        "downloaded {downloaded}, damaged {damaged}"
+    );
+    assert!(downloaded > 3 << 20, "{f}");
+    assert_eq!(ok_json(verify(&[]))["problems"], serde_json::json!([]));
+    n.node.shutdown().await;
+}
+
 async fn post_batch(
     base: &str,
     game: &str,
