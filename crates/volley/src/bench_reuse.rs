@@ -67,6 +67,12 @@ struct Report {
     /// new files reserved at their size (page cache, no fsync).
     plain_copy_seconds: Vec<f64>,
     rows: Vec<Row>,
+    /// `volley content verify` of the new install, each round.
+    verify_seconds: Vec<f64>,
+    /// Reading and hashing the install's files on every core, each round.
+    verify_read_and_hash_seconds: Vec<f64>,
+    /// Median verify time over the median read + BLAKE3 of the same files.
+    verify_over_read_and_hash: f64,
     /// casync's median time over Volley's.
     casync_over_volley: Option<f64>,
     /// Volley's median time over reading and hashing the seed once.
@@ -310,6 +316,7 @@ pub(crate) async fn run(args: ReuseArgs) -> anyhow::Result<()> {
     let seed_paths: Vec<PathBuf> = names.iter().map(|n| v1.join(n)).collect();
     let mut limit = Vec::new();
     let mut limit_write = Vec::new();
+    let (mut verify_seconds, mut verify_limit) = (Vec::new(), Vec::new());
     let copy = work.join("copy");
     let mut volley_row = Row {
         system: "volley fetch --reuse-from".into(),
@@ -356,6 +363,20 @@ pub(crate) async fn run(args: ReuseArgs) -> anyhow::Result<()> {
             "volley's install differs from the build"
         );
         volley_row.seconds.push(secs);
+        // `volley content verify` over the new install, next to reading and hashing its files.
+        let installed: Vec<PathBuf> = names.iter().map(|n| out.join(n)).collect();
+        verify_limit.push(read_and_hash(&installed, threads, None)?);
+        settle();
+        let t = Instant::now();
+        let o = Command::new(&exe)
+            .args(["content", "verify", "--json", "--to"])
+            .arg(&out)
+            .stderr(Stdio::piped())
+            .output()?;
+        verify_seconds.push(t.elapsed().as_secs_f64());
+        if !o.status.success() {
+            bail!("volley verify: {}", String::from_utf8_lossy(&o.stderr));
+        }
         volley_row.fetched_bytes = v["downloaded_bytes"].as_u64().unwrap_or(0);
         volley_row.recut_bytes = v["recut_bytes"].as_u64();
         volley_row
@@ -414,6 +435,9 @@ pub(crate) async fn run(args: ReuseArgs) -> anyhow::Result<()> {
         volley_over_read_and_hash: med(&rows[0].seconds) / med(&limit),
         volley_local_over_read_and_hash: med(&rows[0].local_seconds) / med(&limit),
         volley_local_over_plain_copy: med(&rows[0].local_seconds) / med(&limit_write),
+        verify_over_read_and_hash: med(&verify_seconds) / med(&verify_limit),
+        verify_seconds,
+        verify_read_and_hash_seconds: verify_limit,
         read_and_hash_seconds: limit,
         plain_copy_seconds: limit_write,
         rows,
@@ -455,6 +479,12 @@ pub(crate) async fn run(args: ReuseArgs) -> anyhow::Result<()> {
         report.volley_local_over_read_and_hash,
         report.volley_local_over_plain_copy,
         report.volley_over_read_and_hash
+    );
+    println!(
+        "  volley content verify of the install: {:.2} s median = {:.2} × (read + BLAKE3 of its files, {:.2} s)",
+        med(&report.verify_seconds),
+        report.verify_over_read_and_hash,
+        med(&report.verify_read_and_hash_seconds)
     );
     Ok(())
 }
