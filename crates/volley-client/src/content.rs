@@ -152,7 +152,22 @@ pub async fn fetch(
     .await
 }
 
-/// [`fetch`] with explicit options.
+/// [`fetch`] with explicit options: concurrency, rate cap, and directories to re-cut for
+/// chunks before downloading (`opts.reuse_from`).
+///
+/// ```no_run
+/// # async fn f(key: &ed25519_dalek::VerifyingKey) -> Result<(), volley_client::Error> {
+/// let opts = volley_content::install::InstallOptions {
+///     reuse_from: vec!["/mnt/old-copy/arena".into()],
+///     ..Default::default()
+/// };
+/// let r = volley_client::content::fetch_with(
+///     "http://127.0.0.1:7350", "arena", "2.0.0", "/games/arena".as_ref(), key, opts, |_| {},
+/// )
+/// .await?;
+/// println!("{} bytes found locally, {} downloaded", r.reused_bytes, r.downloaded_bytes);
+/// # Ok(()) }
+/// ```
 pub async fn fetch_with(
     base: &str,
     game: &str,

@@ -460,6 +460,33 @@ mod tests {
     use crate::FileEntry;
 
     #[test]
+    fn a_recut_lists_regular_files_only_and_never_enters_state_or_staging() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("old/data")).unwrap();
+        fs::write(r.join("old/data/pack"), b"pack").unwrap();
+        fs::write(r.join("top"), b"top").unwrap();
+        fs::create_dir_all(r.join("old/.volley")).unwrap();
+        fs::write(r.join("old/.volley/manifest"), b"state").unwrap();
+        let staging = r.join("new.volley-staging");
+        fs::create_dir_all(&staging).unwrap();
+        fs::write(staging.join("half-written"), b"x").unwrap();
+        std::os::unix::fs::symlink(r.join("top"), r.join("link")).unwrap();
+        std::os::unix::fs::symlink(r.join("old"), r.join("dirlink")).unwrap();
+        let fifo = std::ffi::CString::new(r.join("fifo").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let mut files = Vec::new();
+        list_files(r, &staging, &mut files);
+        files.sort();
+        assert_eq!(
+            files,
+            vec![(r.join("old/data/pack"), 4), (r.join("top"), 3)],
+            "no state, no staging, no symlinks, no FIFO (which would block)"
+        );
+    }
+
+    #[test]
     fn the_installed_manifest_is_walked_from_its_file_as_the_signed_walk_reads_it() {
         let c = |b: u8, size: u32| ChunkRef {
             hash: [b; 32],
