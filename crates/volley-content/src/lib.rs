@@ -66,9 +66,8 @@ impl ContentError {
     }
 }
 
-/// A chunk's bytes, checked against its reference: only [`Verified::check`] makes one (and,
-/// inside this crate, code that has just hashed the bytes), so whoever holds one need not hash
-/// the bytes again.
+/// A chunk's bytes, checked against its reference: only [`Verified::check`] makes one, so
+/// whoever holds one need not hash the bytes again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     chunk: ChunkRef,
@@ -84,12 +83,6 @@ impl Verified {
         } else {
             Err(data)
         }
-    }
-
-    /// Bytes the caller has just hashed to `chunk`'s hash (not hashed again).
-    pub(crate) fn hashed(chunk: ChunkRef, data: bytes::Bytes) -> Verified {
-        debug_assert_eq!(blake3::hash(&data).as_bytes(), &chunk.hash);
-        Verified { chunk, data }
     }
 
     /// Which chunk.

@@ -289,12 +289,7 @@ fn recut_file(path: &Path, r: &Recut<'_>) -> Result<(), Halt> {
             if r.staging.has_chunk(i) {
                 return Ok(());
             }
-            r.staging
-                .put(&Verified::hashed(
-                    chunk,
-                    bytes::Bytes::copy_from_slice(data),
-                ))
-                .map_err(Halt::Put)?;
+            r.staging.put_hashed(&hash, data).map_err(Halt::Put)?;
             if r.staging.count() >= r.table.len() {
                 return Err(Halt::Done);
             }

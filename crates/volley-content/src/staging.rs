@@ -251,8 +251,12 @@ impl Staging {
 
     /// Writes the chunk at every offset it has in the version.
     pub fn put(&self, v: &Verified) -> Result<(), ContentError> {
-        let hash = &v.chunk().hash;
-        let data = v.bytes();
+        self.put_hashed(&v.chunk().hash, v.bytes())
+    }
+
+    /// [`Staging::put`] for bytes the caller has just hashed to `hash`.
+    pub(crate) fn put_hashed(&self, hash: &[u8; 32], data: &[u8]) -> Result<(), ContentError> {
+        debug_assert_eq!(blake3::hash(data).as_bytes(), hash);
         let Some(i) = self.table.find(hash) else {
             return Err(ContentError::Invalid(format!(
                 "chunk {} is not part of this version",
