@@ -586,13 +586,7 @@ fn chunk_stretches<S: Source>(
             *done[k].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
         }
     };
-    let threads = threads.clamp(1, tasks.len().max(1));
-    std::thread::scope(|scope| {
-        for _ in 1..threads {
-            scope.spawn(work);
-        }
-        work();
-    });
+    crate::on_threads(threads, tasks.len(), work);
     // Join the stretches of each file.
     let mut out: Vec<Vec<Cut>> = files.iter().map(|_| Vec::new()).collect();
     let mut buf = vec![0u8; p.max];

@@ -533,15 +533,7 @@ pub fn verify(
             }
         }
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, files.len().max(1));
-    std::thread::scope(|scope| {
-        for _ in 1..threads {
-            scope.spawn(work);
-        }
-        work();
-    });
+    crate::on_threads(crate::cores(), files.len(), work);
     let mut problems = found.into_inner().unwrap_or_else(|e| e.into_inner());
     problems.sort_by_key(|(i, _)| *i);
     Ok(VerifyReport {

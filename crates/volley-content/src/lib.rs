@@ -101,6 +101,23 @@ impl Verified {
     }
 }
 
+/// Runs `work` on `threads` threads (this one included, at least one, at most `tasks`), each
+/// taking tasks from a shared queue until it is empty.
+pub(crate) fn on_threads(threads: usize, tasks: usize, work: impl Fn() + Sync) {
+    let threads = threads.clamp(1, tasks.max(1));
+    std::thread::scope(|scope| {
+        for _ in 1..threads {
+            scope.spawn(&work);
+        }
+        work();
+    });
+}
+
+/// Threads for work spread over every core.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// A chunk's name: its BLAKE3 hash in hex.
 pub fn chunk_name(hash: &[u8; 32]) -> String {
     hex::encode(hash)

@@ -242,15 +242,7 @@ fn recut_files(mut files: Vec<(PathBuf, u64)>, r: &Recut<'_>) -> Result<(), Cont
             }
         }
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, files.len().max(1));
-    std::thread::scope(|scope| {
-        for _ in 1..threads {
-            scope.spawn(work);
-        }
-        work();
-    });
+    crate::on_threads(crate::cores(), files.len(), work);
     (r.read)(r.total.load(Ordering::Relaxed));
     match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
         Some(e) => Err(e),

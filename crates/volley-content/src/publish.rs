@@ -21,7 +21,7 @@ pub fn chunk_dir(
 ) -> Result<Manifest, ContentError> {
     let p = Params::new(chunk_avg)
         .ok_or_else(|| ContentError::Invalid(format!("bad chunk average {chunk_avg}")))?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = crate::cores();
     let mut paths = Vec::new();
     walk(dir, dir, &mut paths)?;
     paths.sort();

@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use rand::{Rng, RngCore, SeedableRng};
 use serde::Serialize;
 
-use crate::bench_swarm::{free_port, percentile, start_node, Proc, KEY};
+use crate::bench_swarm::{free_port, have, percentile, start_node, Proc, KEY};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct ReuseArgs {
@@ -51,6 +51,20 @@ struct Row {
     recut_bytes: Option<u64>,
     /// Volley's own time re-cutting the seed and writing what it found into place, each round.
     local_seconds: Vec<f64>,
+}
+
+impl Row {
+    fn new(system: &str) -> Row {
+        Row {
+            system: system.into(),
+            seconds: Vec::new(),
+            fetched_bytes: 0,
+            fetched_fraction_of_build: 0.0,
+            fetched_over_ideal: 0.0,
+            recut_bytes: None,
+            local_seconds: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -185,14 +199,6 @@ fn settle() {
     unsafe { libc::sync() };
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Bytes of the store's files that the HTTP server's log says were sent.
 fn served_from_log(log: &Path, store: &Path) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string(log)?;
@@ -318,24 +324,8 @@ pub(crate) async fn run(args: ReuseArgs) -> anyhow::Result<()> {
     let mut limit_write = Vec::new();
     let (mut verify_seconds, mut verify_limit) = (Vec::new(), Vec::new());
     let copy = work.join("copy");
-    let mut volley_row = Row {
-        system: "volley fetch --reuse-from".into(),
-        seconds: Vec::new(),
-        fetched_bytes: 0,
-        fetched_fraction_of_build: 0.0,
-        fetched_over_ideal: 0.0,
-        recut_bytes: None,
-        local_seconds: Vec::new(),
-    };
-    let mut casync_row = Row {
-        system: "casync extract --seed".into(),
-        seconds: Vec::new(),
-        fetched_bytes: 0,
-        fetched_fraction_of_build: 0.0,
-        fetched_over_ideal: 0.0,
-        recut_bytes: None,
-        local_seconds: Vec::new(),
-    };
+    let mut volley_row = Row::new("volley fetch --reuse-from");
+    let mut casync_row = Row::new("casync extract --seed");
     for round in 0..args.rounds {
         // Each round starts with the seed in the page cache for everyone.
         limit.push(read_and_hash(&seed_paths, threads, None)?);

@@ -91,7 +91,17 @@ fn keygen(dir: &Path) -> (String, String) {
 }
 
 fn publish(base: &str, key: &str, dir: &Path, version: &str) -> serde_json::Value {
-    ok_json(volley(&[
+    publish_with(base, key, dir, version, &[])
+}
+
+fn publish_with(
+    base: &str,
+    key: &str,
+    dir: &Path,
+    version: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut args = vec![
         "content",
         "publish",
         dir.to_str().unwrap(),
@@ -106,7 +116,9 @@ fn publish(base: &str, key: &str, dir: &Path, version: &str) -> serde_json::Valu
         "--server-key",
         KEY,
         "--json",
-    ]))
+    ];
+    args.extend_from_slice(extra);
+    ok_json(volley(&args))
 }
 
 fn fetch(base: &str, public: &str, to: &Path, version: &str, extra: &[&str]) -> Output {
@@ -332,25 +344,8 @@ async fn chunks_no_manifest_locates_are_found_by_recutting_local_files() {
 
     // 5. Version 1 again, published at twice the average chunk size: no chunk is shared by
     //    hash, yet nothing is downloaded, since re-cutting the installed files finds them all.
-    let out = volley(&[
-        "content",
-        "publish",
-        v1.to_str().unwrap(),
-        "--game",
-        "arena",
-        "--version",
-        "1.0.1",
-        "--key",
-        &key,
-        "--node",
-        &n.base,
-        "--server-key",
-        KEY,
-        "--chunk-avg",
-        "131072",
-        "--json",
-    ]);
-    assert!(ok_json(out)["uploaded_chunks"].as_u64().unwrap() > 0);
+    let p = publish_with(&n.base, &key, &v1, "1.0.1", &["--chunk-avg", "131072"]);
+    assert!(p["uploaded_chunks"].as_u64().unwrap() > 0);
     let r = ok_json(fetch(&n.base, &public, &install, "1.0.1", &[]));
     assert_eq!(tree(&install), tree(&v1));
     assert!(notes(&r).contains("65536-byte average"), "{r}");
