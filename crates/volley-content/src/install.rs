@@ -205,8 +205,8 @@ pub struct InstallReport {
     /// Time spent after that: setting modes, syncing the staged version and swapping it into
     /// place.
     pub build_time: Duration,
-    /// Time spent finding chunks on this machine and writing them into place (part of
-    /// `download_time`).
+    /// Time from the start until the chunks found on this machine were in place: opening the
+    /// staging area, then finding them and writing them (part of `download_time`).
     pub local_time: Duration,
     /// Bytes of local files re-cut to find chunks ([`InstallOptions::reuse_from`], or an
     /// install whose manifest was missing, unreadable or cut at another size).

@@ -123,7 +123,6 @@ pub(crate) fn gather(
                 }
                 Ok(())
             });
-            changed.dedup_by(|a, b| a.0 == b.0);
             match walked {
                 Ok(old_avg) if old_avg == avg => {
                     if !changed.is_empty() {
@@ -167,7 +166,7 @@ pub(crate) fn gather(
 }
 
 /// What [`recut`] needs.
-pub(crate) struct Recut<'a> {
+struct Recut<'a> {
     table: &'a ChunkTable,
     staging: &'a Staging,
     params: Params,
@@ -202,15 +201,8 @@ const TELL_EVERY: u64 = 8 << 20;
 /// area are not entered, unreadable entries are skipped) with the version's rule on every
 /// core, and writes each chunk the version lacks into the staging area. A root that is not a
 /// readable directory is an error.
-pub(crate) fn recut(root: &Path, r: &Recut<'_>) -> Result<(), ContentError> {
+fn recut(root: &Path, r: &Recut<'_>) -> Result<(), ContentError> {
     let root = fs::canonicalize(root).map_err(|e| ContentError::io(root, e))?;
-    let meta = fs::metadata(&root).map_err(|e| ContentError::io(&root, e))?;
-    if !meta.is_dir() {
-        return Err(ContentError::Invalid(format!(
-            "{} is not a directory",
-            root.display()
-        )));
-    }
     fs::read_dir(&root).map_err(|e| ContentError::io(&root, e))?;
     let mut files = Vec::new();
     list_files(&root, r.skip, &mut files);
