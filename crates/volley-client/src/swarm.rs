@@ -110,9 +110,9 @@ pub struct SwarmStats {
 enum Serve {
     /// The staging area of an install in progress.
     Staging(Arc<Staging>),
-    /// An installed version: its files, and per chunk number the offset of its first place
-    /// (in the file the chunk table names).
-    Installed { paths: Vec<PathBuf>, at: Vec<u64> },
+    /// An installed version: its files (each chunk's first place in them is the chunk
+    /// table's).
+    Installed { paths: Vec<PathBuf> },
 }
 
 struct PeerState {
@@ -299,10 +299,7 @@ impl Swarm {
             game,
             version,
             held: Mutex::new(Bits::new(n)),
-            serve: Mutex::new(Serve::Installed {
-                paths: Vec::new(),
-                at: Vec::new(),
-            }),
+            serve: Mutex::new(Serve::Installed { paths: Vec::new() }),
             recent: Mutex::new(Recent::default()),
             picker: Mutex::new(None),
             out: Mutex::new(None),
@@ -381,7 +378,6 @@ impl Swarm {
             }
             Some(_) => {}
         }
-        let at = table.first_offsets();
         let mut held = Bits::new(table.len());
         for i in 0..table.len() {
             held.set(i);
@@ -392,7 +388,7 @@ impl Swarm {
             .iter()
             .map(|f| dir.join(&f.path))
             .collect();
-        *lock(&self.inner.serve) = Serve::Installed { paths, at };
+        *lock(&self.inner.serve) = Serve::Installed { paths };
         self.replace_held(held);
         Ok(())
     }
@@ -405,8 +401,8 @@ impl Swarm {
             Serve::Installed { .. } => None,
         };
         match layout {
-            Some((paths, at)) => {
-                *lock(&self.inner.serve) = Serve::Installed { paths, at };
+            Some(paths) => {
+                *lock(&self.inner.serve) = Serve::Installed { paths };
                 Ok(())
             }
             None => self.serve_installed(dir),
@@ -508,9 +504,8 @@ impl Inner {
         let c = self.idx(i)?;
         let loc = match &*lock(&self.serve) {
             Serve::Staging(staging) => return staging.get(&c.hash).ok().flatten(),
-            Serve::Installed { paths, at } => {
-                let off = *at.get(i as usize)?;
-                let (fi, _) = self.table.first_ref(i)?;
+            Serve::Installed { paths } => {
+                let (fi, off) = self.table.first_place(i)?;
                 (paths.get(fi)?.clone(), off)
             }
         };

@@ -39,8 +39,6 @@ pub struct Staging {
     paths: Vec<PathBuf>,
     modes: Vec<u32>,
     table: Arc<ChunkTable>,
-    /// Per chunk: the offset of its first place, in the file the table names.
-    first_at: Vec<u64>,
     /// The further places of the few chunks that occur more than once.
     more: HashMap<u32, Vec<(u32, u64)>>,
     /// Per chunk, a bit: whole at all its places.
@@ -105,14 +103,9 @@ impl Staging {
             paths.push(path);
             modes.push(f.mode);
         }
-        let mut first_at = vec![0u64; n];
         let mut more: HashMap<u32, Vec<(u32, u64)>> = HashMap::new();
         for p in table.places() {
-            if p.first {
-                if let Some(o) = first_at.get_mut(p.number as usize) {
-                    *o = p.offset;
-                }
-            } else if (p.number as usize) < n {
+            if !p.first && (p.number as usize) < n {
                 more.entry(p.number)
                     .or_default()
                     .push((p.file as u32, p.offset));
@@ -129,7 +122,6 @@ impl Staging {
             paths,
             modes,
             table,
-            first_at,
             more,
             have: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             held: AtomicUsize::new(0),
@@ -144,10 +136,9 @@ impl Staging {
 
     /// Every place chunk `i` occurs: (file index, offset).
     fn places(&self, i: u32) -> impl Iterator<Item = (u32, u64)> + '_ {
-        let first = self.table.first_ref(i).map(|(fi, _)| fi as u32);
-        let at = self.first_at.get(i as usize).copied().unwrap_or(0);
-        first
-            .map(|fi| (fi, at))
+        self.table
+            .first_place(i)
+            .map(|(fi, at)| (fi as u32, at))
             .into_iter()
             .chain(self.more.get(&i).into_iter().flatten().copied())
     }
@@ -223,15 +214,13 @@ impl Staging {
             .is_some_and(|w| w.load(Ordering::Acquire) & (1u64 << (i % 64)) != 0)
     }
 
-    /// Where the version's files will be once the staging area is renamed to `dir`, and per
-    /// chunk the offset of its first place (in the file [`ChunkTable::first_ref`] names).
-    pub fn layout(&self, dir: &Path) -> (Vec<PathBuf>, Vec<u64>) {
-        let paths = self
-            .paths
+    /// Where the version's files will be once the staging area is renamed to `dir` (each
+    /// chunk's first place in them is [`ChunkTable::first_place`]).
+    pub fn layout(&self, dir: &Path) -> Vec<PathBuf> {
+        self.paths
             .iter()
             .map(|p| dir.join(p.strip_prefix(&self.root).unwrap_or(p)))
-            .collect();
-        (paths, self.first_at.clone())
+            .collect()
     }
 
     /// The version's chunks.
@@ -519,9 +508,11 @@ mod tests {
         s.put(&vb).unwrap();
         assert_eq!(fs::read(root.join("x")).unwrap(), [a, b, a].concat());
         assert_eq!(fs::read(root.join("d/y")).unwrap(), b);
-        let (paths, at) = s.layout(Path::new("/there"));
+        let paths = s.layout(Path::new("/there"));
         assert_eq!(paths, [Path::new("/there/d/y"), Path::new("/there/x")]);
-        assert_eq!(at, [0, 0]);
+        // Files in path order: chunk 0 (b) first occurs in d/y, chunk 1 (a) in x.
+        assert_eq!(s.table().first_place(0), Some((0, 0)));
+        assert_eq!(s.table().first_place(1), Some((1, 0)));
         let f = OpenOptions::new().write(true).open(root.join("x")).unwrap();
         f.write_all_at(b"z", 568).unwrap();
         drop(s);

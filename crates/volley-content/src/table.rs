@@ -3,25 +3,44 @@
 //!
 //! One table is built per fetch and shared by the swarm and the staging area. It keeps the
 //! signed manifest it was built from (in memory or moved to disk) and reads each chunk's hash
-//! and size from there, so it adds 16 bytes per chunk: where the chunk's first reference
-//! starts in the signed bytes, and a slot in an index sorted by hash (the chunk's number and
-//! the first 8 bytes of its hash, searched by bisection without reading the manifest).
+//! and size from there. Its own state is on disk too, in two unnamed files of the process's
+//! own (in the temp directory, gone with the process), read with positioned reads:
+//!
+//! - per chunk number, 12 bytes: where the chunk's first reference starts in the signed bytes
+//!   and the offset of that place in its file;
+//! - an open-addressed hash index (twice as many 16-byte slots as references, linear probing):
+//!   the first 8 bytes of a hash, its chunk number and where its first reference starts.
+//!
+//! The table is built in one pass over the references, in order (a reference whose hash the
+//! index does not hold yet is a new chunk and takes the next number), so building it and
+//! holding it take the same memory for a build of any size. A lookup by hash reads about one
+//! slot group and one reference.
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use crate::manifest::SignedManifest;
 use crate::{chunk_name, ChunkRef, ContentError};
 
+/// Bytes per chunk-number record: first reference (u32), offset in its file (u64).
+const RECORD: u64 = 12;
+/// Bytes per index slot: hash prefix (u64), chunk number + 1 (u32, 0 = empty), first
+/// reference (u32).
+const SLOT: u64 = 16;
+/// Slots read per positioned read while probing.
+const GROUP: u64 = 4;
+
 /// See the module docs.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ChunkTable {
     manifest: Arc<SignedManifest>,
-    /// Per chunk number: where its first reference starts in the signed bytes (ascending).
-    first: Vec<u32>,
-    /// Chunk numbers, sorted by hash.
-    by_hash: Vec<u32>,
-    /// The first 8 bytes of each hash, in `by_hash` order.
-    prefix: Vec<u64>,
+    len: usize,
+    records: File,
+    index: File,
+    /// Slots in the index (a power of two).
+    slots: u64,
 }
 
 fn prefix_of(hash: &[u8; 32]) -> u64 {
@@ -30,72 +49,131 @@ fn prefix_of(hash: &[u8; 32]) -> u64 {
     ])
 }
 
+/// A probe's answer: the chunk's number and first reference, or the empty slot where it
+/// would go.
+enum Probe {
+    Found { number: u32, first: u32 },
+    Empty(u64),
+}
+
+/// Looks `hash` up in an index of `slots` slots over manifest `m`.
+fn probe(index: &File, slots: u64, m: &SignedManifest, hash: &[u8; 32]) -> std::io::Result<Probe> {
+    let p = prefix_of(hash);
+    let mask = slots - 1;
+    let mut s = p & mask;
+    let mut buf = [0u8; (GROUP * SLOT) as usize];
+    for _ in 0..slots.div_ceil(GROUP) + 1 {
+        let k = GROUP.min(slots - s);
+        let got = &mut buf[..(k * SLOT) as usize];
+        index.read_exact_at(got, s * SLOT)?;
+        for (j, slot) in got.chunks_exact(SLOT as usize).enumerate() {
+            let word = |r: std::ops::Range<usize>| -> [u8; 4] {
+                let mut w = [0u8; 4];
+                w.copy_from_slice(&slot[r]);
+                w
+            };
+            let number = u32::from_be_bytes(word(8..12));
+            if number == 0 {
+                return Ok(Probe::Empty(s + j as u64));
+            }
+            let mut pre = [0u8; 8];
+            pre.copy_from_slice(&slot[..8]);
+            if u64::from_be_bytes(pre) == p {
+                let first = u32::from_be_bytes(word(12..16));
+                // Equal prefixes are rare: each is checked whole.
+                if m.chunk_at(first).hash == *hash {
+                    return Ok(Probe::Found {
+                        number: number - 1,
+                        first,
+                    });
+                }
+            }
+        }
+        s = (s + k) & mask;
+    }
+    // Never full: twice as many slots as references.
+    Err(std::io::Error::other("the chunk index is full"))
+}
+
+fn temp_io(e: std::io::Error) -> ContentError {
+    ContentError::io(&std::env::temp_dir(), e)
+}
+
 impl ChunkTable {
     /// The table of `manifest`. A manifest that lists one hash with two sizes can never be
-    /// installed, and is refused.
+    /// installed, and is refused. The table's files go to the temp directory.
     pub fn new(manifest: Arc<SignedManifest>) -> Result<ChunkTable, ContentError> {
         let m = &*manifest;
-        // Every reference, sorted by (hash, position): the first of each run of equal hashes
-        // is where that chunk first occurs.
-        // Sorted as integers first (the hash's top 32 bits, then the position: no reads of
-        // the manifest while sorting), then each run of equal top bits by its whole hashes.
-        let hash_at = |at: u32| -> [u8; 32] { m.chunk_at(at).hash };
-        let mut keys: Vec<u64> = m
-            .chunks()
-            .map(|(_, at, c)| {
-                let top = u32::from_be_bytes([c.hash[0], c.hash[1], c.hash[2], c.hash[3]]);
-                (u64::from(top) << 32) | u64::from(at)
-            })
-            .collect();
-        keys.sort_unstable();
-        let mut from = 0;
-        while from < keys.len() {
-            let top = keys[from] >> 32;
-            let to = from + keys[from..].partition_point(|&k| k >> 32 == top);
-            if to - from > 1 {
-                keys[from..to].sort_by_cached_key(|&k| (hash_at(k as u32), k as u32));
+        let slots = (m.refs().max(1) as u64 * 2).next_power_of_two().max(GROUP);
+        let index = tempfile::tempfile().map_err(temp_io)?;
+        index.set_len(slots * SLOT).map_err(temp_io)?;
+        let mut records = BufWriter::with_capacity(1 << 16, tempfile::tempfile().map_err(temp_io)?);
+        let mut len = 0usize;
+        let mut file = usize::MAX;
+        let mut offset = 0u64;
+        for (fi, at, c) in m.chunks() {
+            if fi != file {
+                (file, offset) = (fi, 0);
             }
-            from = to;
-        }
-        let mut refs: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
-        drop(keys);
-        let mut prev: Option<ChunkRef> = None;
-        let mut bad = None;
-        refs.retain(|&at| {
-            let c = m.chunk_at(at);
-            match prev {
-                Some(p) if p.hash == c.hash => {
-                    if p.size != c.size && bad.is_none() {
-                        bad = Some((c.hash, p.size, c.size));
+            let here = offset;
+            offset += u64::from(c.size);
+            match probe(&index, slots, m, &c.hash).map_err(temp_io)? {
+                Probe::Found { first, .. } => {
+                    let f = m.chunk_at(first);
+                    if f.size != c.size {
+                        return Err(ContentError::Invalid(format!(
+                            "chunk {} is listed with sizes {} and {}",
+                            chunk_name(&c.hash),
+                            f.size,
+                            c.size
+                        )));
                     }
-                    false
                 }
-                _ => {
-                    prev = Some(c);
-                    true
+                Probe::Empty(slot) => {
+                    let number = u32::try_from(len)
+                        .map_err(|_| ContentError::Invalid("more than 2^32 chunks".into()))?;
+                    let mut s = [0u8; SLOT as usize];
+                    s[..8].copy_from_slice(&prefix_of(&c.hash).to_be_bytes());
+                    s[8..12].copy_from_slice(&(number + 1).to_be_bytes());
+                    s[12..].copy_from_slice(&at.to_be_bytes());
+                    index.write_all_at(&s, slot * SLOT).map_err(temp_io)?;
+                    records.write_all(&at.to_be_bytes()).map_err(temp_io)?;
+                    records.write_all(&here.to_be_bytes()).map_err(temp_io)?;
+                    len += 1;
                 }
             }
-        });
-        if let Some((hash, a, b)) = bad {
-            return Err(ContentError::Invalid(format!(
-                "chunk {} is listed with sizes {a} and {b}",
-                chunk_name(&hash)
-            )));
         }
-        refs.shrink_to_fit();
-        // Numbered by first position; `refs` (sorted by hash) becomes the numbers in that order.
-        let prefix: Vec<u64> = refs.iter().map(|&at| prefix_of(&hash_at(at))).collect();
-        let mut first = refs.clone();
-        first.sort_unstable();
-        for r in &mut refs {
-            *r = first.binary_search(r).map_or(u32::MAX, |k| k as u32);
-        }
+        let records = records.into_inner().map_err(|e| temp_io(e.into_error()))?;
         Ok(ChunkTable {
             manifest,
-            first,
-            by_hash: refs,
-            prefix,
+            len,
+            records,
+            index,
+            slots,
         })
+    }
+
+    /// Looks `hash` up in the index.
+    fn probe(&self, hash: &[u8; 32]) -> std::io::Result<Probe> {
+        probe(&self.index, self.slots, &self.manifest, hash)
+    }
+
+    /// Chunk `i`'s record: where its first reference starts, and that place's offset.
+    fn record(&self, i: u32) -> Option<(u32, u64)> {
+        if i as usize >= self.len {
+            return None;
+        }
+        let mut b = [0u8; RECORD as usize];
+        // A failed read of the table's own file gives no chunk, so whatever would use it is
+        // refused rather than trusted.
+        self.records
+            .read_exact_at(&mut b, u64::from(i) * RECORD)
+            .ok()?;
+        let mut at = [0u8; 4];
+        at.copy_from_slice(&b[..4]);
+        let mut off = [0u8; 8];
+        off.copy_from_slice(&b[4..]);
+        Some((u32::from_be_bytes(at), u64::from_be_bytes(off)))
     }
 
     /// BLAKE3 of the signed manifest the table was built from.
@@ -110,44 +188,48 @@ impl ChunkTable {
 
     /// Distinct chunks.
     pub fn len(&self) -> usize {
-        self.first.len()
+        self.len
     }
 
     /// Whether the version has no chunks (only empty files).
     pub fn is_empty(&self) -> bool {
-        self.first.is_empty()
+        self.len == 0
     }
 
     /// Chunk `i`.
     pub fn get(&self, i: u32) -> Option<ChunkRef> {
-        self.first
-            .get(i as usize)
-            .map(|&at| self.manifest.chunk_at(at))
+        self.record(i).map(|(at, _)| self.manifest.chunk_at(at))
     }
 
     /// Where chunk `i` first occurs: its file (an index into the manifest's files) and where
     /// its reference starts in the signed bytes.
     pub fn first_ref(&self, i: u32) -> Option<(usize, u32)> {
-        let at = *self.first.get(i as usize)?;
+        let (at, _) = self.record(i)?;
         Some((self.manifest.file_of(at)?, at))
+    }
+
+    /// Where chunk `i` first occurs: its file and the offset in that file.
+    pub fn first_place(&self, i: u32) -> Option<(usize, u64)> {
+        let (at, offset) = self.record(i)?;
+        Some((self.manifest.file_of(at)?, offset))
     }
 
     /// The number of the chunk with this hash.
     pub fn find(&self, hash: &[u8; 32]) -> Option<u32> {
-        let p = prefix_of(hash);
-        let from = self.prefix.partition_point(|&x| x < p);
-        // Equal prefixes are rare (and sorted by the rest of the hash): each is checked whole.
-        self.prefix[from..]
-            .iter()
-            .zip(&self.by_hash[from..])
-            .take_while(|(&x, _)| x == p)
-            .map(|(_, &i)| i)
-            .find(|&i| self.get(i).is_some_and(|c| c.hash == *hash))
+        match self.probe(hash) {
+            Ok(Probe::Found { number, .. }) => Some(number),
+            _ => None,
+        }
     }
 
     /// Every chunk, by number.
     pub fn iter(&self) -> impl Iterator<Item = ChunkRef> + '_ {
-        self.first.iter().map(|&at| self.manifest.chunk_at(at))
+        (0..self.len as u32).map(|i| {
+            self.get(i).unwrap_or(ChunkRef {
+                hash: [0; 32],
+                size: 0,
+            })
+        })
     }
 
     /// Walks every reference of the manifest in order, each with its file, the offset it has
@@ -156,19 +238,15 @@ impl ChunkTable {
         let m = &*self.manifest;
         let mut at_in_file = 0u64;
         let mut file = usize::MAX;
-        let mut next_first = 0usize;
         m.chunks().map(move |(fi, at, c)| {
             if fi != file {
                 (file, at_in_file) = (fi, 0);
             }
             let offset = at_in_file;
             at_in_file += u64::from(c.size);
-            // References come in signed-byte order, as the first ones were numbered.
-            let (number, first) = if self.first.get(next_first) == Some(&at) {
-                next_first += 1;
-                ((next_first - 1) as u32, true)
-            } else {
-                (self.find(&c.hash).unwrap_or(u32::MAX), false)
+            let (number, first) = match self.probe(&c.hash) {
+                Ok(Probe::Found { number, first }) => (number, first == at),
+                _ => (u32::MAX, false),
             };
             Place {
                 file: fi,
@@ -177,18 +255,6 @@ impl ChunkTable {
                 first,
             }
         })
-    }
-
-    /// Per chunk number, the offset of its first place in its file (see
-    /// [`ChunkTable::first_ref`] for the file).
-    pub fn first_offsets(&self) -> Vec<u64> {
-        let mut out = vec![0u64; self.len()];
-        for p in self.places().filter(|p| p.first) {
-            if let Some(o) = out.get_mut(p.number as usize) {
-                *o = p.offset;
-            }
-        }
-        out
     }
 }
 
@@ -289,7 +355,17 @@ mod tests {
                 (1, 2006, 3, true),
             ]
         );
-        assert_eq!(t.first_offsets(), [0, 1005, 0, 2006]);
+        let firsts: Vec<_> = (0..5).map(|i| t.first_place(i)).collect();
+        assert_eq!(
+            firsts,
+            [
+                Some((0, 0)),
+                Some((0, 1005)),
+                Some((1, 0)),
+                Some((1, 2006)),
+                None
+            ]
+        );
     }
 
     #[test]
@@ -343,6 +419,68 @@ mod tests {
         assert_eq!(t.find(&h(2)), Some(2));
         assert_eq!(t.find(&h(3)), None);
         assert_eq!(t.find(&h(1)), None);
+    }
+
+    #[test]
+    fn the_index_probes_past_collisions_and_wraps_around() {
+        // 600 distinct chunks (1,200 references: each twice) in a 4,096-slot index; 40 of them
+        // aimed at the last slot, so their probes run on and wrap to the first.
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let hashes: Vec<[u8; 32]> = (0..600)
+            .map(|k| {
+                let mut h = [0u8; 32];
+                for w in h.chunks_mut(8) {
+                    w.copy_from_slice(&next().to_le_bytes());
+                }
+                if k % 15 == 0 {
+                    h[6] |= 0x0f;
+                    h[7] = 0xff;
+                }
+                h
+            })
+            .collect();
+        let chunk = |h: &[u8; 32]| ChunkRef {
+            hash: *h,
+            size: 1000,
+        };
+        let files: Vec<FileEntry> = (0..2)
+            .map(|f| FileEntry {
+                path: format!("f{f}"),
+                mode: 0o644,
+                size: 600 * 1000,
+                chunks: if f == 0 {
+                    hashes.iter().map(chunk).collect()
+                } else {
+                    hashes.iter().rev().map(chunk).collect()
+                },
+            })
+            .collect();
+        let m = Manifest {
+            game: "g".into(),
+            version: "1".into(),
+            chunk_avg: crate::cdc::AVG_MIN,
+            files,
+        };
+        let s = SignedManifest::open(m.sign(&generate_key()).unwrap(), None).unwrap();
+        let t = ChunkTable::new(Arc::new(s)).unwrap();
+        assert_eq!(t.len(), 600);
+        for (i, h) in hashes.iter().enumerate() {
+            assert_eq!(t.find(h), Some(i as u32));
+            assert_eq!(t.get(i as u32).unwrap().hash, *h);
+            assert_eq!(t.first_place(i as u32), Some((0, i as u64 * 1000)));
+        }
+        let mut absent = hashes[0];
+        absent[31] ^= 1;
+        assert_eq!(t.find(&absent), None);
+        let firsts = t.places().filter(|p| p.first).count();
+        assert_eq!(firsts, 600);
+        assert!(t.places().all(|p| p.number < 600));
     }
 
     #[test]
