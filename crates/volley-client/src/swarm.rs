@@ -606,7 +606,7 @@ impl ChunkSource for Swarm {
     fn download<'a>(
         &'a self,
         table: Arc<ChunkTable>,
-        wanted: Vec<u32>,
+        wanted: Bits,
         opts: InstallOptions,
         out: mpsc::Sender<Delivered>,
     ) -> BoxFuture<'a, ()> {
@@ -620,7 +620,9 @@ impl ChunkSource for Swarm {
                     .await;
                 return;
             }
-            let mut picker = Picker::new(inner.table.len(), wanted, rand_u64());
+            let needed = wanted.ones().map(|i| i as u32);
+            let mut picker = Picker::new(inner.table.len(), needed, rand_u64());
+            drop(wanted);
             for p in lock(&inner.peers).values() {
                 picker.add_peer(&lock(&p.state).bits);
             }
@@ -1008,9 +1010,9 @@ fn on_msg(inner: &Inner, peer: &Peer, m: Msg) -> Result<(), WireError> {
             if i as usize >= inner.table.len() {
                 return Err(WireError::Trailing);
             }
-            let until = inner.now_ms() + 10_000;
+            let now = inner.now_ms();
             if let Some(p) = lock(&inner.picker).as_mut() {
-                p.claimed(i, until);
+                p.claimed(i, now + 10_000, now);
             }
         }
     }

@@ -23,6 +23,7 @@ use crate::manifest::SignedManifest;
 use crate::pace::Pace;
 use crate::staging::{Staging, MANIFEST_FILE};
 use crate::table::ChunkTable;
+use crate::wire::Bits;
 use crate::{chunk_name, ChunkRef, ContentError, Verified};
 
 /// A chunk the source delivered, with the number of corrupt copies it threw away on the way.
@@ -33,14 +34,14 @@ pub trait ChunkSource: Send + Sync {
     /// One chunk's bytes (verified by the caller).
     fn fetch(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Vec<u8>, ContentError>>;
 
-    /// Delivers every chunk of `wanted` (numbers in `table`) on `out`, in any order, each
+    /// Delivers every chunk of `wanted` (a bit per chunk number in `table`) on `out`, in any order, each
     /// verified. Stops early when `out` is closed. The default fetches `concurrency`
     /// chunks at a time through [`ChunkSource::fetch`], at most `max_bytes_per_s`, retrying a
     /// chunk that fails or comes back corrupt up to `attempts` times.
     fn download<'a>(
         &'a self,
         table: std::sync::Arc<ChunkTable>,
-        wanted: Vec<u32>,
+        wanted: Bits,
         opts: InstallOptions,
         out: mpsc::Sender<Delivered>,
     ) -> BoxFuture<'a, ()> {
@@ -48,8 +49,9 @@ pub trait ChunkSource: Send + Sync {
             let pace = Pace::new(opts.max_bytes_per_s);
             let pace = &pace;
             let attempts = opts.attempts.max(1);
-            let mut fetches = futures_util::stream::iter(wanted)
-                .filter_map(|i| std::future::ready(table.get(i)))
+            let numbers = (0..wanted.len()).filter(move |&i| wanted.get(i));
+            let mut fetches = futures_util::stream::iter(numbers)
+                .filter_map(|i| std::future::ready(table.get(i as u32)))
                 .map(|c| async move {
                     let mut corrupt = 0;
                     let mut last = None;
@@ -350,7 +352,7 @@ pub async fn install(
         p.scanning = false;
         p.recut_bytes = report.recut_bytes;
     }
-    let mut wanted = Vec::new();
+    let mut wanted = Bits::new(table.len());
     for (i, c) in table.iter().enumerate() {
         let held = staging.has_chunk(i as u32);
         if held && found.get(i as u32) {
@@ -363,7 +365,7 @@ pub async fn install(
             report.resumed_chunks += 1;
             p.have_bytes += u64::from(c.size);
         } else {
-            wanted.push(i as u32);
+            wanted.set(i);
         }
     }
     drop(found);

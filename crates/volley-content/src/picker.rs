@@ -12,6 +12,8 @@
 //!   already requested elsewhere (at most two requests per chunk), so one slow peer does not
 //!   hold up the end.
 
+use std::collections::HashMap;
+
 use crate::wire::Bits;
 
 /// How many candidate chunks a pick compares.
@@ -20,48 +22,48 @@ const SAMPLE: usize = 64;
 const ENDGAME_SCAN: usize = 512;
 /// Failed peer requests after which the origin may serve a chunk peers hold.
 const FAILURES_FOR_ORIGIN: u8 = 2;
+/// Claims kept at most (expired ones are dropped first). Claims are many only if peers lie:
+/// each peer claims the few chunks it is fetching from the origin, and a claim not kept
+/// costs at most a chunk the origin sends twice.
+const CLAIMS_MAX: usize = 4096;
 
-/// The picker.
+/// The picker. Per chunk it keeps a bit (held) and how many connected peers hold it; what
+/// is in flight, failed or claimed elsewhere is kept only for the chunks concerned, so it
+/// grows with the requests open, not with the build.
 #[derive(Debug, Clone)]
 pub struct Picker {
+    /// Held, or never needed.
     have: Bits,
     avail: Vec<u16>,
-    inflight: Vec<u8>,
-    failures: Vec<u8>,
+    missing: usize,
+    inflight: HashMap<u32, u8>,
+    failures: HashMap<u32, u8>,
     /// Milliseconds (saturating at about 49 days).
-    claimed_until: Vec<u32>,
-    missing: Vec<u32>,
-    pos: Vec<u32>,
+    claimed_until: HashMap<u32, u32>,
     rng: u64,
 }
 
 impl Picker {
     /// A picker for a manifest of `chunks` distinct chunks, of which `needed` must be fetched.
     pub fn new(chunks: usize, needed: impl IntoIterator<Item = u32>, seed: u64) -> Picker {
-        let mut missing = Vec::new();
-        let mut pos = vec![u32::MAX; chunks];
+        let mut wanted = Bits::new(chunks);
         for i in needed {
-            let iu = i as usize;
-            if iu < chunks && pos[iu] == u32::MAX {
-                pos[iu] = missing.len() as u32;
-                missing.push(i);
-            }
+            wanted.set(i as usize);
         }
         // `have` holds what is not missing.
         let mut have = Bits::new(chunks);
-        for (i, p) in pos.iter().enumerate() {
-            if *p == u32::MAX {
+        for i in 0..chunks {
+            if !wanted.get(i) {
                 have.set(i);
             }
         }
         Picker {
+            missing: chunks - have.count(),
             have,
             avail: vec![0; chunks],
-            inflight: vec![0; chunks],
-            failures: vec![0; chunks],
-            claimed_until: vec![0; chunks],
-            missing,
-            pos,
+            inflight: HashMap::new(),
+            failures: HashMap::new(),
+            claimed_until: HashMap::new(),
             rng: seed | 1,
         }
     }
@@ -74,14 +76,71 @@ impl Picker {
         self.rng
     }
 
+    /// Visits missing chunks (among those `peer` holds, if given) from a random place,
+    /// wrapping around, until `visit` returns true; returns that chunk.
+    fn scan(
+        &mut self,
+        peer: Option<&Bits>,
+        mut visit: impl FnMut(&Self, u32) -> bool,
+    ) -> Option<u32> {
+        let len = self.have.len();
+        if self.missing == 0 || len == 0 {
+            return None;
+        }
+        let start = (self.next_rand() % len as u64) as usize;
+        let words = len.div_ceil(64);
+        let (w0, b0) = (start / 64, start % 64);
+        for k in 0..=words {
+            let w = (w0 + k) % words;
+            let mut bits = !self.have.word(w);
+            if w == words - 1 && !len.is_multiple_of(64) {
+                bits &= (1u64 << (len % 64)) - 1;
+            }
+            if let Some(p) = peer {
+                bits &= p.word(w);
+            }
+            // The start word is visited twice: from the start bit first, below it last.
+            if k == 0 {
+                bits &= !0u64 << b0;
+            } else if k == words {
+                bits &= (1u64 << b0).wrapping_sub(1);
+            }
+            while bits != 0 {
+                let i = (w * 64) as u32 + bits.trailing_zeros();
+                bits &= bits - 1;
+                if visit(&*self, i) {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    fn in_flight(&self, i: u32) -> u8 {
+        self.inflight.get(&i).copied().unwrap_or(0)
+    }
+
+    fn request(&mut self, i: u32) {
+        *self.inflight.entry(i).or_insert(0) += 1;
+    }
+
+    fn unrequest(&mut self, i: u32) {
+        if let Some(n) = self.inflight.get_mut(&i) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.inflight.remove(&i);
+            }
+        }
+    }
+
     /// Chunks still missing.
     pub fn missing(&self) -> usize {
-        self.missing.len()
+        self.missing
     }
 
     /// Whether every needed chunk arrived.
     pub fn done(&self) -> bool {
-        self.missing.is_empty()
+        self.missing == 0
     }
 
     /// Whether chunk `i` is held (or was never needed).
@@ -96,18 +155,28 @@ impl Picker {
 
     /// A peer with these chunks connected.
     pub fn add_peer(&mut self, bits: &Bits) {
-        for i in 0..bits.len().min(self.avail.len()) {
-            if bits.get(i) {
-                self.avail[i] = self.avail[i].saturating_add(1);
-            }
-        }
+        self.count_peer(bits, true);
     }
 
     /// A peer with these chunks left (or its bitfield is being replaced).
     pub fn remove_peer(&mut self, bits: &Bits) {
-        for i in 0..bits.len().min(self.avail.len()) {
-            if bits.get(i) {
-                self.avail[i] = self.avail[i].saturating_sub(1);
+        self.count_peer(bits, false);
+    }
+
+    fn count_peer(&mut self, bits: &Bits, add: bool) {
+        let n = bits.len().min(self.avail.len());
+        for w in 0..n.div_ceil(64) {
+            let mut word = bits.word(w);
+            while word != 0 {
+                let i = w * 64 + word.trailing_zeros() as usize;
+                word &= word - 1;
+                if let Some(a) = self.avail.get_mut(i) {
+                    *a = if add {
+                        a.saturating_add(1)
+                    } else {
+                        a.saturating_sub(1)
+                    };
+                }
             }
         }
     }
@@ -120,111 +189,107 @@ impl Picker {
     }
 
     /// Another peer is fetching chunk `i` from the origin until `until_ms`.
-    pub fn claimed(&mut self, i: u32, until_ms: u64) {
-        if let Some(c) = self.claimed_until.get_mut(i as usize) {
-            *c = (*c).max(u32::try_from(until_ms).unwrap_or(u32::MAX));
+    pub fn claimed(&mut self, i: u32, until_ms: u64, now_ms: u64) {
+        if self.has(i) || i as usize >= self.have.len() {
+            return;
         }
+        if self.claimed_until.len() >= CLAIMS_MAX && !self.claimed_until.contains_key(&i) {
+            let now = u32::try_from(now_ms).unwrap_or(u32::MAX);
+            self.claimed_until.retain(|_, c| *c > now);
+            if self.claimed_until.len() >= CLAIMS_MAX {
+                return;
+            }
+        }
+        let c = self.claimed_until.entry(i).or_insert(0);
+        *c = (*c).max(u32::try_from(until_ms).unwrap_or(u32::MAX));
     }
 
     /// Whether peer `bits` holds anything still missing here.
     pub fn interesting(&self, bits: &Bits) -> bool {
-        self.missing.iter().any(|&i| bits.get(i as usize))
+        self.missing > 0
+            && (0..self.have.len().div_ceil(64)).any(|w| !self.have.word(w) & bits.word(w) != 0)
     }
 
     /// The chunk to request from a peer holding `bits`, or none. `asked(i)`: this peer already
     /// has a request for `i` open. Marks the chunk requested.
     pub fn pick_for_peer(&mut self, bits: &Bits, asked: impl Fn(u32) -> bool) -> Option<u32> {
-        let n = self.missing.len();
-        if n == 0 {
+        if self.missing == 0 {
             return None;
         }
-        let start = (self.next_rand() % n as u64) as usize;
         let mut best: Option<(u16, u32)> = None;
         let mut seen = 0;
-        for k in 0..n {
-            let i = self.missing[(start + k) % n];
-            let iu = i as usize;
-            if self.inflight[iu] > 0 || !bits.get(iu) {
-                continue;
+        self.scan(Some(bits), |p, i| {
+            if p.in_flight(i) > 0 {
+                return false;
             }
-            let a = self.avail[iu];
+            let a = p.availability(i);
             if best.is_none_or(|(b, _)| a < b) {
                 best = Some((a, i));
             }
             seen += 1;
-            if seen >= SAMPLE || a <= 1 {
-                break;
-            }
-        }
-        if best.is_none()
-            && n <= ENDGAME_SCAN
-            && self.missing.iter().all(|&i| self.inflight[i as usize] > 0)
-        {
-            // Endgame: everything missing is requested somewhere; double the oldest-looking
-            // request this peer can serve.
-            best = (0..n)
-                .map(|k| self.missing[(start + k) % n])
-                .find(|&i| {
-                    let iu = i as usize;
-                    bits.get(iu) && self.inflight[iu] < 2 && !asked(i)
-                })
+            seen >= SAMPLE || a <= 1
+        });
+        if best.is_none() && self.missing <= ENDGAME_SCAN && self.all_requested() {
+            // Endgame: everything missing is requested somewhere; double a request this peer
+            // can serve.
+            best = self
+                .scan(Some(bits), |p, i| p.in_flight(i) < 2 && !asked(i))
                 .map(|i| (0, i));
         }
         let (_, i) = best?;
-        self.inflight[i as usize] += 1;
+        self.request(i);
         Some(i)
+    }
+
+    /// Whether every missing chunk has a request open.
+    fn all_requested(&mut self) -> bool {
+        self.scan(None, |p, i| p.in_flight(i) == 0).is_none()
     }
 
     /// The chunk to fetch from the origin, or none: one no connected peer holds, nobody is
     /// fetching and nobody claimed, or one whose peer requests failed repeatedly. Marks it
     /// requested.
     pub fn pick_for_origin(&mut self, now_ms: u64) -> Option<u32> {
-        let n = self.missing.len();
-        if n == 0 {
-            return None;
-        }
-        let start = (self.next_rand() % n as u64) as usize;
-        let found = (0..n).map(|k| self.missing[(start + k) % n]).find(|&i| {
-            let iu = i as usize;
-            self.inflight[iu] == 0
-                && ((self.avail[iu] == 0 && u64::from(self.claimed_until[iu]) <= now_ms)
-                    || self.failures[iu] >= FAILURES_FOR_ORIGIN)
+        let found = self.scan(None, |p, i| {
+            p.in_flight(i) == 0
+                && ((p.availability(i) == 0
+                    && p.claimed_until
+                        .get(&i)
+                        .is_none_or(|&c| u64::from(c) <= now_ms))
+                    || p.failures
+                        .get(&i)
+                        .is_some_and(|&f| f >= FAILURES_FOR_ORIGIN))
         })?;
-        self.inflight[found as usize] += 1;
+        self.claimed_until.remove(&found);
+        self.request(found);
         Some(found)
     }
 
     /// A request for chunk `i` was withdrawn without fault (the peer choked us or left).
     pub fn released(&mut self, i: u32) {
-        if let Some(n) = self.inflight.get_mut(i as usize) {
-            *n = n.saturating_sub(1);
-        }
+        self.unrequest(i);
     }
 
     /// A request for chunk `i` ended: `ok` if it delivered verified bytes. Returns whether the
     /// chunk is new here (false for the second copy of an endgame double).
     pub fn finished(&mut self, i: u32, ok: bool) -> bool {
-        let iu = i as usize;
-        if iu >= self.inflight.len() {
+        if i as usize >= self.have.len() {
             return false;
         }
-        self.inflight[iu] = self.inflight[iu].saturating_sub(1);
+        self.unrequest(i);
         if !ok {
-            self.failures[iu] = self.failures[iu].saturating_add(1);
-            return false;
-        }
-        if !self.have.set(iu) {
-            return false;
-        }
-        let p = self.pos[iu];
-        if p != u32::MAX {
-            let p = p as usize;
-            self.missing.swap_remove(p);
-            if let Some(&moved) = self.missing.get(p) {
-                self.pos[moved as usize] = p as u32;
+            if !self.has(i) {
+                let f = self.failures.entry(i).or_insert(0);
+                *f = f.saturating_add(1);
             }
-            self.pos[iu] = u32::MAX;
+            return false;
         }
+        if !self.have.set(i as usize) {
+            return false;
+        }
+        self.missing -= 1;
+        self.failures.remove(&i);
+        self.claimed_until.remove(&i);
         true
     }
 }
@@ -273,8 +338,8 @@ mod tests {
     #[test]
     fn claims_keep_the_origin_off_and_failures_bring_it_back() {
         let mut p = Picker::new(3, [0, 1, 2], 7);
-        p.claimed(0, 1_000);
-        p.claimed(1, 1_000);
+        p.claimed(0, 1_000, 0);
+        p.claimed(1, 1_000, 0);
         assert_eq!(p.pick_for_origin(500), Some(2));
         assert_eq!(p.pick_for_origin(500), None);
         // The claim on 0 and 1 expired without a Have: the origin takes them.
@@ -308,6 +373,48 @@ mod tests {
         ];
         got.sort_unstable();
         assert_eq!(got, vec![1, 3]);
+    }
+
+    #[test]
+    fn every_missing_chunk_is_reached_from_any_start() {
+        // Sizes around word edges; every start place must still reach every chunk once.
+        for n in [1usize, 63, 64, 65, 130, 1000] {
+            for seed in 1..20u64 {
+                let needed: Vec<u32> = (0..n as u32).filter(|i| i % 3 != 1).collect();
+                let mut p = Picker::new(n, needed.iter().copied(), seed * 7919);
+                let mut got = Vec::new();
+                while let Some(i) = p.pick_for_origin(0) {
+                    got.push(i);
+                }
+                got.sort_unstable();
+                assert_eq!(got, needed, "n {n} seed {seed}");
+                for i in got {
+                    assert!(p.finished(i, true));
+                }
+                assert!(p.done());
+                assert_eq!(p.pick_for_origin(0), None);
+            }
+        }
+    }
+
+    #[test]
+    fn claims_from_a_lying_peer_are_bounded() {
+        let n = CLAIMS_MAX * 3;
+        let mut p = Picker::new(n, 0..n as u32, 5);
+        for i in 0..n as u32 {
+            p.claimed(i, 10_000, 0);
+        }
+        assert!(p.claimed_until.len() <= CLAIMS_MAX);
+        // Unclaimed chunks still go to the origin at once.
+        let i = p.pick_for_origin(1).unwrap();
+        assert!(i as usize >= CLAIMS_MAX, "{i}");
+        // Expired claims make room for new ones.
+        p.claimed(n as u32 - 1, 30_000, 20_000);
+        assert_eq!(p.claimed_until.len(), 1);
+        // Failures of a held chunk leave nothing behind.
+        assert!(p.finished(i, true));
+        assert!(!p.finished(i, false));
+        assert!(p.failures.is_empty() && p.inflight.is_empty());
     }
 
     #[test]

@@ -260,6 +260,25 @@ impl Bits {
         i < self.len && self.words[i / 64] & (1 << (i % 64)) != 0
     }
 
+    /// The 64 indexes from `64 * k` as bits (index `64 * k + j` in bit `j`); 0 past the end.
+    pub fn word(&self, k: usize) -> u64 {
+        self.words.get(k).copied().unwrap_or(0)
+    }
+
+    /// The indexes set, in order.
+    pub fn ones(&self) -> impl Iterator<Item = usize> + '_ {
+        self.words.iter().enumerate().flat_map(|(k, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                (w != 0).then(|| {
+                    let j = w.trailing_zeros() as usize;
+                    w &= w - 1;
+                    k * 64 + j
+                })
+            })
+        })
+    }
+
     /// Sets `i`; returns whether it was newly set (false outside the range).
     pub fn set(&mut self, i: usize) -> bool {
         if i >= self.len || self.get(i) {
