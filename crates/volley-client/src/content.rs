@@ -58,14 +58,20 @@ impl Origin {
     }
 
     /// A version's signed manifest, checked against `trusted` and against the game and
-    /// version asked for.
+    /// version asked for. The bytes go straight to an unnamed file of the process's own as
+    /// they arrive and are checked from there ([`SignedManifest::open_file`]), so a manifest
+    /// of any size is fetched and opened in the same memory.
     pub async fn open_version(
         &self,
         version: &str,
         trusted: &VerifyingKey,
     ) -> Result<Arc<SignedManifest>, Error> {
-        let signed = self.manifest(version).await?;
-        let m = SignedManifest::open(signed, Some(trusted))?;
+        let file = self.manifest_to_file(version).await?;
+        let trusted = *trusted;
+        let m =
+            tokio::task::spawn_blocking(move || SignedManifest::open_file(file, Some(&trusted)))
+                .await
+                .map_err(|e| Error::Http(format!("opening the manifest: {e}")))??;
         if m.game() != self.game || m.version() != version {
             return Err(ContentError::Invalid(format!(
                 "the node served {} {} for {} {version}",
@@ -76,6 +82,37 @@ impl Origin {
             .into());
         }
         Ok(Arc::new(m))
+    }
+}
+
+impl Origin {
+    /// A version's signed manifest bytes, written to an unnamed file (in the temp directory)
+    /// as they arrive. More than a manifest can hold (4 GiB) is refused.
+    async fn manifest_to_file(&self, version: &str) -> Result<std::fs::File, Error> {
+        use std::io::Write;
+        let url = format!("{}/v1/content/{}/versions/{version}", self.base, self.game);
+        let mut resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| Error::Http(e.to_string()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.bytes().await.map_err(|e| Error::Http(e.to_string()))?;
+            return Err(api_error(status.as_u16(), &body));
+        }
+        let io = |e: std::io::Error| Error::Http(format!("spooling the manifest: {e}"));
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, tempfile::tempfile().map_err(io)?);
+        let mut len = 0u64;
+        while let Some(piece) = resp.chunk().await.map_err(|e| Error::Http(e.to_string()))? {
+            len += piece.len() as u64;
+            if len > u64::from(u32::MAX) {
+                return Err(ContentError::Invalid("manifest larger than 4 GiB".into()).into());
+            }
+            out.write_all(&piece).map_err(io)?;
+        }
+        out.into_inner().map_err(|e| io(e.into_error()))
     }
 }
 

@@ -330,10 +330,26 @@ fn verify_signed<'a>(
         return Err(ContentError::Invalid("manifest truncated".into()));
     }
     let (body, tail) = bytes.split_at(bytes.len() - 96);
+    let (key, mut v) = start_verify(tail, trusted)?;
+    v.update(body);
+    v.finalize_and_verify().map_err(|_| bad_signature())?;
+    Ok((body, key))
+}
+
+fn bad_signature() -> ContentError {
+    ContentError::BadSignature("the signature does not match".into())
+}
+
+/// Checks the key and signature in a signed manifest's last 96 bytes (the key against
+/// `trusted`) and starts the streamed check: the body goes to the verifier next.
+fn start_verify(
+    tail: &[u8],
+    trusted: Option<&VerifyingKey>,
+) -> Result<(VerifyingKey, ed25519_dalek::StreamVerifier), ContentError> {
     let mut pk = [0u8; 32];
     pk.copy_from_slice(&tail[..32]);
     let mut sig = [0u8; 64];
-    sig.copy_from_slice(&tail[32..]);
+    sig.copy_from_slice(&tail[32..96]);
     let key = VerifyingKey::from_bytes(&pk)
         .map_err(|_| ContentError::BadSignature("not a valid public key".into()))?;
     if let Some(t) = trusted {
@@ -345,18 +361,15 @@ fn verify_signed<'a>(
             )));
         }
     }
-    let bad = || ContentError::BadSignature("the signature does not match".into());
     let sig = ed25519_dalek::Signature::from_bytes(&sig);
     // verify_strict's rules beyond the equation: neither the key nor R of small order.
     let r = curve25519_dalek::edwards::CompressedEdwardsY(*sig.r_bytes());
     if key.is_weak() || r.decompress().is_none_or(|r| r.is_small_order()) {
-        return Err(bad());
+        return Err(bad_signature());
     }
-    let mut v = key.verify_stream(&sig).map_err(|_| bad())?;
+    let mut v = key.verify_stream(&sig).map_err(|_| bad_signature())?;
     v.update(DOMAIN);
-    v.update(body);
-    v.finalize_and_verify().map_err(|_| bad())?;
-    Ok((body, key))
+    Ok((key, v))
 }
 
 /// One file of a [`SignedManifest`]: its chunk list stays in the signed bytes.
@@ -455,28 +468,119 @@ impl SignedManifest {
     /// Parses everything but the chunk references, which are only skipped over.
     #[allow(clippy::type_complexity)]
     fn outline(body: &[u8]) -> Result<((String, String, u32), Vec<FileInfo>, usize), DecodeError> {
-        let mut r = Reader::new(body);
+        Self::outline_with(body.len(), |at, n| {
+            Ok(std::borrow::Cow::Borrowed(
+                &body[at..(at + n).min(body.len())],
+            ))
+        })
+    }
+
+    /// [`SignedManifest::outline`] over a body of `len` bytes read in windows:
+    /// `window(at, n)` gives the body's bytes from `at`, `n` of them or up to its end. Every
+    /// head (the manifest's, each file's) fits in one window, and chunk references are never
+    /// read, so the whole body is never in memory at once.
+    #[allow(clippy::type_complexity)]
+    fn outline_with<'w>(
+        len: usize,
+        mut window: impl FnMut(usize, usize) -> Result<std::borrow::Cow<'w, [u8]>, DecodeError>,
+    ) -> Result<((String, String, u32), Vec<FileInfo>, usize), DecodeError> {
+        // The longest head: a file's (path of MAX_PATH bytes, four numbers), well under this.
+        const WINDOW: usize = 4096;
+        let w = window(0, WINDOW)?;
+        let mut r = Reader::new(&w);
         let (game, version, chunk_avg) = read_head(&mut r)?;
-        // As in `decode_body`: counts are bounded by the input.
-        let n = r.len("files", MAX_FILES.min(r.remaining() / 14))?;
+        // As in `decode_body`: counts are bounded by the (whole) input left.
+        let mut at = w.len() - r.remaining();
+        let n = r.len("files", MAX_FILES.min((len - at) / 14))?;
+        at = w.len() - r.remaining();
         let mut files = Vec::with_capacity(n);
         let mut refs = 0usize;
         for _ in 0..n {
+            let w = window(at, WINDOW)?;
+            let mut r = Reader::new(&w);
             let (path, mode, size) = read_file_head(&mut r)?;
-            let k = r.len("chunks", MAX_CHUNKS.min(r.remaining() / CHUNK_REF_BYTES))?;
-            let chunks_at = (body.len() - r.remaining()) as u32;
-            r.take(k * CHUNK_REF_BYTES)?;
+            let used = w.len() - r.remaining();
+            let k = r.len(
+                "chunks",
+                MAX_CHUNKS.min((len - at - used) / CHUNK_REF_BYTES),
+            )?;
+            let chunks_at = at + w.len() - r.remaining();
+            // The bound above was taken before the count itself was read.
+            at = chunks_at + k * CHUNK_REF_BYTES;
+            if at > len {
+                return Err(DecodeError::Truncated);
+            }
             refs += k;
             files.push(FileInfo {
                 path,
                 mode,
                 size,
-                chunks_at,
+                chunks_at: chunks_at as u32,
                 chunk_count: k as u32,
             });
         }
-        r.finish()?;
+        if at != len {
+            return Err(DecodeError::Trailing(len - at));
+        }
         Ok(((game, version, chunk_avg), files, refs))
+    }
+
+    /// Checks signed manifest bytes held in `file` (from its start to its end) as
+    /// [`SignedManifest::open`] does, reading them in pieces: the signature is checked and the
+    /// id hashed as the bytes stream by, the files' heads are read in small windows, and the
+    /// bytes stay in the file (chunk references are read from it 36 bytes at a time). So a
+    /// manifest of any size is opened in the same memory.
+    pub fn open_file(
+        file: std::fs::File,
+        trusted: Option<&VerifyingKey>,
+    ) -> Result<Self, ContentError> {
+        use std::os::unix::fs::FileExt;
+        let io = |e: std::io::Error| ContentError::Fetch(format!("reading the manifest: {e}"));
+        let len64 = file.metadata().map_err(io)?.len();
+        let len = usize::try_from(len64)
+            .ok()
+            .filter(|&l| u32::try_from(l).is_ok())
+            .ok_or_else(|| ContentError::Invalid("manifest larger than 4 GiB".into()))?;
+        if len < 5 + 96 {
+            return Err(ContentError::Invalid("manifest truncated".into()));
+        }
+        let body_len = len - 96;
+        let mut tail = [0u8; 96];
+        file.read_exact_at(&mut tail, body_len as u64).map_err(io)?;
+        let (key, mut v) = start_verify(&tail, trusted)?;
+        let mut id = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut at = 0usize;
+        while at < body_len {
+            let n = (body_len - at).min(buf.len());
+            file.read_exact_at(&mut buf[..n], at as u64).map_err(io)?;
+            v.update(&buf[..n]);
+            id.update(&buf[..n]);
+            at += n;
+        }
+        id.update(&tail);
+        v.finalize_and_verify().map_err(|_| bad_signature())?;
+        drop(buf);
+        let (head, files, refs) = Self::outline_with(body_len, |at, n| {
+            let mut w = vec![0u8; n.min(body_len - at)];
+            file.read_exact_at(&mut w, at as u64)
+                .map_err(|_| DecodeError::Invalid("the manifest's file could not be read"))?;
+            Ok(std::borrow::Cow::Owned(w))
+        })
+        .map_err(|e| ContentError::Invalid(e.to_string()))?;
+        let m = SignedManifest {
+            id: *id.finalize().as_bytes(),
+            key,
+            game: head.0,
+            version: head.1,
+            chunk_avg: head.2,
+            files,
+            refs,
+            len,
+            storage: std::sync::RwLock::new(Storage::Disk(file)),
+        };
+        check_rules(&m.game, &m.version, m.chunk_avg, &m)?;
+        Ok(m)
     }
 
     /// For fuzzing: reads `body` as [`SignedManifest::open`] reads a body after its signature
@@ -832,6 +936,85 @@ mod tests {
             Err(ContentError::BadSignature(_))
         ));
         assert!(Manifest::open(&b, None).is_err());
+    }
+
+    /// Opens `bytes` from a file as a fetch does.
+    fn open_file(
+        bytes: &[u8],
+        trusted: Option<&VerifyingKey>,
+    ) -> Result<SignedManifest, ContentError> {
+        use std::io::Write;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(bytes).unwrap();
+        SignedManifest::open_file(f, trusted)
+    }
+
+    #[test]
+    fn a_manifest_opened_from_its_file_is_the_one_opened_in_memory() {
+        let key = generate_key();
+        let trusted = key.verifying_key();
+        // Many files (heads read in windows), one with a path of the longest length.
+        let mut m = sample();
+        for k in 0..300u32 {
+            let path = if k == 7 {
+                "p".repeat(MAX_PATH)
+            } else {
+                format!("dir{}/file{k}", k % 13)
+            };
+            m.files.push(FileEntry {
+                path,
+                mode: 0o644,
+                size: 60_000,
+                chunks: vec![ChunkRef {
+                    hash: [(k % 251) as u8; 32],
+                    size: 60_000,
+                }],
+            });
+        }
+        m.files.sort_by(|a, b| a.path.cmp(&b.path));
+        let bytes = m.sign(&key).unwrap();
+        let mem = SignedManifest::open(bytes.clone(), Some(&trusted)).unwrap();
+        let disk = open_file(&bytes, Some(&trusted)).unwrap();
+        assert!(disk.on_disk());
+        assert_eq!(disk.id(), mem.id());
+        assert_eq!(disk.files(), mem.files());
+        assert_eq!(disk.to_manifest(), m);
+        assert!(disk.chunks().eq(mem.chunks()));
+        assert_eq!(disk.to_bytes().unwrap(), bytes);
+        // Refused alike: another key, any flipped bit, any cut, bytes added.
+        let other = generate_key().verifying_key();
+        assert!(matches!(
+            open_file(&bytes, Some(&other)),
+            Err(ContentError::BadSignature(_))
+        ));
+        for i in (0..bytes.len()).step_by(997).chain([bytes.len() - 1]) {
+            let mut b = bytes.clone();
+            b[i] ^= 0x10;
+            assert!(open_file(&b, None).is_err(), "bit at {i}");
+        }
+        for cut in [0, 1, 50, 100, 101, bytes.len() / 2, bytes.len() - 1] {
+            let e = open_file(&bytes[..cut], None).unwrap_err().to_string();
+            let e2 = SignedManifest::open(bytes[..cut].to_vec(), None)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(e, e2, "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(open_file(&longer, None).is_err());
+        // Signed but malformed: a body with bytes after its last file.
+        let mut body = m.body();
+        body.extend_from_slice(&[0; 5]);
+        let mut msg = DOMAIN.to_vec();
+        msg.extend_from_slice(&body);
+        body.extend_from_slice(trusted.as_bytes());
+        body.extend_from_slice(&key.sign(&msg).to_bytes());
+        let e = open_file(&body, Some(&trusted)).unwrap_err().to_string();
+        let e2 = SignedManifest::open(body, Some(&trusted))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, e2);
+        assert!(e.contains("trailing"), "{e}");
     }
 
     #[test]
