@@ -34,10 +34,11 @@ pub trait ChunkSource: Send + Sync {
     /// One chunk's bytes (verified by the caller).
     fn fetch(&self, chunk: ChunkRef) -> BoxFuture<'_, Result<Vec<u8>, ContentError>>;
 
-    /// Delivers every chunk of `wanted` (a bit per chunk number in `table`) on `out`, in any order, each
-    /// verified. Stops early when `out` is closed. The default fetches `concurrency`
-    /// chunks at a time through [`ChunkSource::fetch`], at most `max_bytes_per_s`, retrying a
-    /// chunk that fails or comes back corrupt up to `attempts` times.
+    /// Delivers every chunk of `wanted` (a bit per chunk number in `table`) on `out`, in any
+    /// order, each verified. Stops early when `out` is closed. The default fetches
+    /// `concurrency` chunks at a time through [`ChunkSource::fetch`], at most
+    /// `max_bytes_per_s`, retrying a chunk that fails or comes back corrupt up to `attempts`
+    /// times.
     fn download<'a>(
         &'a self,
         table: std::sync::Arc<ChunkTable>,
@@ -267,8 +268,8 @@ pub fn installed_id(dir: &Path) -> Result<Option<[u8; 32]>, ContentError> {
 }
 
 /// Installs the version `manifest` into `dir`. Once the staging area is open the manifest's
-/// bytes move to disk, and per chunk only a few bytes of state ([`ChunkTable`], [`Staging`],
-/// the source's own) are kept in memory.
+/// bytes are on disk (if they were not already), the chunk table always is, and per chunk
+/// only a few bits of state ([`Staging`], the source's own) are kept in memory.
 pub async fn install(
     manifest: std::sync::Arc<SignedManifest>,
     dir: &Path,

@@ -771,14 +771,37 @@ impl SignedManifest {
     }
 
     /// File `i`'s chunk references in order, each with where it starts in the signed bytes.
+    /// They are read 1,820 at a time (64 KiB), so a walk of a manifest on disk costs one read
+    /// per block rather than per reference.
     pub fn file_chunks(&self, i: usize) -> impl Iterator<Item = (u32, ChunkRef)> + '_ {
+        const BLOCK: u32 = 1820;
         let (at, k) = self
             .files
             .get(i)
             .map_or((0, 0), |f| (f.chunks_at, f.chunk_count));
+        let mut buf = Vec::new();
+        let mut from = 0u32;
         (0..k).map(move |j| {
             let a = at + j * CHUNK_REF_BYTES as u32;
-            (a, self.chunk_at(a))
+            if j == 0 || j - from >= BLOCK {
+                from = j;
+                let n = (k - j).min(BLOCK) as usize * CHUNK_REF_BYTES;
+                buf.resize(n, 0);
+                // As in `chunk_at`: a failed read gives chunks no data matches.
+                if self.read_at(a as usize, &mut buf).is_err() {
+                    buf.fill(0);
+                }
+            }
+            let o = (j - from) as usize * CHUNK_REF_BYTES;
+            let mut c = ChunkRef {
+                hash: [0; 32],
+                size: 0,
+            };
+            if let Some(b) = buf.get(o..o + CHUNK_REF_BYTES) {
+                c.hash.copy_from_slice(&b[..32]);
+                c.size = u32::from_be_bytes([b[32], b[33], b[34], b[35]]);
+            }
+            (a, c)
         })
     }
 

@@ -2,8 +2,8 @@
 //! finished; the picker answers requests for work.
 //!
 //! - **Rarest first**: a peer is asked for the chunk the fewest connected peers hold (among a
-//!   sample of candidates starting at a random place, so that a large build stays cheap and
-//!   peers spread over different chunks).
+//!   sample of 64 candidates taken in a random order of each pick's own, so that a large
+//!   build stays cheap and peers spread over different chunks).
 //! - **The origin last**: the origin is asked only for chunks no connected peer holds and no
 //!   peer has claimed (a claim says "I am fetching it from the origin"), or chunks whose peer
 //!   requests failed twice (too slow or gone). So the origin sends each chunk about once and
