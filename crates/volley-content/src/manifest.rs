@@ -448,18 +448,31 @@ impl SignedManifest {
             return Err(ContentError::Invalid("manifest larger than 4 GiB".into()));
         }
         let (body, key) = verify_signed(&bytes, trusted)?;
-        let (head, files, refs) =
-            Self::outline(body).map_err(|e| ContentError::Invalid(e.to_string()))?;
+        let outline = Self::outline(body);
+        let id = *blake3::hash(&bytes).as_bytes();
+        Self::checked(id, key, outline, bytes.len(), Storage::Memory(bytes))
+    }
+
+    /// The manifest of a checked signature and a body's outline, once every rule holds.
+    #[allow(clippy::type_complexity)]
+    fn checked(
+        id: [u8; 32],
+        key: VerifyingKey,
+        outline: Result<((String, String, u32), Vec<FileInfo>, usize), DecodeError>,
+        len: usize,
+        storage: Storage,
+    ) -> Result<Self, ContentError> {
+        let (head, files, refs) = outline.map_err(|e| ContentError::Invalid(e.to_string()))?;
         let m = SignedManifest {
-            id: *blake3::hash(&bytes).as_bytes(),
+            id,
             key,
             game: head.0,
             version: head.1,
             chunk_avg: head.2,
             files,
             refs,
-            len: bytes.len(),
-            storage: std::sync::RwLock::new(Storage::Memory(bytes)),
+            len,
+            storage: std::sync::RwLock::new(storage),
         };
         check_rules(&m.game, &m.version, m.chunk_avg, &m)?;
         Ok(m)
@@ -561,26 +574,14 @@ impl SignedManifest {
         id.update(&tail);
         v.finalize_and_verify().map_err(|_| bad_signature())?;
         drop(buf);
-        let (head, files, refs) = Self::outline_with(body_len, |at, n| {
+        let outline = Self::outline_with(body_len, |at, n| {
             let mut w = vec![0u8; n.min(body_len - at)];
             file.read_exact_at(&mut w, at as u64)
                 .map_err(|_| DecodeError::Invalid("the manifest's file could not be read"))?;
             Ok(std::borrow::Cow::Owned(w))
-        })
-        .map_err(|e| ContentError::Invalid(e.to_string()))?;
-        let m = SignedManifest {
-            id: *id.finalize().as_bytes(),
-            key,
-            game: head.0,
-            version: head.1,
-            chunk_avg: head.2,
-            files,
-            refs,
-            len,
-            storage: std::sync::RwLock::new(Storage::Disk(file)),
-        };
-        check_rules(&m.game, &m.version, m.chunk_avg, &m)?;
-        Ok(m)
+        });
+        let id = *id.finalize().as_bytes();
+        Self::checked(id, key, outline, len, Storage::Disk(file))
     }
 
     /// For fuzzing: reads `body` as [`SignedManifest::open`] reads a body after its signature
