@@ -307,20 +307,21 @@ fn render(sql: &str, backend: Backend) -> String {
 /// Applies every migration not yet applied, each in its own transaction.
 pub async fn migrate(db: &Db) -> Result<(), StoreError> {
     let w = db.writer();
+    // Under the same lock as the migrations: two PostgreSQL nodes racing on CREATE TABLE IF
+    // NOT EXISTS collide on the catalog (a unique violation, or "type already exists").
+    let mut tx = w.begin().await?;
+    if db.backend() == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock(7301455)")
+            .execute(&mut *tx)
+            .await?;
+    }
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS volley_migrations (version BIGINT PRIMARY KEY, \
          name TEXT NOT NULL, applied_ms BIGINT NOT NULL)",
     )
-    .execute(w)
-    .await
-    .or_else(|e| {
-        // Two PostgreSQL nodes racing on CREATE TABLE IF NOT EXISTS can collide on the catalog.
-        if db.backend() == Backend::Postgres && is_unique_violation(&e) {
-            Ok(Default::default())
-        } else {
-            Err(e)
-        }
-    })?;
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
     for m in MIGRATIONS {
         let mut tx = w.begin().await?;
         if db.backend() == Backend::Postgres {
