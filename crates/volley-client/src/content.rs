@@ -50,9 +50,13 @@ impl Origin {
         }
     }
 
+    fn version_url(&self, version: &str) -> String {
+        format!("{}/v1/content/{}/versions/{version}", self.base, self.game)
+    }
+
     /// A version's signed manifest bytes.
     pub async fn manifest(&self, version: &str) -> Result<Vec<u8>, Error> {
-        let url = format!("{}/v1/content/{}/versions/{version}", self.base, self.game);
+        let url = self.version_url(version);
         // Kept without a copy: a manifest may be large, and its buffer is exactly its size.
         Ok(Vec::from(send_raw(self.http.get(url)).await?))
     }
@@ -83,17 +87,14 @@ impl Origin {
         }
         Ok(Arc::new(m))
     }
-}
 
-impl Origin {
     /// A version's signed manifest bytes, written to an unnamed file (in the temp directory)
     /// as they arrive. More than a manifest can hold (4 GiB) is refused.
     async fn manifest_to_file(&self, version: &str) -> Result<std::fs::File, Error> {
         use std::io::Write;
-        let url = format!("{}/v1/content/{}/versions/{version}", self.base, self.game);
         let mut resp = self
             .http
-            .get(url)
+            .get(self.version_url(version))
             .send()
             .await
             .map_err(|e| Error::Http(e.to_string()))?;

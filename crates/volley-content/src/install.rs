@@ -50,8 +50,7 @@ pub trait ChunkSource: Send + Sync {
             let pace = Pace::new(opts.max_bytes_per_s);
             let pace = &pace;
             let attempts = opts.attempts.max(1);
-            let numbers = (0..wanted.len()).filter(move |&i| wanted.get(i));
-            let mut fetches = futures_util::stream::iter(numbers)
+            let mut fetches = futures_util::stream::iter(wanted.ones())
                 .filter_map(|i| std::future::ready(table.get(i as u32)))
                 .map(|c| async move {
                     let mut corrupt = 0;
@@ -458,8 +457,8 @@ pub fn verify(
 ) -> Result<VerifyReport, ContentError> {
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     let path = dir.join(MANIFEST_FILE);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
+    let file = match fs::File::open(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ContentError::Invalid(format!(
                 "{} holds no Volley install (no {MANIFEST_FILE})",
@@ -468,7 +467,7 @@ pub fn verify(
         }
         Err(e) => return Err(ContentError::io(&path, e)),
     };
-    let m = SignedManifest::open(bytes, trusted)?;
+    let m = SignedManifest::open_file(file, trusted)?;
     let files = m.files();
     let next = AtomicUsize::new(0);
     let (checked, bad_chunks, bad_bytes) =

@@ -172,19 +172,13 @@ impl Picker {
     }
 
     fn count_peer(&mut self, bits: &Bits, add: bool) {
-        let n = bits.len().min(self.avail.len());
-        for w in 0..n.div_ceil(64) {
-            let mut word = bits.word(w);
-            while word != 0 {
-                let i = w * 64 + word.trailing_zeros() as usize;
-                word &= word - 1;
-                if let Some(a) = self.avail.get_mut(i) {
-                    *a = if add {
-                        a.saturating_add(1)
-                    } else {
-                        a.saturating_sub(1)
-                    };
-                }
+        for i in bits.ones() {
+            if let Some(a) = self.avail.get_mut(i) {
+                *a = if add {
+                    a.saturating_add(1)
+                } else {
+                    a.saturating_sub(1)
+                };
             }
         }
     }

@@ -238,15 +238,23 @@ impl ChunkTable {
         let m = &*self.manifest;
         let mut at_in_file = 0u64;
         let mut file = usize::MAX;
+        let mut next = 0u32;
         m.chunks().map(move |(fi, at, c)| {
             if fi != file {
                 (file, at_in_file) = (fi, 0);
             }
             let offset = at_in_file;
             at_in_file += u64::from(c.size);
-            let (number, first) = match self.probe(&c.hash) {
-                Ok(Probe::Found { number, first }) => (number, first == at),
-                _ => (u32::MAX, false),
+            // References come in signed-byte order, as the first ones were numbered: the next
+            // number's record says whether this is its first place; only repeats are looked up.
+            let (number, first) = if self.record(next).is_some_and(|(a, _)| a == at) {
+                next += 1;
+                (next - 1, true)
+            } else {
+                match self.probe(&c.hash) {
+                    Ok(Probe::Found { number, .. }) => (number, false),
+                    _ => (u32::MAX, false),
+                }
             };
             Place {
                 file: fi,
