@@ -357,6 +357,57 @@ pub async fn publish(
     Ok(report)
 }
 
+/// The versions of `game` the node at `base` holds, oldest first.
+pub async fn versions(
+    base: &str,
+    game: &str,
+) -> Result<Vec<volley_proto::api::ContentVersion>, Error> {
+    let base = base.trim_end_matches('/');
+    let body = get_bytes(
+        &reqwest::Client::new(),
+        &format!("{base}/v1/content/{game}/versions"),
+    )
+    .await?;
+    let l: volley_proto::api::ContentVersions = serde_json::from_slice(&body)
+        .map_err(|e| Error::Http(format!("bad response body: {e}")))?;
+    Ok(l.versions)
+}
+
+/// Withdraws a version from the node (and the cluster's nodes that follow it): new fetches of
+/// it fail; its chunks go at the next [`collect`] unless another version references them.
+pub async fn delete_version(
+    base: &str,
+    server_key: &str,
+    game: &str,
+    version: &str,
+) -> Result<(), Error> {
+    let base = base.trim_end_matches('/');
+    send(
+        reqwest::Client::new()
+            .delete(format!("{base}/v1/content/{game}/versions/{version}"))
+            .header("x-volley-server-key", server_key),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Has the node drop the chunks of `game` that no version it holds references (but those
+/// uploaded or reported present within its grace period) and give their disk space back.
+pub async fn collect(
+    base: &str,
+    server_key: &str,
+    game: &str,
+) -> Result<volley_proto::api::ContentCollected, Error> {
+    let base = base.trim_end_matches('/');
+    let body = send(
+        reqwest::Client::new()
+            .post(format!("{base}/v1/content/{game}/collect"))
+            .header("x-volley-server-key", server_key),
+    )
+    .await?;
+    serde_json::from_slice(&body).map_err(|e| Error::Http(format!("bad response body: {e}")))
+}
+
 fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures_util::Stream<Item = T> {

@@ -4,9 +4,12 @@
 //!
 //! Layout, under the store's directory:
 //! - `NNNNNNNN.pack`: records of a chunk's 32-byte hash, its length (4 bytes, big-endian) and
-//!   its bytes, appended; a pack is closed for appends once it passes [`PACK_BYTES`].
+//!   its bytes, appended; a pack is closed for appends once it passes [`PACK_BYTES`]. The
+//!   numbers only grow; collection removes packs, so there may be gaps.
 //! - `index`: one 56-byte entry per chunk: hash, pack number (4 bytes), offset of the bytes (8),
-//!   length (4), and the first 8 bytes of the BLAKE3 hash of those 48 bytes.
+//!   length (4), and the first 8 bytes of the BLAKE3 hash of those 48 bytes. When a hash has
+//!   more than one entry the last one counts (collection appends the new place of a chunk it
+//!   moves).
 //!
 //! A batch is appended to the newest pack and flushed, then its entries are appended to the
 //! index and flushed, and only then do readers see it. A crash can leave a torn tail on either
@@ -15,12 +18,16 @@
 //! after a crash the store holds exactly the batches that were acknowledged, plus possibly the
 //! one in flight, whole. Chunks of an older one-file-per-chunk store (see [`ChunkStore`]) are
 //! still found and served.
+//!
+//! [`PackStore::collect`] drops the chunks no version references: see there for how it stays
+//! safe against a crash and against a publish running at the same time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::batch::Frame;
 use crate::store::ChunkStore;
@@ -28,6 +35,13 @@ use crate::{chunk_name, ContentError};
 
 /// A pack takes no more appends once it is this large.
 pub const PACK_BYTES: u64 = 1 << 30;
+/// How long a chunk that was uploaded, or found present by a publisher, is kept by collection
+/// although no version references it yet: a publish uploads its chunks before its manifest.
+pub const GRACE: Duration = Duration::from_secs(3600);
+/// Collection rewrites a pack when at least this fraction of it (1 / N) is unreferenced.
+const REWRITE_WASTE_DIV: u64 = 10;
+/// Bytes collection copies per flush.
+const MOVE_BATCH: usize = 8 << 20;
 const ENTRY: usize = 56;
 const RECORD_HEADER: u64 = 36;
 
@@ -38,18 +52,55 @@ struct Loc {
     len: u32,
 }
 
+impl Loc {
+    /// The whole record's bytes in its pack: header and chunk.
+    fn record_bytes(&self) -> u64 {
+        RECORD_HEADER + u64::from(self.len)
+    }
+}
+
 #[derive(Debug)]
 struct Index {
     map: HashMap<[u8; 32], Loc>,
-    packs: Vec<Arc<File>>,
+    packs: BTreeMap<u32, Arc<File>>,
 }
 
 #[derive(Debug)]
 struct Tail {
-    /// Where the next record goes in the newest pack.
+    /// The newest pack: appends go there.
+    pack: u32,
+    /// Where the next record goes in it.
     pack_end: u64,
     index: File,
     index_len: u64,
+}
+
+/// Chunks pinned against collection: every hash held in the current window or the one
+/// before, so each stays pinned at least [`GRACE`] (at most twice that) and the sets hold only
+/// recent hashes.
+#[derive(Debug)]
+struct Held {
+    since: Instant,
+    now: HashSet<[u8; 32]>,
+    before: HashSet<[u8; 32]>,
+}
+
+impl Held {
+    fn age(&mut self, grace: Duration) {
+        let elapsed = self.since.elapsed();
+        if elapsed >= grace.saturating_mul(2) {
+            self.now.clear();
+            self.before.clear();
+            self.since = Instant::now();
+        } else if elapsed >= grace {
+            self.before = std::mem::take(&mut self.now);
+            self.since = Instant::now();
+        }
+    }
+
+    fn has(&self, hash: &[u8; 32]) -> bool {
+        self.now.contains(hash) || self.before.contains(hash)
+    }
 }
 
 /// The store. Readers run concurrently; writers take turns.
@@ -57,9 +108,39 @@ struct Tail {
 pub struct PackStore {
     dir: PathBuf,
     pack_bytes: u64,
+    grace: Duration,
     legacy: Option<ChunkStore>,
     index: RwLock<Index>,
     tail: Mutex<Tail>,
+    held: Mutex<Held>,
+}
+
+/// What a collection found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Chunks in the store before.
+    pub chunks: u64,
+    /// Of them, chunks a version references (kept).
+    pub referenced: u64,
+    /// Unreferenced, but uploaded or asked about within the grace period (kept).
+    pub held: u64,
+    /// Unreferenced chunks dropped, and their bytes.
+    pub dropped: u64,
+    /// See `dropped`.
+    pub dropped_bytes: u64,
+    /// Chunks whose bytes on disk no longer matched their name (dropped too).
+    pub corrupt: u64,
+    /// Pack files removed, and the bytes of kept chunks copied out of them first.
+    pub packs_removed: u64,
+    /// See `packs_removed`.
+    pub moved_bytes: u64,
+    /// Bytes of all pack files before and after.
+    pub disk_bytes_before: u64,
+    /// See `disk_bytes_before`.
+    pub disk_bytes_after: u64,
+    /// Unreferenced bytes left in packs that were not worth rewriting (under a tenth of the
+    /// pack); a later collection takes them once their pack passes that.
+    pub waste_left_bytes: u64,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ContentError + '_ {
@@ -89,6 +170,25 @@ fn parse_entry(e: &[u8]) -> Option<([u8; 32], Loc)> {
     Some((hash, Loc { pack, at, len }))
 }
 
+/// The number of a pack file's name (`NNNNNNNN.pack`).
+fn pack_number(name: &str) -> Option<u32> {
+    let digits = name.strip_suffix(".pack")?;
+    if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn open_rw(path: &Path, create: bool) -> Result<File, ContentError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+        .map_err(io(path))
+}
+
 impl PackStore {
     /// The store in `dir`, created if `create`; `Ok(None)` when it does not exist and `create`
     /// is false. `legacy` is the directory of an older one-file-per-chunk store, read if present.
@@ -97,15 +197,17 @@ impl PackStore {
         legacy: &Path,
         create: bool,
     ) -> Result<Option<PackStore>, ContentError> {
-        Self::open_with(dir, legacy, create, PACK_BYTES)
+        Self::open_with(dir, legacy, create, PACK_BYTES, GRACE)
     }
 
-    /// [`PackStore::open`] with packs closed at `pack_bytes` (tests use small packs).
+    /// [`PackStore::open`] with packs closed at `pack_bytes` and chunks held for `grace` (tests
+    /// use small packs and no grace).
     pub fn open_with(
         dir: &Path,
         legacy: &Path,
         create: bool,
         pack_bytes: u64,
+        grace: Duration,
     ) -> Result<Option<PackStore>, ContentError> {
         let legacy = legacy
             .is_dir()
@@ -118,42 +220,31 @@ impl PackStore {
             fs::create_dir_all(dir).map_err(io(dir))?;
             sync_dir(dir.parent().unwrap_or(dir))?;
         }
-        let mut packs = Vec::new();
-        loop {
-            let path = pack_path(dir, packs.len() as u32);
-            match OpenOptions::new().read(true).write(true).open(&path) {
-                Ok(f) => packs.push(Arc::new(f)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) => return Err(ContentError::io(&path, e)),
+        let mut packs = BTreeMap::new();
+        for e in fs::read_dir(dir).map_err(io(dir))? {
+            let e = e.map_err(io(dir))?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if let Some(n) = pack_number(&name) {
+                packs.insert(n, Arc::new(open_rw(&e.path(), false)?));
+            } else if name.starts_with("index.tmp") {
+                // A collection's index that never replaced the real one.
+                let _ = fs::remove_file(e.path());
             }
         }
         if packs.is_empty() {
-            let path = pack_path(dir, 0);
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(io(&path))?;
+            packs.insert(0, Arc::new(open_rw(&pack_path(dir, 0), true)?));
             sync_dir(dir)?;
-            packs.push(Arc::new(f));
         }
-        let mut sizes = Vec::with_capacity(packs.len());
-        for (i, p) in packs.iter().enumerate() {
-            let path = pack_path(dir, i as u32);
-            sizes.push(p.metadata().map_err(io(&path))?.len());
+        let mut sizes = HashMap::with_capacity(packs.len());
+        for (&n, p) in &packs {
+            let path = pack_path(dir, n);
+            sizes.insert(n, p.metadata().map_err(io(&path))?.len());
         }
         let index_path = dir.join("index");
-        let index = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&index_path)
-            .map_err(io(&index_path))?;
+        let index = open_rw(&index_path, true)?;
         let bytes = fs::read(&index_path).map_err(io(&index_path))?;
-        let newest = packs.len() as u32 - 1;
+        let newest = packs.keys().next_back().copied().unwrap_or(0);
         let mut map = HashMap::with_capacity(bytes.len() / ENTRY);
         let mut good = 0u64;
         let mut pack_end = 0u64;
@@ -162,7 +253,7 @@ impl PackStore {
                 break;
             };
             let fits = sizes
-                .get(loc.pack as usize)
+                .get(&loc.pack)
                 .is_some_and(|&size| loc.at.saturating_add(u64::from(loc.len)) <= size);
             if !fits {
                 break;
@@ -178,24 +269,28 @@ impl PackStore {
             index.set_len(good).map_err(io(&index_path))?;
             index.sync_all().map_err(io(&index_path))?;
         }
-        let newest_path = pack_path(dir, newest);
-        if sizes.last().is_some_and(|&s| s > pack_end) {
-            packs[newest as usize]
-                .set_len(pack_end)
-                .map_err(io(&newest_path))?;
-            packs[newest as usize]
-                .sync_all()
-                .map_err(io(&newest_path))?;
+        if sizes.get(&newest).is_some_and(|&s| s > pack_end) {
+            let newest_path = pack_path(dir, newest);
+            let f = &packs[&newest];
+            f.set_len(pack_end).map_err(io(&newest_path))?;
+            f.sync_all().map_err(io(&newest_path))?;
         }
         Ok(Some(PackStore {
             dir: dir.to_owned(),
             pack_bytes,
+            grace,
             legacy,
             index: RwLock::new(Index { map, packs }),
             tail: Mutex::new(Tail {
+                pack: newest,
                 pack_end,
                 index,
                 index_len: good,
+            }),
+            held: Mutex::new(Held {
+                since: Instant::now(),
+                now: HashSet::new(),
+                before: HashSet::new(),
             }),
         }))
     }
@@ -203,13 +298,33 @@ impl PackStore {
     fn lookup(&self, hash: &[u8; 32]) -> Option<(Loc, Arc<File>)> {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         let loc = *index.map.get(hash)?;
-        let file = index.packs.get(loc.pack as usize)?.clone();
+        let file = index.packs.get(&loc.pack)?.clone();
         Some((loc, file))
     }
 
     /// Whether the store has the chunk.
     pub fn has(&self, hash: &[u8; 32]) -> bool {
         self.lookup(hash).is_some() || self.legacy.as_ref().is_some_and(|l| l.has(hash))
+    }
+
+    /// Pins the chunks the store has against collection for the grace period, and returns
+    /// those of `hashes` it lacks. A publisher's chunk query and manifest upload go through
+    /// here, so a collection running at the same time never drops a chunk a publish was told
+    /// is present; it is atomic with a collection's final step.
+    pub fn hold<'a>(&self, hashes: impl IntoIterator<Item = &'a [u8; 32]>) -> Vec<&'a [u8; 32]> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.age(self.grace);
+        let mut absent = Vec::new();
+        for h in hashes {
+            if self.has(h) {
+                if !held.before.contains(h) {
+                    held.now.insert(*h);
+                }
+            } else {
+                absent.push(h);
+            }
+        }
+        absent
     }
 
     /// Chunks stored.
@@ -250,7 +365,7 @@ impl PackStore {
 
     /// Stores a batch: every hash is checked before anything is written (a batch with one bad
     /// chunk stores none); the new chunks are durable when this returns. Returns how many were
-    /// new.
+    /// new. Every chunk of the batch is then held (see [`PackStore::hold`]).
     pub fn put_many(&self, chunks: &[Frame<'_>]) -> Result<usize, ContentError> {
         for (hash, data) in chunks {
             if blake3::hash(data).as_bytes() != hash {
@@ -258,54 +373,79 @@ impl PackStore {
             }
         }
         let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-        let mut seen = std::collections::HashSet::with_capacity(chunks.len());
+        let mut seen = HashSet::with_capacity(chunks.len());
         let new: Vec<&Frame<'_>> = chunks
             .iter()
             .filter(|(h, _)| seen.insert(*h) && !self.has(h))
             .collect();
-        if new.is_empty() {
-            return Ok(0);
+        if !new.is_empty() {
+            let mut records = Vec::with_capacity(
+                new.iter()
+                    .map(|(_, d)| d.len() + RECORD_HEADER as usize)
+                    .sum(),
+            );
+            for (hash, data) in &new {
+                crate::batch::push(&mut records, hash, data);
+            }
+            let hashes: Vec<[u8; 32]> = new.iter().map(|(h, _)| *h).collect();
+            self.append(&mut tail, &records, &hashes)?;
         }
-        let (mut pack, file) = {
-            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-            let n = index.packs.len() - 1;
-            (n as u32, index.packs[n].clone())
-        };
-        let (file, start, opened) = if tail.pack_end >= self.pack_bytes {
-            pack += 1;
-            let path = pack_path(&self.dir, pack);
+        self.hold(seen.iter());
+        Ok(new.len())
+    }
+
+    /// Appends whole records (`records` holds one per hash of `hashes`, in order) to the newest
+    /// pack, opening the next one first when the newest is full, flushes them, then their
+    /// index entries, then shows them to readers.
+    fn append(
+        &self,
+        tail: &mut Tail,
+        records: &[u8],
+        hashes: &[[u8; 32]],
+    ) -> Result<(), ContentError> {
+        let opened = tail.pack_end >= self.pack_bytes;
+        let pack = if opened { tail.pack + 1 } else { tail.pack };
+        let pack_path = pack_path(&self.dir, pack);
+        let (file, start) = if opened {
             let f = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .open(&path)
-                .map_err(io(&path))?;
-            (Arc::new(f), 0, true)
+                .open(&pack_path)
+                .map_err(io(&pack_path))?;
+            (Arc::new(f), 0)
         } else {
-            (file, tail.pack_end, false)
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            let Some(f) = index.packs.get(&pack) else {
+                return Err(ContentError::io(
+                    &pack_path,
+                    std::io::Error::other("the newest pack is not open"),
+                ));
+            };
+            (f.clone(), tail.pack_end)
         };
-        let mut records = Vec::with_capacity(
-            new.iter()
-                .map(|(_, d)| d.len() + RECORD_HEADER as usize)
-                .sum(),
-        );
-        let mut entries = Vec::with_capacity(new.len() * ENTRY);
-        let mut locs = Vec::with_capacity(new.len());
-        for (hash, data) in &new {
-            crate::batch::push(&mut records, hash, data);
+        let mut entries = Vec::with_capacity(hashes.len() * ENTRY);
+        let mut locs = Vec::with_capacity(hashes.len());
+        let mut at = 0usize;
+        for hash in hashes {
+            let len = records
+                .get(at + 32..at + 36)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes)
+                .unwrap_or(0);
             let loc = Loc {
                 pack,
-                at: start + records.len() as u64 - data.len() as u64,
-                len: data.len() as u32,
+                at: start + (at as u64) + RECORD_HEADER,
+                len,
             };
+            at += loc.record_bytes() as usize;
             entries.extend_from_slice(&entry(hash, loc));
             locs.push((*hash, loc));
         }
-        let pack_path = pack_path(&self.dir, pack);
         let index_path = self.dir.join("index");
         let write = || -> Result<(), ContentError> {
-            file.write_all_at(&records, start).map_err(io(&pack_path))?;
+            file.write_all_at(records, start).map_err(io(&pack_path))?;
             file.sync_data().map_err(io(&pack_path))?;
             if opened {
                 sync_dir(&self.dir)?;
@@ -322,14 +462,248 @@ impl PackStore {
             let _ = tail.index.set_len(tail.index_len);
             return Err(e);
         }
+        tail.pack = pack;
         tail.pack_end = start + records.len() as u64;
         tail.index_len += entries.len() as u64;
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
         if opened {
-            index.packs.push(file);
+            index.packs.insert(pack, file);
         }
         index.map.extend(locs);
-        Ok(new.len())
+        Ok(())
+    }
+
+    /// Drops every chunk that no version references (`referenced`) and that was not held in
+    /// the grace period, and gives its disk space back: a pack at least a tenth unreferenced
+    /// is rewritten (its kept chunks copied to a new pack, each checked against its name on
+    /// the way) and removed. Uploads wait while it runs; readers do not.
+    ///
+    /// Crash safety: copies are appended and flushed like any batch, their new index entries
+    /// after them (the last entry of a hash counts). Then a fresh index of the kept chunks is
+    /// written beside the old, flushed and renamed over it, and only then are the rewritten
+    /// packs removed. A crash at any point leaves either the old index (every chunk still
+    /// there, some twice) or the new one (the old packs unreferenced, removed by the next
+    /// collection).
+    ///
+    /// Against a publish running at the same time: a chunk a publisher was told is present, or
+    /// uploaded, or named by a manifest as it was stored, is held ([`PackStore::hold`]); the
+    /// final step looks at the holds again, under the same lock, before it drops anything.
+    pub fn collect(&self, referenced: &HashSet<[u8; 32]>) -> Result<Collected, ContentError> {
+        self.collect_with(referenced, || {})
+    }
+
+    /// [`PackStore::collect`], calling `between` after the copying and before the final step
+    /// (tests hold chunks there).
+    fn collect_with(
+        &self,
+        referenced: &HashSet<[u8; 32]>,
+        between: impl FnOnce(),
+    ) -> Result<Collected, ContentError> {
+        let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let mut report = Collected::default();
+        // Which packs are worth rewriting: those at least a tenth unreferenced.
+        let (sizes, victims) = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            held.age(self.grace);
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            report.chunks = index.map.len() as u64;
+            let mut kept_in: HashMap<u32, u64> = HashMap::new();
+            for (h, loc) in &index.map {
+                if referenced.contains(h) || held.has(h) {
+                    *kept_in.entry(loc.pack).or_default() += loc.record_bytes();
+                }
+            }
+            let mut sizes = BTreeMap::new();
+            for (&n, f) in &index.packs {
+                let path = pack_path(&self.dir, n);
+                sizes.insert(n, f.metadata().map_err(io(&path))?.len());
+            }
+            let victims: HashSet<u32> = sizes
+                .iter()
+                .filter(|&(&n, &size)| {
+                    let waste = size.saturating_sub(kept_in.get(&n).copied().unwrap_or(0));
+                    let empty_old = size == 0 && n != tail.pack;
+                    empty_old || (waste > 0 && waste >= size / REWRITE_WASTE_DIV)
+                })
+                .map(|(&n, _)| n)
+                .collect();
+            (sizes, victims)
+        };
+        report.disk_bytes_before = sizes.values().sum();
+        // When the newest pack is rewritten too, copies go to a fresh one.
+        if victims.contains(&tail.pack) {
+            tail.pack_end = tail.pack_end.max(self.pack_bytes);
+            self.append(&mut tail, &[], &[])?;
+        }
+        // Copy out what is kept (held since counts too: looked at again below).
+        let moving: Vec<([u8; 32], Loc)> = {
+            let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            index
+                .map
+                .iter()
+                .filter(|(h, loc)| {
+                    victims.contains(&loc.pack) && (referenced.contains(*h) || held.has(h))
+                })
+                .map(|(h, loc)| (*h, *loc))
+                .collect()
+        };
+        self.move_out(&mut tail, &moving, &mut report)?;
+        between();
+        // The final step: drop, under the hold lock, what is still unreferenced and unheld;
+        // copy what was held since the copying above; write the new index.
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.age(self.grace);
+        let late: Vec<([u8; 32], Loc)> = {
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            index
+                .map
+                .iter()
+                .filter(|(h, loc)| victims.contains(&loc.pack) && held.has(h))
+                .map(|(h, loc)| (*h, *loc))
+                .collect()
+        };
+        self.move_out(&mut tail, &late, &mut report)?;
+        {
+            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+            let mut dropped_bytes = 0u64;
+            let before = index.map.len();
+            index.map.retain(|h, loc| {
+                if referenced.contains(h) {
+                    report.referenced += 1;
+                    true
+                } else if held.has(h) {
+                    report.held += 1;
+                    true
+                } else {
+                    dropped_bytes += u64::from(loc.len);
+                    false
+                }
+            });
+            report.dropped += (before - index.map.len()) as u64;
+            report.dropped_bytes += dropped_bytes;
+        }
+        self.rewrite_index(&mut tail)?;
+        // The rewritten packs are referenced by nothing now.
+        let removed: Vec<u32> = {
+            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+            let removed: Vec<u32> = victims
+                .iter()
+                .copied()
+                .filter(|n| *n != tail.pack)
+                .collect();
+            for n in &removed {
+                index.packs.remove(n);
+            }
+            removed
+        };
+        for n in &removed {
+            let path = pack_path(&self.dir, *n);
+            fs::remove_file(&path).map_err(io(&path))?;
+        }
+        if !removed.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        report.packs_removed = removed.len() as u64;
+        // Chunks of an older one-file-per-chunk store: removed one by one.
+        if let Some(legacy) = &self.legacy {
+            for h in legacy.hashes() {
+                if referenced.contains(&h) || held.has(&h) {
+                    continue;
+                }
+                report.dropped_bytes += legacy.remove(&h)?;
+                report.dropped += 1;
+            }
+        }
+        drop(held);
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let mut after = 0u64;
+        let mut kept_total = 0u64;
+        for (&n, f) in &index.packs {
+            let path = pack_path(&self.dir, n);
+            after += f.metadata().map_err(io(&path))?.len();
+        }
+        for loc in index.map.values() {
+            kept_total += loc.record_bytes();
+        }
+        report.disk_bytes_after = after;
+        report.waste_left_bytes = after.saturating_sub(kept_total);
+        Ok(report)
+    }
+
+    /// Copies the records of `moving` to the newest pack in flushed batches (see
+    /// [`PackStore::append`]); a record whose bytes no longer match its name is not copied
+    /// (and so is dropped with its pack).
+    fn move_out(
+        &self,
+        tail: &mut Tail,
+        moving: &[([u8; 32], Loc)],
+        report: &mut Collected,
+    ) -> Result<(), ContentError> {
+        let mut records = Vec::with_capacity(MOVE_BATCH + (1 << 20));
+        let mut hashes = Vec::new();
+        for (h, loc) in moving {
+            let file = {
+                let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+                index.packs.get(&loc.pack).cloned()
+            };
+            let Some(file) = file else { continue };
+            let start = records.len();
+            records.resize(start + loc.record_bytes() as usize, 0);
+            file.read_exact_at(&mut records[start..], loc.at - RECORD_HEADER)
+                .map_err(io(&pack_path(&self.dir, loc.pack)))?;
+            let whole = records[start..start + 32] == h[..]
+                && records[start + 32..start + 36] == loc.len.to_be_bytes()
+                && blake3::hash(&records[start + RECORD_HEADER as usize..]).as_bytes() == h;
+            if !whole {
+                records.truncate(start);
+                report.corrupt += 1;
+                let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+                index.map.remove(h);
+                continue;
+            }
+            hashes.push(*h);
+            report.moved_bytes += u64::from(loc.len);
+            if records.len() >= MOVE_BATCH {
+                self.append(tail, &records, &hashes)?;
+                records.clear();
+                hashes.clear();
+            }
+        }
+        if !hashes.is_empty() {
+            self.append(tail, &records, &hashes)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the index by one entry per chunk held now: written beside it, flushed,
+    /// renamed over it.
+    fn rewrite_index(&self, tail: &mut Tail) -> Result<(), ContentError> {
+        let path = self.dir.join("index");
+        let tmp = self
+            .dir
+            .join(format!("index.tmp-{}", rand::random::<u64>()));
+        let len = {
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            let mut out =
+                std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io(&tmp))?);
+            for (h, loc) in &index.map {
+                std::io::Write::write_all(&mut out, &entry(h, *loc)).map_err(io(&tmp))?;
+            }
+            let f = out
+                .into_inner()
+                .map_err(|e| ContentError::io(&tmp, e.into_error()))?;
+            f.sync_all().map_err(io(&tmp))?;
+            (index.map.len() * ENTRY) as u64
+        };
+        if let Err(e) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(ContentError::io(&path, e));
+        }
+        sync_dir(&self.dir)?;
+        tail.index = open_rw(&path, false)?;
+        tail.index_len = len;
+        Ok(())
     }
 }
 
@@ -361,9 +735,15 @@ mod tests {
     }
 
     fn open(dir: &Path, pack_bytes: u64) -> PackStore {
-        PackStore::open_with(&dir.join("packs"), &dir.join("chunks"), true, pack_bytes)
-            .unwrap()
-            .unwrap()
+        PackStore::open_with(
+            &dir.join("packs"),
+            &dir.join("chunks"),
+            true,
+            pack_bytes,
+            GRACE,
+        )
+        .unwrap()
+        .unwrap()
     }
 
     #[test]
@@ -560,5 +940,281 @@ mod tests {
             "the old chunk is not copied"
         );
         assert_eq!(s.count(), 2);
+    }
+
+    fn open_graced(dir: &Path, pack_bytes: u64, grace: Duration) -> PackStore {
+        PackStore::open_with(
+            &dir.join("packs"),
+            &dir.join("chunks"),
+            true,
+            pack_bytes,
+            grace,
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    fn pack_files(dir: &Path) -> Vec<u32> {
+        let mut v: Vec<u32> = fs::read_dir(dir.join("packs"))
+            .unwrap()
+            .filter_map(|e| pack_number(&e.unwrap().file_name().to_string_lossy()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn disk(dir: &Path) -> u64 {
+        pack_files(dir)
+            .iter()
+            .map(|n| {
+                fs::metadata(pack_path(&dir.join("packs"), *n))
+                    .unwrap()
+                    .len()
+            })
+            .sum()
+    }
+
+    fn set(chunks: &[([u8; 32], Vec<u8>)]) -> HashSet<[u8; 32]> {
+        chunks.iter().map(|(h, _)| *h).collect()
+    }
+
+    #[test]
+    fn collection_drops_what_no_version_references_and_gives_the_space_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open_graced(dir.path(), 40_000, Duration::ZERO);
+        // Version one: chunks 0-29; version two shares 0-9 and adds 30-49.
+        let one: Vec<_> = (0..30).map(|i| chunk(i, 4000)).collect();
+        let two: Vec<_> = (0..10).chain(30..50).map(|i| chunk(i, 4000)).collect();
+        put(&s, &one);
+        put(&s, &two);
+        assert_eq!(s.count(), 50);
+        let before = disk(dir.path());
+        let r = s.collect(&set(&two)).unwrap();
+        assert_eq!(r.chunks, 50);
+        assert_eq!((r.referenced, r.held, r.dropped), (30, 0, 20));
+        assert_eq!(r.dropped_bytes, 20 * 4000);
+        assert_eq!(r.disk_bytes_before, before);
+        assert_eq!(r.disk_bytes_after, disk(dir.path()));
+        assert!(r.packs_removed >= 1, "{r:?}");
+        // What is left on disk: the kept chunks and the waste the report names.
+        assert_eq!(
+            r.disk_bytes_after,
+            30 * (4000 + RECORD_HEADER) + r.waste_left_bytes
+        );
+        assert!(r.disk_bytes_after < before - 15 * 4000, "{r:?}");
+        for (h, d) in &two {
+            assert_eq!(s.get(h).unwrap().as_deref(), Some(&d[..]));
+        }
+        for (h, _) in &one[10..] {
+            assert!(!s.has(h));
+        }
+        // Uploads go on after it, and all of it survives a reopen.
+        let three: Vec<_> = (50..55).map(|i| chunk(i, 4000)).collect();
+        assert_eq!(put(&s, &three), 5);
+        drop(s);
+        let s = open_graced(dir.path(), 40_000, Duration::ZERO);
+        assert_eq!(s.count(), 35);
+        for (h, d) in two.iter().chain(&three) {
+            assert_eq!(s.get(h).unwrap().as_deref(), Some(&d[..]));
+        }
+        // Nothing unreferenced: a second collection has nothing to drop.
+        let mut keep = set(&two);
+        keep.extend(set(&three));
+        let r = s.collect(&keep).unwrap();
+        assert_eq!((r.dropped, r.dropped_bytes), (0, 0));
+        // Everything unreferenced: every pack but an empty newest goes.
+        let r = s.collect(&HashSet::new()).unwrap();
+        assert_eq!(r.dropped, 35);
+        assert_eq!(r.disk_bytes_after, 0);
+        assert_eq!(s.count(), 0);
+        assert_eq!(pack_files(dir.path()).len(), 1);
+        drop(s);
+        assert_eq!(open_graced(dir.path(), 40_000, Duration::ZERO).count(), 0);
+    }
+
+    #[test]
+    fn chunks_uploaded_or_held_in_the_grace_period_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open_graced(dir.path(), PACK_BYTES, Duration::from_secs(600));
+        let a: Vec<_> = (0..8).map(|i| chunk(i, 1000)).collect();
+        put(&s, &a);
+        // Uploaded just now, referenced by nothing yet (its manifest comes last): kept.
+        let r = s.collect(&HashSet::new()).unwrap();
+        assert_eq!((r.held, r.dropped), (8, 0));
+        assert_eq!(s.count(), 8);
+        // A reopened store has forgotten its holds; `hold` pins what a publisher was told
+        // is present and counts what is absent.
+        drop(s);
+        let s = open_graced(dir.path(), PACK_BYTES, Duration::from_secs(600));
+        let absent = chunk(100, 10).0;
+        assert_eq!(
+            s.hold(a[..3].iter().map(|(h, _)| h).chain([&absent])),
+            vec![&absent]
+        );
+        let r = s.collect(&set(&a[6..])).unwrap();
+        assert_eq!((r.referenced, r.held, r.dropped), (2, 3, 3));
+        for (i, (h, _)) in a.iter().enumerate() {
+            assert_eq!(s.has(h), !(3..6).contains(&i), "chunk {i}");
+        }
+    }
+
+    #[test]
+    fn a_collection_cut_short_by_a_crash_loses_nothing_and_the_next_one_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let packs = dir.path().join("packs");
+        let s = open_graced(dir.path(), 30_000, Duration::ZERO);
+        let all: Vec<_> = (0..24).map(|i| chunk(i, 3000)).collect();
+        put(&s, &all);
+        let keep: Vec<_> = all.iter().step_by(3).cloned().collect();
+        // Crash after the kept chunks were copied, before the index was replaced: both
+        // copies are on disk and the index names both; the last entry counts.
+        {
+            let mut tail = s.tail.lock().unwrap();
+            let moving: Vec<_> = {
+                let index = s.index.read().unwrap();
+                keep.iter().map(|(h, _)| (*h, index.map[h])).collect()
+            };
+            tail.pack_end = tail.pack_end.max(s.pack_bytes);
+            s.move_out(&mut tail, &moving, &mut Collected::default())
+                .unwrap();
+        }
+        let moved_to = s.lookup(&keep[0].0).unwrap().0.pack;
+        drop(s);
+        let s = open_graced(dir.path(), 30_000, Duration::ZERO);
+        assert_eq!(s.count(), 24, "nothing lost");
+        assert_eq!(s.lookup(&keep[0].0).unwrap().0.pack, moved_to);
+        for (h, d) in &all {
+            assert_eq!(s.get(h).unwrap().as_deref(), Some(&d[..]));
+        }
+        // A whole collection; then a crash between replacing the index and removing the old
+        // packs is played by putting one removed pack back, as a leftover index.tmp.
+        let old_pack = pack_files(dir.path())[0];
+        let saved = fs::read(pack_path(&packs, old_pack)).unwrap();
+        let r = s.collect(&set(&keep)).unwrap();
+        assert_eq!((r.referenced, r.dropped), (8, 16));
+        assert!(!pack_path(&packs, old_pack).exists());
+        drop(s);
+        fs::write(pack_path(&packs, old_pack), &saved).unwrap();
+        fs::write(packs.join("index.tmp-7"), b"half an index").unwrap();
+        let s = open_graced(dir.path(), 30_000, Duration::ZERO);
+        assert!(!packs.join("index.tmp-7").exists());
+        assert_eq!(s.count(), 8);
+        for (h, d) in &keep {
+            assert_eq!(s.get(h).unwrap().as_deref(), Some(&d[..]));
+        }
+        let r = s.collect(&set(&keep)).unwrap();
+        assert_eq!(r.dropped, 0);
+        assert_eq!(r.packs_removed, 1, "the leftover pack: {r:?}");
+        assert!(!pack_path(&packs, old_pack).exists());
+    }
+
+    #[test]
+    fn a_chunk_rotten_on_disk_is_not_copied_by_a_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let packs = dir.path().join("packs");
+        let s = open_graced(dir.path(), PACK_BYTES, Duration::ZERO);
+        let all: Vec<_> = (0..10).map(|i| chunk(i, 2000)).collect();
+        put(&s, &all);
+        // Flip a byte inside chunk 4's bytes.
+        let at = s.lookup(&all[4].0).unwrap().0.at;
+        let f = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .open(pack_path(&packs, 0))
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at + 10).unwrap();
+        f.write_all_at(&[b[0] ^ 0x40], at + 10).unwrap();
+        // Half unreferenced, so the pack is rewritten and every kept chunk checked.
+        let r = s.collect(&set(&all[..5])).unwrap();
+        assert_eq!((r.corrupt, r.dropped), (1, 5));
+        assert!(!s.has(&all[4].0), "a publish uploads it again");
+        for (h, d) in &all[..4] {
+            assert_eq!(s.get(h).unwrap().as_deref(), Some(&d[..]));
+        }
+    }
+
+    #[test]
+    fn uploads_and_holds_racing_a_collection_are_never_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(open_graced(dir.path(), 100_000, Duration::from_secs(600)));
+        let old: Vec<_> = (0..200).map(|i| chunk(i, 1500)).collect();
+        put(&s, &old);
+        drop(s);
+        // Reopened, so nothing is held; chunks 0-99 are referenced.
+        let s = Arc::new(open_graced(dir.path(), 100_000, Duration::from_secs(600)));
+        let referenced = set(&old[..100]);
+        let new: Vec<_> = (1000..1300).map(|i| chunk(i, 1500)).collect();
+        std::thread::scope(|scope| {
+            let writer = {
+                let s = s.clone();
+                let new = &new;
+                let old = &old;
+                scope.spawn(move || {
+                    for (k, b) in new.chunks(10).enumerate() {
+                        put(&s, b);
+                        // A publisher asks about two old chunks: those said to be
+                        // present are held; those said to be absent it uploads again.
+                        let k = 100 + (k % 10) * 10;
+                        if !s.hold(old[k..k + 2].iter().map(|(h, _)| h)).is_empty() {
+                            put(&s, &old[k..k + 2]);
+                        }
+                    }
+                })
+            };
+            for _ in 0..5 {
+                s.collect(&referenced).unwrap();
+            }
+            writer.join().unwrap();
+        });
+        for (h, d) in new.iter().chain(&old[..100]) {
+            assert_eq!(s.get(h).unwrap().as_deref(), Some(&d[..]));
+        }
+        let held_old = (0..10).flat_map(|k| [100 + k * 10, 101 + k * 10]);
+        for i in held_old {
+            assert!(s.has(&old[i].0), "old chunk {i} was held");
+        }
+        drop(s);
+        let s = open_graced(dir.path(), 100_000, Duration::from_secs(600));
+        for (h, d) in new.iter().chain(&old[..100]) {
+            assert_eq!(s.get(h).unwrap().as_deref(), Some(&d[..]));
+        }
+    }
+
+    #[test]
+    fn a_chunk_held_while_its_pack_is_being_rewritten_is_copied_in_the_final_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open_graced(dir.path(), PACK_BYTES, Duration::from_secs(600));
+        let all: Vec<_> = (0..12).map(|i| chunk(i, 2500)).collect();
+        put(&s, &all);
+        drop(s);
+        let s = open_graced(dir.path(), PACK_BYTES, Duration::from_secs(600));
+        // Chunk 11 is unreferenced when the copying starts; a publisher is told it is
+        // present before the final step.
+        let r = s
+            .collect_with(&set(&all[..4]), || {
+                assert!(s.hold([&all[11].0]).is_empty());
+            })
+            .unwrap();
+        assert_eq!((r.referenced, r.held, r.dropped), (4, 1, 7));
+        assert_eq!(r.packs_removed, 1, "{r:?}");
+        assert!(!pack_path(&dir.path().join("packs"), 0).exists());
+        for (h, d) in all[..4].iter().chain([&all[11]]) {
+            assert_eq!(s.get(h).unwrap().as_deref(), Some(&d[..]));
+        }
+    }
+
+    #[test]
+    fn unreferenced_chunks_of_an_older_file_per_chunk_store_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = ChunkStore::open(&dir.path().join("chunks")).unwrap();
+        let (a, b) = (chunk(1, 700), chunk(2, 900));
+        legacy.put(&a.0, &a.1, true).unwrap();
+        legacy.put(&b.0, &b.1, true).unwrap();
+        let s = open_graced(dir.path(), PACK_BYTES, Duration::ZERO);
+        let r = s.collect(&set(std::slice::from_ref(&a))).unwrap();
+        assert_eq!((r.dropped, r.dropped_bytes), (1, 900));
+        assert!(s.has(&a.0) && !s.has(&b.0));
+        assert_eq!(legacy.hashes(), vec![a.0]);
     }
 }

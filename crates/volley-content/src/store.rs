@@ -93,6 +93,36 @@ impl ChunkStore {
         }
     }
 
+    /// The hashes of every chunk stored (files with other names are skipped).
+    pub fn hashes(&self) -> Vec<[u8; 32]> {
+        let Ok(dirs) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        dirs.flatten()
+            .filter_map(|d| fs::read_dir(d.path()).ok())
+            .flat_map(|files| {
+                files
+                    .flatten()
+                    .filter_map(|f| crate::parse_chunk_name(&f.file_name().to_string_lossy()))
+            })
+            .collect()
+    }
+
+    /// Removes a chunk; returns the bytes it held (0 when it was not there).
+    pub fn remove(&self, hash: &[u8; 32]) -> Result<u64, ContentError> {
+        let path = self.path(hash);
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(ContentError::io(&path, e)),
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(len),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(ContentError::io(&path, e)),
+        }
+    }
+
     /// Chunks stored.
     pub fn count(&self) -> usize {
         let Ok(dirs) = fs::read_dir(&self.root) else {

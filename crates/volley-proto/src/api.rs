@@ -829,6 +829,61 @@ pub struct ChunkBatchReply {
     pub stored: u64,
 }
 
+/// One version a node holds, from its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContentVersion {
+    /// The version's name.
+    pub version: String,
+    /// Files in the build.
+    pub files: u64,
+    /// The build's size in bytes.
+    pub bytes: u64,
+    /// Distinct chunks.
+    pub chunks: u64,
+    /// When the node stored the manifest (Unix ms).
+    pub stored_ms: u64,
+}
+
+/// `GET /v1/content/{game}/versions`: the versions a node holds, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContentVersions {
+    /// The versions.
+    pub versions: Vec<ContentVersion>,
+}
+
+/// `POST /v1/content/{game}/collect`: what collecting the chunks no version references did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContentCollected {
+    /// Versions whose manifests were read for the chunks they reference.
+    pub versions: u64,
+    /// Chunks stored before.
+    pub chunks: u64,
+    /// Of them, chunks a version references (kept).
+    pub referenced: u64,
+    /// Unreferenced, but uploaded or asked about within the grace period (kept: a publish
+    /// uploads its chunks before its manifest).
+    pub held: u64,
+    /// Unreferenced chunks dropped.
+    pub dropped: u64,
+    /// Their bytes.
+    pub dropped_bytes: u64,
+    /// Chunks whose bytes on disk no longer matched their name (dropped too).
+    pub corrupt: u64,
+    /// Pack files removed.
+    pub packs_removed: u64,
+    /// Bytes of kept chunks copied out of them first.
+    pub moved_bytes: u64,
+    /// Bytes of the pack files before.
+    pub disk_bytes_before: u64,
+    /// And after.
+    pub disk_bytes_after: u64,
+    /// Unreferenced bytes left in packs under a tenth unreferenced (not worth rewriting yet).
+    pub waste_left_bytes: u64,
+}
+
 /// `POST /v1/content/{game}/missing`: chunk names in, the missing ones out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

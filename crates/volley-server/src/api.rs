@@ -559,6 +559,30 @@ pub(crate) const ROUTES: &[RouteDoc] = &[
     ),
     r!(
         "get",
+        "/v1/content/{game}/versions",
+        "The versions this node holds, oldest first",
+        "none",
+        None,
+        Some("ContentVersions")
+    ),
+    r!(
+        "delete",
+        "/v1/content/{game}/versions/{version}",
+        "Withdraw a version: its manifest is removed here and on the cluster's other nodes (its chunks go at the next collection)",
+        "server",
+        None,
+        None
+    ),
+    r!(
+        "post",
+        "/v1/content/{game}/collect",
+        "Drop the chunks no version references (except those uploaded or asked about in the grace period) and give their disk space back",
+        "server",
+        None,
+        Some("ContentCollected")
+    ),
+    r!(
+        "get",
         "/v1/content/{game}/versions/{version}",
         "A version's signed manifest (raw bytes)",
         "none",
@@ -667,9 +691,15 @@ pub(crate) fn routes() -> Router<Api> {
             post(crate::content::announce).delete(crate::content::leave),
         )
         .route(
+            "/v1/content/{game}/versions",
+            get(crate::content::list_versions),
+        )
+        .route("/v1/content/{game}/collect", post(crate::content::collect))
+        .route(
             "/v1/content/{game}/versions/{version}",
             get(crate::content::get_manifest)
                 .put(crate::content::put_manifest)
+                .delete(crate::content::delete_version)
                 .layer(axum::extract::DefaultBodyLimit::max(
                     crate::content::MANIFEST_BODY_MAX,
                 )),

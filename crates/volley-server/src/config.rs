@@ -71,6 +71,9 @@ pub struct NodeConfig {
     /// and chunks from when it lacks them, keeping what it pulls: a build published to one
     /// node is then served by all.
     pub content_peers: Vec<String>,
+    /// How long a chunk uploaded (or reported present to a publisher) but not yet referenced
+    /// by a version's manifest is kept by a collection, ms.
+    pub content_grace_ms: u64,
     /// This node's name in the cluster (presence, matches); unique per node.
     pub node_id: String,
     /// Key a studio's backend presents (`x-volley-server-key`) for server-to-server calls:
@@ -122,6 +125,7 @@ impl Default for NodeConfig {
             redis_prefix: "volley:".into(),
             content_upload_bytes_per_s: 0,
             content_peers: Vec::new(),
+            content_grace_ms: 3_600_000,
             node_id: "node-1".into(),
             server_key: None,
             session_ttl_ms: 3_600_000,

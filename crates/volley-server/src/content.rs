@@ -15,7 +15,10 @@ use axum::Json;
 use volley_content::manifest::{check_name, Manifest};
 use volley_content::pack::PackStore;
 use volley_content::{chunk_name, parse_chunk_name, ContentError};
-use volley_proto::api::{ChunkBatchReply, ChunkList, PeerAnnounce, SwarmPeer, SwarmPeers};
+use volley_proto::api::{
+    ChunkBatchReply, ChunkList, ContentCollected, ContentVersion, ContentVersions, PeerAnnounce,
+    SwarmPeer, SwarmPeers,
+};
 
 use crate::http::{bad, parse, Api, Error};
 
@@ -71,8 +74,14 @@ async fn store(api: &Api, game: &str, create: bool) -> Result<Option<Arc<PackSto
         if let Some(s) = stores.get(&game) {
             return Ok(Some(s.clone()));
         }
-        let opened = PackStore::open(&dir.join("packs"), &dir.join("chunks"), create)
-            .map_err(content_err)?;
+        let opened = PackStore::open_with(
+            &dir.join("packs"),
+            &dir.join("chunks"),
+            create,
+            volley_content::pack::PACK_BYTES,
+            std::time::Duration::from_millis(api.cfg.content_grace_ms),
+        )
+        .map_err(content_err)?;
         Ok(opened.map(|s| {
             let s = Arc::new(s);
             stores.insert(game, s.clone());
@@ -208,7 +217,7 @@ async fn prefetch(api: Api, game: String, key: String, m: Manifest) {
         .map(|hash| {
             let (api, game, none, s) = (&api, &game, &none, s.clone());
             async move {
-                if s.is_some_and(|s| s.has(&hash)) {
+                if s.is_some_and(|s| s.hold([&hash]).is_empty()) {
                     return None;
                 }
                 let path = format!("/v1/content/{game}/chunks/{}", chunk_name(&hash));
@@ -359,14 +368,10 @@ pub(crate) async fn missing(
         hashes.push(hash_param(c)?);
     }
     let s = writable_store(&api, &game).await?;
-    let missing = blocking(move || {
-        Ok(hashes
-            .iter()
-            .filter(|h| !s.has(h))
-            .map(chunk_name)
-            .collect::<Vec<_>>())
-    })
-    .await?;
+    // Those present are held: the publisher will not upload them, so a collection must not
+    // drop them before its manifest arrives.
+    let missing =
+        blocking(move || Ok(s.hold(&hashes).into_iter().map(chunk_name).collect())).await?;
     Ok(Json(ChunkList { chunks: missing }))
 }
 
@@ -392,7 +397,7 @@ pub(crate) async fn put_manifest(
                 m.game, m.version
             )));
         }
-        let absent = m.chunks().filter(|c| !s.has(&c.hash)).count();
+        let absent = s.hold(m.chunks().map(|c| &c.hash)).len();
         if absent > 0 {
             return Err(Error(
                 StatusCode::CONFLICT,
@@ -475,14 +480,22 @@ pub(crate) const PUBLISHED_SUBJECT: &str = "volley.content.published";
 struct Published {
     game: String,
     version: String,
+    /// The version was withdrawn, not published: nodes holding it remove its manifest.
+    #[serde(default)]
+    withdrawn: bool,
 }
 
 /// Tells the cluster that `game` `version` is stored here. Best effort: a node that misses it
 /// still pulls the version when first asked for it.
 async fn announce_version(api: &Api, game: &str, version: &str) {
+    tell_cluster(api, game, version, false).await
+}
+
+async fn tell_cluster(api: &Api, game: &str, version: &str, withdrawn: bool) {
     let Ok(body) = serde_json::to_vec(&Published {
         game: game.to_owned(),
         version: version.to_owned(),
+        withdrawn,
     }) else {
         return;
     };
@@ -514,6 +527,18 @@ pub(crate) async fn follow_announcements(
         let Ok(dir) = game_dir(&api, &p.game) else {
             continue;
         };
+        if p.withdrawn {
+            match remove_version(&dir, &p.version).await {
+                Ok(true) => {
+                    tracing::info!(game = %p.game, version = %p.version, "withdrawn by another node")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(game = %p.game, version = %p.version, error = %e.2, "could not withdraw a version")
+                }
+            }
+            continue;
+        }
         if tokio::fs::try_exists(dir.join("versions").join(&p.version))
             .await
             .unwrap_or(true)
@@ -564,6 +589,172 @@ pub(crate) async fn get_manifest(
         Err(e) => return Err(content_err(ContentError::io(&path, e))),
     };
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+}
+
+/// Removes a version's manifest; whether there was one.
+async fn remove_version(dir: &std::path::Path, version: &str) -> Result<bool, Error> {
+    let versions = dir.join("versions");
+    let path = versions.join(version);
+    match tokio::fs::remove_file(&path).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(content_err(ContentError::io(&path, e))),
+    }
+    let sync = tokio::fs::File::open(&versions).await;
+    if let Err(e) = match sync {
+        Ok(d) => d.sync_all().await,
+        Err(e) => Err(e),
+    } {
+        return Err(content_err(ContentError::io(&versions, e)));
+    }
+    Ok(true)
+}
+
+/// `DELETE /v1/content/{game}/versions/{version}` (server key): withdraws a version. Its
+/// manifest is removed here, and on the cluster's other nodes that follow announcements; its
+/// chunks stay until a collection finds no other version referencing them. Players already
+/// holding it keep it; new fetches of it fail with `not_found`.
+pub(crate) async fn delete_version(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((game, version)): Path<(String, String)>,
+) -> Result<StatusCode, Error> {
+    crate::api::require_server_key(&api, &headers)?;
+    check_name("version", &version).map_err(content_err)?;
+    let dir = game_dir(&api, &game)?;
+    if !remove_version(&dir, &version).await? {
+        return Err(Error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no version {version} of {game}"),
+            None,
+        ));
+    }
+    tracing::info!(game, version, "version withdrawn");
+    tell_cluster(&api, &game, &version, true).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The versions stored under `dir`, each with its parsed manifest. A manifest that no longer
+/// parses is an error: what it references is unknown.
+fn stored_versions(dir: &std::path::Path) -> Result<Vec<(String, u64, Manifest)>, Error> {
+    let versions = dir.join("versions");
+    let entries = match std::fs::read_dir(&versions) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(content_err(ContentError::io(&versions, e))),
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| content_err(ContentError::io(&versions, e)))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || check_name("version", &name).is_err() {
+            continue; // a manifest being written, or not ours
+        }
+        let path = e.path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            // Withdrawn meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(content_err(ContentError::io(&path, e))),
+        };
+        let stored_ms = e
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64);
+        let (m, _) = Manifest::open(&bytes, None).map_err(|e| {
+            tracing::error!(path = %path.display(), error = %e, "a stored manifest does not parse");
+            Error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "bad_stored_manifest",
+                format!("the stored manifest of version {name} does not parse: {e}"),
+                None,
+            )
+        })?;
+        out.push((name, stored_ms, m));
+    }
+    out.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    Ok(out)
+}
+
+/// `GET /v1/content/{game}/versions`: the versions this node holds, oldest first.
+pub(crate) async fn list_versions(
+    State(api): State<Api>,
+    Path(game): Path<String>,
+) -> Result<Json<ContentVersions>, Error> {
+    let dir = game_dir(&api, &game)?;
+    let versions = blocking(move || {
+        Ok(stored_versions(&dir)?
+            .into_iter()
+            .map(|(version, stored_ms, m)| {
+                let distinct: std::collections::HashSet<&[u8; 32]> =
+                    m.chunks().map(|c| &c.hash).collect();
+                ContentVersion {
+                    version,
+                    files: m.files.len() as u64,
+                    bytes: m.total_size(),
+                    chunks: distinct.len() as u64,
+                    stored_ms,
+                }
+            })
+            .collect())
+    })
+    .await?;
+    Ok(Json(ContentVersions { versions }))
+}
+
+/// `POST /v1/content/{game}/collect` (server key): drops the chunks no stored version
+/// references (see `PackStore::collect`). Refuses, dropping nothing, when a stored manifest
+/// cannot be read.
+pub(crate) async fn collect(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(game): Path<String>,
+) -> Result<Json<ContentCollected>, Error> {
+    crate::api::require_server_key(&api, &headers)?;
+    let dir = game_dir(&api, &game)?;
+    let Some(s) = store(&api, &game, false).await? else {
+        return Ok(Json(ContentCollected::default()));
+    };
+    let g = game.clone();
+    let r = blocking(move || {
+        let versions = stored_versions(&dir)?;
+        let mut referenced = std::collections::HashSet::new();
+        for (_, _, m) in &versions {
+            referenced.extend(m.chunks().map(|c| c.hash));
+        }
+        let n = versions.len() as u64;
+        drop(versions);
+        let c = s.collect(&referenced).map_err(content_err)?;
+        Ok(ContentCollected {
+            versions: n,
+            chunks: c.chunks,
+            referenced: c.referenced,
+            held: c.held,
+            dropped: c.dropped,
+            dropped_bytes: c.dropped_bytes,
+            corrupt: c.corrupt,
+            packs_removed: c.packs_removed,
+            moved_bytes: c.moved_bytes,
+            disk_bytes_before: c.disk_bytes_before,
+            disk_bytes_after: c.disk_bytes_after,
+            waste_left_bytes: c.waste_left_bytes,
+        })
+    })
+    .await?;
+    tracing::info!(
+        game = g,
+        dropped = r.dropped,
+        dropped_bytes = r.dropped_bytes,
+        freed = r.disk_bytes_before.saturating_sub(r.disk_bytes_after),
+        "content collected"
+    );
+    api.metrics
+        .content_chunks_collected
+        .fetch_add(r.dropped, Ordering::Relaxed);
+    Ok(Json(r))
 }
 
 /// `POST /v1/content/{game}/versions/{version}/peers` (session): announce and get peers. The

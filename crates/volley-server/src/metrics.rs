@@ -46,6 +46,8 @@ pub struct Metrics {
     pub content_bytes_served: AtomicU64,
     /// Content chunks pulled from other nodes of the cluster and kept in the store.
     pub content_chunks_pulled: AtomicU64,
+    /// Unreferenced content chunks dropped by collections.
+    pub content_chunks_collected: AtomicU64,
 }
 
 impl Metrics {
@@ -80,7 +82,7 @@ impl Metrics {
                 self.rejected(code)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 14] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             (
                 "volley_logic_dropped_total",
                 "Messages to or from room logic dropped.",
@@ -150,6 +152,11 @@ impl Metrics {
                 "volley_content_chunks_pulled_total",
                 "Content chunks pulled from other nodes of the cluster and kept.",
                 &self.content_chunks_pulled,
+            ),
+            (
+                "volley_content_chunks_collected_total",
+                "Unreferenced content chunks dropped by collections.",
+                &self.content_chunks_collected,
             ),
         ];
         for (name, help, c) in counters {

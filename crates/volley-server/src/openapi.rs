@@ -68,6 +68,9 @@ fn schemas() -> Map<String, Value> {
         api::RankReply => "RankReply",
         api::ChunkList => "ChunkList",
         api::ChunkBatchReply => "ChunkBatchReply",
+        api::ContentVersions => "ContentVersions",
+        api::ContentVersion => "ContentVersion",
+        api::ContentCollected => "ContentCollected",
         api::PeerAnnounce => "PeerAnnounce",
         api::SwarmPeers => "SwarmPeers",
     );

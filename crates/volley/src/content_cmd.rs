@@ -42,6 +42,50 @@ pub(crate) enum ContentCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Lists the versions a node holds, oldest first.
+    Versions {
+        /// The node's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:7350")]
+        node: String,
+        /// The game's id.
+        #[arg(long)]
+        game: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraws a version from a node (and the nodes of its cluster): new fetches of it fail.
+    /// Its chunks stay until `volley content collect` finds no other version using them.
+    Delete {
+        /// The node's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:7350")]
+        node: String,
+        /// The game's id.
+        #[arg(long)]
+        game: String,
+        /// The version's name.
+        #[arg(long)]
+        version: String,
+        /// The node's server key.
+        #[arg(long, env = "VOLLEY_SERVER_KEY", hide_env_values = true)]
+        server_key: String,
+    },
+    /// Drops the chunks no version on the node references and gives their disk space back
+    /// (chunks uploaded within the node's grace period are kept: a publish may be under way).
+    Collect {
+        /// The node's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:7350")]
+        node: String,
+        /// The game's id.
+        #[arg(long)]
+        game: String,
+        /// The node's server key.
+        #[arg(long, env = "VOLLEY_SERVER_KEY", hide_env_values = true)]
+        server_key: String,
+        /// Print a JSON report.
+        #[arg(long)]
+        json: bool,
+    },
     /// Downloads a version, verifies it against the trusted publisher key and installs it,
     /// reusing what the previous version in `--to` already has; resumes when interrupted.
     Fetch {
@@ -284,6 +328,67 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
                     mib(r.uploaded_bytes),
                     start.elapsed().as_secs_f64()
                 );
+            }
+            Ok(())
+        }
+        ContentCmd::Versions { node, game, json } => {
+            let versions = volley_client::content::versions(&node, &game).await?;
+            if json {
+                println!("{}", serde_json::to_string(&versions)?);
+            } else if versions.is_empty() {
+                println!("no versions of {game}");
+            } else {
+                for v in versions {
+                    println!(
+                        "{}  {} files  {:.1} MiB  {} chunks",
+                        v.version,
+                        v.files,
+                        mib(v.bytes),
+                        v.chunks
+                    );
+                }
+            }
+            Ok(())
+        }
+        ContentCmd::Delete {
+            node,
+            game,
+            version,
+            server_key,
+        } => {
+            volley_client::content::delete_version(&node, &server_key, &game, &version).await?;
+            println!("withdrew {game} {version}; `volley content collect` frees its chunks");
+            Ok(())
+        }
+        ContentCmd::Collect {
+            node,
+            game,
+            server_key,
+            json,
+        } => {
+            let r = volley_client::content::collect(&node, &server_key, &game).await?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{game}: {} versions, {} chunks: {} referenced, {} held, {} dropped ({:.1} MiB); disk {:.1} -> {:.1} MiB ({} packs removed, {:.1} MiB moved)",
+                    r.versions,
+                    r.chunks,
+                    r.referenced,
+                    r.held,
+                    r.dropped,
+                    mib(r.dropped_bytes),
+                    mib(r.disk_bytes_before),
+                    mib(r.disk_bytes_after),
+                    r.packs_removed,
+                    mib(r.moved_bytes)
+                );
+                if r.corrupt > 0 {
+                    println!(
+                        "{} chunks were damaged on disk and dropped; publishing again restores them",
+                        r.corrupt
+                    );
+                }
             }
             Ok(())
         }

@@ -181,6 +181,10 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     content_peers: Vec<String>,
+    /// How long a collection keeps a chunk uploaded (or reported present to a publisher) but
+    /// not yet referenced by a version, seconds (default 3600).
+    #[arg(long, env = "VOLLEY_CONTENT_GRACE_SECS")]
+    content_grace_secs: Option<u64>,
     /// This node's name in the cluster.
     #[arg(long, env = "VOLLEY_NODE_ID")]
     node_id: Option<String>,
@@ -270,6 +274,9 @@ impl ServeArgs {
         }
         if !self.content_peers.is_empty() {
             c.content_peers = self.content_peers.clone();
+        }
+        if let Some(s) = self.content_grace_secs {
+            c.content_grace_ms = s.saturating_mul(1000);
         }
         c.validate()?;
         Ok(c)

@@ -1566,10 +1566,248 @@ async fn a_published_version_is_announced_and_pulled_by_the_rest_of_the_cluster(
     // Nobody asks node 2 for anything but its metrics.
     wait_until_kept(&n2.base, chunks).await;
     assert_eq!(served(&n1.base).await.0, chunks, "each chunk pulled once");
-    n1.node.shutdown().await;
     let to = work.path().join("install");
     let r = ok_json(fetch(&n2.base, &public, &to, &version, &[]));
     assert_eq!(tree(&to), tree(&build));
     assert_eq!(r["downloaded_chunks"].as_u64().unwrap(), chunks);
+    assert_eq!(
+        served(&n1.base).await.0,
+        chunks,
+        "node 2 served the fetch from its own store"
+    );
+    // Withdrawn on node 1: node 2 drops its copy of the manifest too.
+    volley_client::content::delete_version(&n1.base, KEY, "arena", &version)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = volley_client::content::versions(&n2.base, "arena")
+            .await
+            .unwrap();
+        if !held.iter().any(|v| v.version == version) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 2 still lists {version}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gone = fetch(&n2.base, &public, &work.path().join("again"), &version, &[]);
+    assert!(!gone.status.success());
+    n1.node.shutdown().await;
     n2.node.shutdown().await;
+}
+
+/// Bytes of the node's pack files for `arena`.
+fn pack_bytes_on_disk(data_dir: &Path) -> u64 {
+    std::fs::read_dir(data_dir.join("content/arena/packs"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_version_is_gone_and_collecting_frees_only_its_own_chunks() {
+    let n = start_node(|c| {
+        c.server_key = Some(KEY.into());
+        c.content_grace_ms = 0;
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(work.path());
+    let v1 = work.path().join("v1");
+    make_build(&v1, 2);
+    // Version 2 shares everything but one.pak, which it replaces by other bytes.
+    let v2 = work.path().join("v2");
+    copy_tree(&v1, &v2);
+    std::fs::write(v2.join("data/levels/one.pak"), random(2 << 20, 77)).unwrap();
+    publish(&n.base, &key, &v1, "1.0.0");
+    publish(&n.base, &key, &v2, "2.0.0");
+    let listed = ok_json(volley(&[
+        "content", "versions", "--node", &n.base, "--game", "arena", "--json",
+    ]));
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["1.0.0", "2.0.0"]);
+    let build_bytes = (3 << 20) + (4 << 20) + 21;
+    assert_eq!(listed[0]["bytes"], build_bytes);
+    assert_eq!(listed[0]["files"], 5);
+
+    // Only the server key withdraws or collects; bad names and unknown versions are refused.
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/content/arena/versions/1.0.0", n.base);
+    assert_eq!(http.delete(&url).send().await.unwrap().status(), 401);
+    let wrong = http
+        .delete(&url)
+        .header("x-volley-server-key", "not-the-key-at-all-0000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let collect_url = format!("{}/v1/content/arena/collect", n.base);
+    assert_eq!(http.post(&collect_url).send().await.unwrap().status(), 401);
+    let bad = http
+        .delete(format!("{}/v1/content/arena/versions/..", n.base))
+        .header("x-volley-server-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(bad.status().is_client_error());
+    let out = volley(&[
+        "content",
+        "delete",
+        "--node",
+        &n.base,
+        "--game",
+        "arena",
+        "--version",
+        "9.9.9",
+        "--server-key",
+        KEY,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no version 9.9.9"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Withdraw 1.0.0: it is no longer listed or fetched.
+    let out = volley(&[
+        "content",
+        "delete",
+        "--node",
+        &n.base,
+        "--game",
+        "arena",
+        "--version",
+        "1.0.0",
+        "--server-key",
+        KEY,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = ok_json(volley(&[
+        "content", "versions", "--node", &n.base, "--game", "arena", "--json",
+    ]));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["version"], "2.0.0");
+    let gone = fetch(&n.base, &public, &work.path().join("old"), "1.0.0", &[]);
+    assert!(!gone.status.success());
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("no version 1.0.0"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+
+    // Collect: exactly the chunks of 1.0.0's own one.pak go, and their space with them.
+    let one_pak = std::fs::read(v1.join("data/levels/one.pak")).unwrap();
+    let params = volley_content::cdc::Params::new(65_536).unwrap();
+    let mut own: Vec<[u8; 32]> = Vec::new();
+    let mut at = 0;
+    for len in volley_content::cdc::chunk_lengths(&one_pak, &params) {
+        own.push(*blake3::hash(&one_pak[at..at + len]).as_bytes());
+        at += len;
+    }
+    let disk_before = pack_bytes_on_disk(n.data_dir());
+    let r = ok_json(volley(&[
+        "content",
+        "collect",
+        "--node",
+        &n.base,
+        "--game",
+        "arena",
+        "--server-key",
+        KEY,
+        "--json",
+    ]));
+    assert_eq!(r["versions"], 1);
+    assert_eq!(r["dropped"], own.len() as u64, "{r}");
+    assert_eq!(r["dropped_bytes"], one_pak.len() as u64, "{r}");
+    assert_eq!(r["held"], 0);
+    assert_eq!(r["corrupt"], 0);
+    assert_eq!(r["disk_bytes_before"], disk_before);
+    let disk_after = pack_bytes_on_disk(n.data_dir());
+    assert_eq!(r["disk_bytes_after"], disk_after);
+    assert!(
+        disk_after + (one_pak.len() as u64) * 9 / 10 <= disk_before,
+        "freed {} of {}",
+        disk_before - disk_after,
+        one_pak.len()
+    );
+    for h in &own {
+        let resp = http
+            .get(format!(
+                "{}/v1/content/arena/chunks/{}",
+                n.base,
+                volley_content::chunk_name(h)
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404);
+    }
+    // 2.0.0 installs byte-identical from what is left.
+    let install = work.path().join("install");
+    ok_json(fetch(&n.base, &public, &install, "2.0.0", &[]));
+    assert_eq!(tree(&install), tree(&v2));
+    let text = volley_client::Api::raw_get(&format!("{}/metrics", n.base))
+        .await
+        .unwrap();
+    assert!(
+        text.contains(&format!(
+            "volley_content_chunks_collected_total {}",
+            own.len()
+        )),
+        "the metric counts them"
+    );
+
+    // A stored manifest that no longer parses: the collection refuses and drops nothing.
+    std::fs::write(
+        n.data_dir().join("content/arena/versions/3.0.0"),
+        b"not a manifest",
+    )
+    .unwrap();
+    let resp = http
+        .post(&collect_url)
+        .header("x-volley-server-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "bad_stored_manifest", "{body}");
+    assert_eq!(pack_bytes_on_disk(n.data_dir()), disk_after);
+    n.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_uploaded_for_a_publish_not_yet_finished_survive_a_collection() {
+    use volley_content::batch::push;
+    // The default grace period.
+    let n = start_node(|c| c.server_key = Some(KEY.into())).await;
+    let data: Vec<Vec<u8>> = (0..3).map(|i| random(40_000, 500 + i)).collect();
+    let mut body = Vec::new();
+    let mut names = Vec::new();
+    for d in &data {
+        let h = *blake3::hash(d).as_bytes();
+        push(&mut body, &h, d);
+        names.push(volley_content::chunk_name(&h));
+    }
+    let (status, _) = post_batch(&n.base, "arena", Some(KEY), body).await;
+    assert_eq!(status, 200);
+    // No manifest references them yet.
+    let r = volley_client::content::collect(&n.base, KEY, "arena")
+        .await
+        .unwrap();
+    assert_eq!((r.versions, r.held, r.dropped), (0, 3, 0), "{r:?}");
+    assert!(origin_missing(&n.base, &names).await.is_empty());
+    n.node.shutdown().await;
 }
