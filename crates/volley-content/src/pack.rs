@@ -8,8 +8,7 @@
 //!   numbers only grow; collection removes packs, so there may be gaps.
 //! - `index`: one 56-byte entry per chunk: hash, pack number (4 bytes), offset of the bytes (8),
 //!   length (4), and the first 8 bytes of the BLAKE3 hash of those 48 bytes. When a hash has
-//!   more than one entry the last one counts (collection appends the new place of a chunk it
-//!   moves).
+//!   more than one entry the last one counts.
 //!
 //! A batch is appended to the newest pack and flushed, then its entries are appended to the
 //! index and flushed, and only then do readers see it. A crash can leave a torn tail on either
@@ -388,7 +387,7 @@ impl PackStore {
                 crate::batch::push(&mut records, hash, data);
             }
             let hashes: Vec<[u8; 32]> = new.iter().map(|(h, _)| *h).collect();
-            self.append(&mut tail, &records, &hashes)?;
+            self.append(&mut tail, &records, &hashes, None)?;
         }
         self.hold(seen.iter());
         Ok(new.len())
@@ -397,11 +396,15 @@ impl PackStore {
     /// Appends whole records (`records` holds one per hash of `hashes`, in order) to the newest
     /// pack, opening the next one first when the newest is full, flushes them, then their
     /// index entries, then shows them to readers.
+    ///
+    /// `staged` (collection's copies): neither flushed nor indexed on disk; the pack's number
+    /// is noted there for [`PackStore::flush_staged`], and the rewritten index names them.
     fn append(
         &self,
         tail: &mut Tail,
         records: &[u8],
         hashes: &[[u8; 32]],
+        mut staged: Option<&mut HashSet<u32>>,
     ) -> Result<(), ContentError> {
         let opened = tail.pack_end >= self.pack_bytes;
         let pack = if opened { tail.pack + 1 } else { tail.pack };
@@ -444,8 +447,16 @@ impl PackStore {
             locs.push((*hash, loc));
         }
         let index_path = self.dir.join("index");
+        if let Some(staged) = staged.as_deref_mut() {
+            staged.insert(pack);
+            entries.clear();
+        }
+        let durable = staged.is_none();
         let write = || -> Result<(), ContentError> {
             file.write_all_at(records, start).map_err(io(&pack_path))?;
+            if !durable {
+                return Ok(());
+            }
             file.sync_data().map_err(io(&pack_path))?;
             if opened {
                 sync_dir(&self.dir)?;
@@ -478,12 +489,13 @@ impl PackStore {
     /// is rewritten (its kept chunks copied to a new pack, each checked against its name on
     /// the way) and removed. Uploads wait while it runs; readers do not.
     ///
-    /// Crash safety: copies are appended and flushed like any batch, their new index entries
-    /// after them (the last entry of a hash counts). Then a fresh index of the kept chunks is
-    /// written beside the old, flushed and renamed over it, and only then are the rewritten
-    /// packs removed. A crash at any point leaves either the old index (every chunk still
-    /// there, some twice) or the new one (the old packs unreferenced, removed by the next
-    /// collection).
+    /// Crash safety: copies are appended to the newest pack (or fresh ones) without index
+    /// entries, and flushed once at the end. Then a fresh index of the kept chunks is written
+    /// beside the old, flushed and renamed over it, and only then are the rewritten packs
+    /// removed. A crash before the rename leaves the old index, naming every chunk where it
+    /// was; opening the store cuts the unindexed copies off the newest pack like any torn
+    /// tail (copies in an older fresh pack are unreferenced, and the next collection removes
+    /// that pack). A crash after it leaves the new index, and the old packs unreferenced.
     ///
     /// Against a publish running at the same time: a chunk a publisher was told is present, or
     /// uploaded, or named by a manifest as it was stored, is held ([`PackStore::hold`]); the
@@ -533,8 +545,9 @@ impl PackStore {
         // When the newest pack is rewritten too, copies go to a fresh one.
         if victims.contains(&tail.pack) {
             tail.pack_end = tail.pack_end.max(self.pack_bytes);
-            self.append(&mut tail, &[], &[])?;
+            self.append(&mut tail, &[], &[], None)?;
         }
+        let mut staged = HashSet::new();
         // Copy out what is kept (held since counts too: looked at again below).
         let moving: Vec<([u8; 32], Loc)> = {
             let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -548,7 +561,7 @@ impl PackStore {
                 .map(|(h, loc)| (*h, *loc))
                 .collect()
         };
-        self.move_out(&mut tail, &moving, &mut report)?;
+        self.move_out(&mut tail, &moving, &mut staged, &mut report)?;
         between();
         // The final step: drop, under the hold lock, what is still unreferenced and unheld;
         // copy what was held since the copying above; write the new index.
@@ -563,7 +576,8 @@ impl PackStore {
                 .map(|(h, loc)| (*h, *loc))
                 .collect()
         };
-        self.move_out(&mut tail, &late, &mut report)?;
+        self.move_out(&mut tail, &late, &mut staged, &mut report)?;
+        self.flush_staged(&staged)?;
         {
             let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
             let mut dropped_bytes = 0u64;
@@ -597,13 +611,6 @@ impl PackStore {
             }
             removed
         };
-        for n in &removed {
-            let path = pack_path(&self.dir, *n);
-            fs::remove_file(&path).map_err(io(&path))?;
-        }
-        if !removed.is_empty() {
-            sync_dir(&self.dir)?;
-        }
         report.packs_removed = removed.len() as u64;
         // Chunks of an older one-file-per-chunk store: removed one by one.
         if let Some(legacy) = &self.legacy {
@@ -616,18 +623,30 @@ impl PackStore {
             }
         }
         drop(held);
-        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        let mut after = 0u64;
-        let mut kept_total = 0u64;
-        for (&n, f) in &index.packs {
-            let path = pack_path(&self.dir, n);
-            after += f.metadata().map_err(io(&path))?.len();
+        {
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            let mut after = 0u64;
+            let mut kept_total = 0u64;
+            for (&n, f) in &index.packs {
+                let path = pack_path(&self.dir, n);
+                after += f.metadata().map_err(io(&path))?.len();
+            }
+            for loc in index.map.values() {
+                kept_total += loc.record_bytes();
+            }
+            report.disk_bytes_after = after;
+            report.waste_left_bytes = after.saturating_sub(kept_total);
         }
-        for loc in index.map.values() {
-            kept_total += loc.record_bytes();
+        // Uploads go on while the file system frees the old packs (a large one takes a
+        // while); nothing names them any more.
+        drop(tail);
+        for n in &removed {
+            let path = pack_path(&self.dir, *n);
+            fs::remove_file(&path).map_err(io(&path))?;
         }
-        report.disk_bytes_after = after;
-        report.waste_left_bytes = after.saturating_sub(kept_total);
+        if !removed.is_empty() {
+            sync_dir(&self.dir)?;
+        }
         Ok(report)
     }
 
@@ -638,40 +657,86 @@ impl PackStore {
         &self,
         tail: &mut Tail,
         moving: &[([u8; 32], Loc)],
+        staged: &mut HashSet<u32>,
         report: &mut Collected,
     ) -> Result<(), ContentError> {
-        let mut records = Vec::with_capacity(MOVE_BATCH + (1 << 20));
-        let mut hashes = Vec::new();
-        for (h, loc) in moving {
+        // In the order they lie on disk: one pass through each pack. Batches are read and
+        // checked here while a second thread writes the one before.
+        let mut moving = moving.to_vec();
+        moving.sort_unstable_by_key(|(_, loc)| (loc.pack, loc.at));
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, Vec<[u8; 32]>)>(1);
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(move || {
+                for (records, hashes) in rx {
+                    self.append(tail, &records, &hashes, Some(staged))?;
+                }
+                Ok::<(), ContentError>(())
+            });
+            let read = (|| {
+                let mut records = Vec::with_capacity(MOVE_BATCH + (1 << 20));
+                let mut hashes = Vec::new();
+                for (h, loc) in &moving {
+                    let file = {
+                        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+                        index.packs.get(&loc.pack).cloned()
+                    };
+                    let Some(file) = file else { continue };
+                    let start = records.len();
+                    records.resize(start + loc.record_bytes() as usize, 0);
+                    file.read_exact_at(&mut records[start..], loc.at - RECORD_HEADER)
+                        .map_err(io(&pack_path(&self.dir, loc.pack)))?;
+                    let whole = records[start..start + 32] == h[..]
+                        && records[start + 32..start + 36] == loc.len.to_be_bytes()
+                        && blake3::hash(&records[start + RECORD_HEADER as usize..]).as_bytes() == h;
+                    if !whole {
+                        records.truncate(start);
+                        report.corrupt += 1;
+                        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+                        index.map.remove(h);
+                        continue;
+                    }
+                    hashes.push(*h);
+                    report.moved_bytes += u64::from(loc.len);
+                    if records.len() >= MOVE_BATCH {
+                        let full = std::mem::replace(
+                            &mut records,
+                            Vec::with_capacity(MOVE_BATCH + (1 << 20)),
+                        );
+                        if tx.send((full, std::mem::take(&mut hashes))).is_err() {
+                            break; // the writer failed: its error is returned below
+                        }
+                    }
+                }
+                if !hashes.is_empty() {
+                    let _ = tx.send((records, hashes));
+                }
+                Ok::<(), ContentError>(())
+            })();
+            drop(tx);
+            let written = writer.join().unwrap_or_else(|_| {
+                Err(ContentError::io(
+                    &self.dir,
+                    std::io::Error::other("the pack writer stopped"),
+                ))
+            });
+            read.and(written)
+        })
+    }
+
+    /// Flushes the packs collection copied into, and the directory (for new packs).
+    fn flush_staged(&self, staged: &HashSet<u32>) -> Result<(), ContentError> {
+        for n in staged {
             let file = {
                 let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-                index.packs.get(&loc.pack).cloned()
+                index.packs.get(n).cloned()
             };
-            let Some(file) = file else { continue };
-            let start = records.len();
-            records.resize(start + loc.record_bytes() as usize, 0);
-            file.read_exact_at(&mut records[start..], loc.at - RECORD_HEADER)
-                .map_err(io(&pack_path(&self.dir, loc.pack)))?;
-            let whole = records[start..start + 32] == h[..]
-                && records[start + 32..start + 36] == loc.len.to_be_bytes()
-                && blake3::hash(&records[start + RECORD_HEADER as usize..]).as_bytes() == h;
-            if !whole {
-                records.truncate(start);
-                report.corrupt += 1;
-                let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-                index.map.remove(h);
-                continue;
-            }
-            hashes.push(*h);
-            report.moved_bytes += u64::from(loc.len);
-            if records.len() >= MOVE_BATCH {
-                self.append(tail, &records, &hashes)?;
-                records.clear();
-                hashes.clear();
+            if let Some(f) = file {
+                let path = pack_path(&self.dir, *n);
+                f.sync_data().map_err(io(&path))?;
             }
         }
-        if !hashes.is_empty() {
-            self.append(tail, &records, &hashes)?;
+        if !staged.is_empty() {
+            sync_dir(&self.dir)?;
         }
         Ok(())
     }
@@ -1066,8 +1131,10 @@ mod tests {
         let all: Vec<_> = (0..24).map(|i| chunk(i, 3000)).collect();
         put(&s, &all);
         let keep: Vec<_> = all.iter().step_by(3).cloned().collect();
-        // Crash after the kept chunks were copied, before the index was replaced: both
-        // copies are on disk and the index names both; the last entry counts.
+        // Crash after the kept chunks were copied (and flushed), before the index was
+        // replaced: the old index names every chunk where it was, and the unindexed copies
+        // are cut off the newest pack.
+        let packs_before = pack_files(dir.path());
         {
             let mut tail = s.tail.lock().unwrap();
             let moving: Vec<_> = {
@@ -1075,14 +1142,20 @@ mod tests {
                 keep.iter().map(|(h, _)| (*h, index.map[h])).collect()
             };
             tail.pack_end = tail.pack_end.max(s.pack_bytes);
-            s.move_out(&mut tail, &moving, &mut Collected::default())
+            let mut staged = HashSet::new();
+            s.move_out(&mut tail, &moving, &mut staged, &mut Collected::default())
                 .unwrap();
+            s.flush_staged(&staged).unwrap();
+            assert_eq!(staged.len(), 1);
         }
-        let moved_to = s.lookup(&keep[0].0).unwrap().0.pack;
+        let fresh = *pack_files(dir.path()).last().unwrap();
+        assert!(!packs_before.contains(&fresh));
+        assert!(fs::metadata(pack_path(&packs, fresh)).unwrap().len() >= 8 * 3000);
         drop(s);
         let s = open_graced(dir.path(), 30_000, Duration::ZERO);
         assert_eq!(s.count(), 24, "nothing lost");
-        assert_eq!(s.lookup(&keep[0].0).unwrap().0.pack, moved_to);
+        assert_ne!(s.lookup(&keep[0].0).unwrap().0.pack, fresh);
+        assert_eq!(fs::metadata(pack_path(&packs, fresh)).unwrap().len(), 0);
         for (h, d) in &all {
             assert_eq!(s.get(h).unwrap().as_deref(), Some(&d[..]));
         }

@@ -39,6 +39,9 @@ pub(crate) enum BenchCmd {
     /// Installing next to a copy of the previous version that no manifest describes
     /// (`fetch --reuse-from`) next to casync `extract --seed`: time and bytes fetched.
     Reuse(crate::bench_reuse::ReuseArgs),
+    /// Withdrawing old versions and collecting their chunks on a node, next to copying the
+    /// bytes it moves and the ideal disk footprint.
+    Collect(crate::bench_collect::CollectArgs),
     /// Announces/s and latency: the node's tracker in memory and in Redis next to opentracker.
     Tracker(crate::bench_tracker::TrackerArgs),
     /// The baseline forwarder `bench node` runs in a child process.
@@ -438,6 +441,7 @@ pub(crate) async fn run(which: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Content(args) => crate::bench_content::run(args),
         BenchCmd::Swarm(args) => crate::bench_swarm::run(args).await,
         BenchCmd::Reuse(args) => crate::bench_reuse::run(args).await,
+        BenchCmd::Collect(args) => crate::bench_collect::run(args).await,
         BenchCmd::Tracker(args) => crate::bench_tracker::run(args).await,
         BenchCmd::UdpForwarder => crate::bench_node::udp_forwarder().await,
     }

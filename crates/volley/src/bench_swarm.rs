@@ -170,6 +170,16 @@ pub(crate) struct Node {
 }
 
 pub(crate) async fn start_node(exe: &Path, dir: &Path, cap_kib: u64) -> anyhow::Result<Node> {
+    start_node_with(exe, dir, cap_kib, &[]).await
+}
+
+/// [`start_node`] with more `serve` arguments.
+pub(crate) async fn start_node_with(
+    exe: &Path,
+    dir: &Path,
+    cap_kib: u64,
+    extra: &[&str],
+) -> anyhow::Result<Node> {
     let http = free_port()?;
     let quic = free_udp_port()?;
     let child = Command::new(exe)
@@ -187,6 +197,7 @@ pub(crate) async fn start_node(exe: &Path, dir: &Path, cap_kib: u64) -> anyhow::
             "--logins-per-ip-burst",
             "1000",
         ])
+        .args(extra)
         .env("VOLLEY_SERVER_KEY", KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

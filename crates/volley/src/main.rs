@@ -8,6 +8,7 @@
 //!   Volley relayed, side by side.
 
 mod bench;
+mod bench_collect;
 mod bench_content;
 mod bench_node;
 mod bench_platform;
