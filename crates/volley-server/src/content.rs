@@ -635,35 +635,43 @@ pub(crate) async fn delete_version(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The versions stored under `dir`, each with its parsed manifest. A manifest that no longer
-/// parses is an error: what it references is unknown.
-fn stored_versions(dir: &std::path::Path) -> Result<Vec<(String, u64, Manifest)>, Error> {
+/// Calls `each` with every version stored under `dir` (name, when stored, its parsed
+/// manifest), oldest first, one manifest in memory at a time; returns how many. A manifest
+/// that no longer parses is an error: what it references is unknown.
+fn stored_versions(
+    dir: &std::path::Path,
+    mut each: impl FnMut(String, u64, Manifest),
+) -> Result<usize, Error> {
     let versions = dir.join("versions");
     let entries = match std::fs::read_dir(&versions) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(content_err(ContentError::io(&versions, e))),
     };
-    let mut out = Vec::new();
+    let mut found = Vec::new();
     for e in entries {
         let e = e.map_err(|e| content_err(ContentError::io(&versions, e)))?;
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') || check_name("version", &name).is_err() {
             continue; // a manifest being written, or not ours
         }
-        let path = e.path();
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            // Withdrawn meanwhile.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(content_err(ContentError::io(&path, e))),
-        };
         let stored_ms = e
             .metadata()
             .ok()
             .and_then(|m| m.modified().ok())
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_millis() as u64);
+        found.push((stored_ms, name, e.path()));
+    }
+    found.sort();
+    let mut n = 0;
+    for (stored_ms, name, path) in found {
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            // Withdrawn meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(content_err(ContentError::io(&path, e))),
+        };
         let (m, _) = Manifest::open(&bytes, None).map_err(|e| {
             tracing::error!(path = %path.display(), error = %e, "a stored manifest does not parse");
             Error(
@@ -673,10 +681,10 @@ fn stored_versions(dir: &std::path::Path) -> Result<Vec<(String, u64, Manifest)>
                 None,
             )
         })?;
-        out.push((name, stored_ms, m));
+        each(name, stored_ms, m);
+        n += 1;
     }
-    out.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
-    Ok(out)
+    Ok(n)
 }
 
 /// `GET /v1/content/{game}/versions`: the versions this node holds, oldest first.
@@ -686,20 +694,19 @@ pub(crate) async fn list_versions(
 ) -> Result<Json<ContentVersions>, Error> {
     let dir = game_dir(&api, &game)?;
     let versions = blocking(move || {
-        Ok(stored_versions(&dir)?
-            .into_iter()
-            .map(|(version, stored_ms, m)| {
-                let distinct: std::collections::HashSet<&[u8; 32]> =
-                    m.chunks().map(|c| &c.hash).collect();
-                ContentVersion {
-                    version,
-                    files: m.files.len() as u64,
-                    bytes: m.total_size(),
-                    chunks: distinct.len() as u64,
-                    stored_ms,
-                }
-            })
-            .collect())
+        let mut out = Vec::new();
+        stored_versions(&dir, |version, stored_ms, m| {
+            let distinct: std::collections::HashSet<&[u8; 32]> =
+                m.chunks().map(|c| &c.hash).collect();
+            out.push(ContentVersion {
+                version,
+                files: m.files.len() as u64,
+                bytes: m.total_size(),
+                chunks: distinct.len() as u64,
+                stored_ms,
+            });
+        })?;
+        Ok(out)
     })
     .await?;
     Ok(Json(ContentVersions { versions }))
@@ -720,13 +727,10 @@ pub(crate) async fn collect(
     };
     let g = game.clone();
     let r = blocking(move || {
-        let versions = stored_versions(&dir)?;
         let mut referenced = std::collections::HashSet::new();
-        for (_, _, m) in &versions {
+        let n = stored_versions(&dir, |_, _, m| {
             referenced.extend(m.chunks().map(|c| c.hash));
-        }
-        let n = versions.len() as u64;
-        drop(versions);
+        })? as u64;
         let c = s.collect(&referenced).map_err(content_err)?;
         Ok(ContentCollected {
             versions: n,
