@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::batch::Frame;
+use crate::staging::open_rw;
 use crate::store::ChunkStore;
 use crate::{chunk_name, ContentError};
 
@@ -114,33 +115,9 @@ pub struct PackStore {
     held: Mutex<Held>,
 }
 
-/// What a collection found and did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Collected {
-    /// Chunks in the store before.
-    pub chunks: u64,
-    /// Of them, chunks a version references (kept).
-    pub referenced: u64,
-    /// Unreferenced, but uploaded or asked about within the grace period (kept).
-    pub held: u64,
-    /// Unreferenced chunks dropped, and their bytes.
-    pub dropped: u64,
-    /// See `dropped`.
-    pub dropped_bytes: u64,
-    /// Chunks whose bytes on disk no longer matched their name (dropped too).
-    pub corrupt: u64,
-    /// Pack files removed, and the bytes of kept chunks copied out of them first.
-    pub packs_removed: u64,
-    /// See `packs_removed`.
-    pub moved_bytes: u64,
-    /// Bytes of all pack files before and after.
-    pub disk_bytes_before: u64,
-    /// See `disk_bytes_before`.
-    pub disk_bytes_after: u64,
-    /// Unreferenced bytes left in packs that were not worth rewriting (under a tenth of the
-    /// pack); a later collection takes them once their pack passes that.
-    pub waste_left_bytes: u64,
-}
+/// What a collection found and did (its `versions` is left to the caller, which knows which
+/// versions it read).
+pub type Collected = volley_proto::api::ContentCollected;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ContentError + '_ {
     move |e| ContentError::io(path, e)
@@ -176,16 +153,6 @@ fn pack_number(name: &str) -> Option<u32> {
         return None;
     }
     digits.parse().ok()
-}
-
-fn open_rw(path: &Path, create: bool) -> Result<File, ContentError> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .truncate(false)
-        .open(path)
-        .map_err(io(path))
 }
 
 impl PackStore {

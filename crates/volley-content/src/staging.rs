@@ -384,7 +384,7 @@ fn file_id(path: &Path) -> Option<[u8; 32]> {
 
 /// Opens a staged file for reading and writing. A file that already got its final read-only
 /// mode (a crash after the modes were set, before the swap) is made writable again first.
-fn open_rw(path: &Path, create: bool) -> Result<File, ContentError> {
+pub(crate) fn open_rw(path: &Path, create: bool) -> Result<File, ContentError> {
     let open = || {
         OpenOptions::new()
             .read(true)

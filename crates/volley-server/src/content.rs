@@ -731,21 +731,9 @@ pub(crate) async fn collect(
         let n = stored_versions(&dir, |_, _, m| {
             referenced.extend(m.chunks().map(|c| c.hash));
         })? as u64;
-        let c = s.collect(&referenced).map_err(content_err)?;
-        Ok(ContentCollected {
-            versions: n,
-            chunks: c.chunks,
-            referenced: c.referenced,
-            held: c.held,
-            dropped: c.dropped,
-            dropped_bytes: c.dropped_bytes,
-            corrupt: c.corrupt,
-            packs_removed: c.packs_removed,
-            moved_bytes: c.moved_bytes,
-            disk_bytes_before: c.disk_bytes_before,
-            disk_bytes_after: c.disk_bytes_after,
-            waste_left_bytes: c.waste_left_bytes,
-        })
+        let mut c = s.collect(&referenced).map_err(content_err)?;
+        c.versions = n;
+        Ok(c)
     })
     .await?;
     tracing::info!(

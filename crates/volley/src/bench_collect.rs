@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use rand::{RngCore, SeedableRng};
+use rand::SeedableRng;
 use serde::Serialize;
 
+use crate::bench_reuse::random_file;
 use crate::bench_swarm::{start_node_with, KEY};
 
 #[derive(clap::Args, Debug)]
@@ -64,20 +65,6 @@ struct Report {
     versions: u64,
     rewrite: u64,
     rounds: Vec<Round>,
-}
-
-fn random_file(path: &Path, bytes: u64, rng: &mut impl RngCore) -> anyhow::Result<()> {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        rng.fill_bytes(&mut buf[..n]);
-        std::io::Write::write_all(&mut f, &buf[..n])?;
-        left -= n as u64;
-    }
-    std::io::Write::flush(&mut f)?;
-    Ok(())
 }
 
 fn packs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {

@@ -98,7 +98,7 @@ struct Report {
     volley_local_over_plain_copy: f64,
 }
 
-fn random_file(path: &Path, bytes: u64, rng: &mut impl RngCore) -> anyhow::Result<()> {
+pub(crate) fn random_file(path: &Path, bytes: u64, rng: &mut impl RngCore) -> anyhow::Result<()> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut buf = vec![0u8; 1 << 20];
     let mut left = bytes;

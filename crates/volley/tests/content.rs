@@ -1606,6 +1606,22 @@ fn pack_bytes_on_disk(data_dir: &Path) -> u64 {
         .sum()
 }
 
+/// `volley content delete` of an `arena` version.
+fn delete(base: &str, version: &str) -> Output {
+    volley(&[
+        "content",
+        "delete",
+        "--node",
+        base,
+        "--game",
+        "arena",
+        "--version",
+        version,
+        "--server-key",
+        KEY,
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withdrawn_version_is_gone_and_collecting_frees_only_its_own_chunks() {
     let n = start_node(|c| {
@@ -1657,18 +1673,7 @@ async fn a_withdrawn_version_is_gone_and_collecting_frees_only_its_own_chunks() 
         .await
         .unwrap();
     assert!(bad.status().is_client_error());
-    let out = volley(&[
-        "content",
-        "delete",
-        "--node",
-        &n.base,
-        "--game",
-        "arena",
-        "--version",
-        "9.9.9",
-        "--server-key",
-        KEY,
-    ]);
+    let out = delete(&n.base, "9.9.9");
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no version 9.9.9"),
@@ -1677,18 +1682,7 @@ async fn a_withdrawn_version_is_gone_and_collecting_frees_only_its_own_chunks() 
     );
 
     // Withdraw 1.0.0: it is no longer listed or fetched.
-    let out = volley(&[
-        "content",
-        "delete",
-        "--node",
-        &n.base,
-        "--game",
-        "arena",
-        "--version",
-        "1.0.0",
-        "--server-key",
-        KEY,
-    ]);
+    let out = delete(&n.base, "1.0.0");
     assert!(
         out.status.success(),
         "{}",
