@@ -34,9 +34,24 @@ pub(crate) struct CollectArgs {
     /// Rounds (each publishes the history to a fresh node).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// Drop the page cache before the collection and before the floor (needs root), so both
+    /// read from the disk.
+    #[arg(long)]
+    cold: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// Writes dirty pages out and, when `cold`, drops the page cache.
+fn settle(cold: bool) -> anyhow::Result<()> {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    if cold {
+        std::fs::write("/proc/sys/vm/drop_caches", b"3")
+            .context("dropping the page cache (--cold needs root)")?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize)]
@@ -181,8 +196,7 @@ pub(crate) async fn run(args: CollectArgs) -> anyhow::Result<()> {
             std::fs::copy(p, &to)?;
             old_copies.push(to);
         }
-        // SAFETY: sync(2) takes no arguments and cannot fail.
-        unsafe { libc::sync() };
+        settle(args.cold)?;
         let start = Instant::now();
         let r = volley_client::content::collect(&node.base, KEY, "bench").await?;
         let collect_seconds = start.elapsed().as_secs_f64();
@@ -196,8 +210,7 @@ pub(crate) async fn run(args: CollectArgs) -> anyhow::Result<()> {
             .filter(|(p, _)| !p.exists())
             .map(|(_, c)| c.clone())
             .collect();
-        // SAFETY: as above.
-        unsafe { libc::sync() };
+        settle(args.cold)?;
         let copy_seconds = copy_and_flush(&new, work, &removed)?;
         std::fs::remove_dir_all(&olds)?;
         let mut distinct = std::collections::HashMap::new();
@@ -233,11 +246,12 @@ pub(crate) async fn run(args: CollectArgs) -> anyhow::Result<()> {
     }
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
     println!(
-        "{} versions of {:.0} MiB in {} files, {} rewritten per version; all but the newest withdrawn",
+        "{} versions of {:.0} MiB in {} files, {} rewritten per version; all but the newest withdrawn{}",
         args.versions,
         mib(report.version_bytes),
         args.files,
-        args.rewrite
+        args.rewrite,
+        if args.cold { "; page cache dropped" } else { "" }
     );
     println!(
         "{:>6} {:>10} {:>9} {:>7} {:>11} {:>10} {:>16} {:>11} {:>8}",

@@ -69,6 +69,9 @@ pub(crate) enum ContentCmd {
         /// The node's server key.
         #[arg(long, env = "VOLLEY_SERVER_KEY", hide_env_values = true)]
         server_key: String,
+        /// Then collect (`volley content collect`): free the chunks no other version uses.
+        #[arg(long)]
+        collect: bool,
     },
     /// Drops the chunks no version on the node references and gives their disk space back
     /// (chunks uploaded within the node's grace period are kept: a publish may be under way).
@@ -251,6 +254,29 @@ async fn run_for(secs: u64) {
     }
 }
 
+/// Prints what a collection did.
+fn print_collected(game: &str, r: &volley_proto::api::ContentCollected) {
+    println!(
+        "{game}: {} versions, {} chunks: {} referenced, {} held, {} dropped ({:.1} MiB); disk {:.1} -> {:.1} MiB ({} packs removed, {:.1} MiB moved)",
+        r.versions,
+        r.chunks,
+        r.referenced,
+        r.held,
+        r.dropped,
+        mib(r.dropped_bytes),
+        mib(r.disk_bytes_before),
+        mib(r.disk_bytes_after),
+        r.packs_removed,
+        mib(r.moved_bytes)
+    );
+    if r.corrupt > 0 {
+        println!(
+            "{} chunks were damaged on disk and dropped; publishing again restores them",
+            r.corrupt
+        );
+    }
+}
+
 fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
@@ -355,9 +381,16 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
             game,
             version,
             server_key,
+            collect,
         } => {
             volley_client::content::delete_version(&node, &server_key, &game, &version).await?;
-            println!("withdrew {game} {version}; `volley content collect` frees its chunks");
+            if !collect {
+                println!("withdrew {game} {version}; `volley content collect` frees its chunks");
+                return Ok(());
+            }
+            println!("withdrew {game} {version}");
+            let r = volley_client::content::collect(&node, &server_key, &game).await?;
+            print_collected(&game, &r);
             Ok(())
         }
         ContentCmd::Collect {
@@ -370,25 +403,7 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
-                println!(
-                    "{game}: {} versions, {} chunks: {} referenced, {} held, {} dropped ({:.1} MiB); disk {:.1} -> {:.1} MiB ({} packs removed, {:.1} MiB moved)",
-                    r.versions,
-                    r.chunks,
-                    r.referenced,
-                    r.held,
-                    r.dropped,
-                    mib(r.dropped_bytes),
-                    mib(r.disk_bytes_before),
-                    mib(r.disk_bytes_after),
-                    r.packs_removed,
-                    mib(r.moved_bytes)
-                );
-                if r.corrupt > 0 {
-                    println!(
-                        "{} chunks were damaged on disk and dropped; publishing again restores them",
-                        r.corrupt
-                    );
-                }
+                print_collected(&game, &r);
             }
             Ok(())
         }
