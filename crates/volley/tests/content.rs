@@ -1763,6 +1763,27 @@ async fn a_withdrawn_version_is_gone_and_collecting_frees_only_its_own_chunks() 
         "the metric counts them"
     );
 
+    // `delete --collect` withdraws and collects in one go: 1.0.0's bytes published again as
+    // 3.0.0 bring back exactly its own chunks, and they go again.
+    publish(&n.base, &key, &v1, "3.0.0");
+    let out = volley(&[
+        "content",
+        "delete",
+        "--node",
+        &n.base,
+        "--game",
+        "arena",
+        "--version",
+        "3.0.0",
+        "--server-key",
+        KEY,
+        "--collect",
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(&format!(" {} dropped", own.len())), "{said}");
+    assert_eq!(pack_bytes_on_disk(n.data_dir()), disk_after, "{said}");
+
     // A stored manifest that no longer parses: the collection refuses and drops nothing.
     std::fs::write(
         n.data_dir().join("content/arena/versions/3.0.0"),
