@@ -74,6 +74,9 @@ pub struct NodeConfig {
     /// How long a chunk uploaded (or reported present to a publisher) but not yet referenced
     /// by a version's manifest is kept by a collection, ms.
     pub content_grace_ms: u64,
+    /// Collect every game's unreferenced chunks this often, ms (0: only when asked,
+    /// `POST /v1/content/{game}/collect`).
+    pub content_collect_every_ms: u64,
     /// This node's name in the cluster (presence, matches); unique per node.
     pub node_id: String,
     /// Key a studio's backend presents (`x-volley-server-key`) for server-to-server calls:
@@ -126,6 +129,7 @@ impl Default for NodeConfig {
             content_upload_bytes_per_s: 0,
             content_peers: Vec::new(),
             content_grace_ms: 3_600_000,
+            content_collect_every_ms: 0,
             node_id: "node-1".into(),
             server_key: None,
             session_ttl_ms: 3_600_000,

@@ -721,11 +721,15 @@ pub(crate) async fn collect(
     Path(game): Path<String>,
 ) -> Result<Json<ContentCollected>, Error> {
     crate::api::require_server_key(&api, &headers)?;
-    let dir = game_dir(&api, &game)?;
-    let Some(s) = store(&api, &game, false).await? else {
-        return Ok(Json(ContentCollected::default()));
+    Ok(Json(collect_game(&api, &game).await?))
+}
+
+/// Collects one game's unreferenced chunks (see [`collect`]).
+async fn collect_game(api: &Api, game: &str) -> Result<ContentCollected, Error> {
+    let dir = game_dir(api, game)?;
+    let Some(s) = store(api, game, false).await? else {
+        return Ok(ContentCollected::default());
     };
-    let g = game.clone();
     let r = blocking(move || {
         let mut referenced = std::collections::HashSet::new();
         let n = stored_versions(&dir, |_, _, m| {
@@ -737,7 +741,7 @@ pub(crate) async fn collect(
     })
     .await?;
     tracing::info!(
-        game = g,
+        game,
         dropped = r.dropped,
         dropped_bytes = r.dropped_bytes,
         freed = r.disk_bytes_before.saturating_sub(r.disk_bytes_after),
@@ -746,7 +750,37 @@ pub(crate) async fn collect(
     api.metrics
         .content_chunks_collected
         .fetch_add(r.dropped, Ordering::Relaxed);
-    Ok(Json(r))
+    Ok(r)
+}
+
+/// Runs while the node does (with `content_collect_every_ms`): every interval, collects every
+/// game that has content here, one after another. A failure is logged and tried again at the
+/// next interval.
+pub(crate) async fn collect_periodically(
+    api: std::sync::Weak<crate::Shared>,
+    every: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(api) = api.upgrade() else { return };
+        let root = api.cfg.data_dir.join("content");
+        let games: Vec<String> = match std::fs::read_dir(&root) {
+            Ok(entries) => entries
+                .flatten()
+                .filter(|e| e.path().join("packs").is_dir() || e.path().join("chunks").is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|g| check_name("game", g).is_ok())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for game in games {
+            if let Err(e) = collect_game(&api, &game).await {
+                tracing::warn!(game, error = %e.2, "scheduled content collection failed");
+            }
+        }
+    }
 }
 
 /// `POST /v1/content/{game}/versions/{version}/peers` (session): announce and get peers. The

@@ -485,6 +485,12 @@ impl Node {
                 }
             }
         }
+        if shared.cfg.content_collect_every_ms > 0 {
+            tasks.push(tokio::spawn(content::collect_periodically(
+                Arc::downgrade(&shared),
+                Duration::from_millis(shared.cfg.content_collect_every_ms),
+            )));
+        }
         let sweeper = shared.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));

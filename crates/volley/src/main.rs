@@ -186,6 +186,10 @@ struct ServeArgs {
     /// not yet referenced by a version, seconds (default 3600).
     #[arg(long, env = "VOLLEY_CONTENT_GRACE_SECS")]
     content_grace_secs: Option<u64>,
+    /// Collect every game's unreferenced chunks this often, seconds (default 0: only when
+    /// asked, `volley content collect`).
+    #[arg(long, env = "VOLLEY_CONTENT_COLLECT_EVERY_SECS")]
+    content_collect_every_secs: Option<u64>,
     /// This node's name in the cluster.
     #[arg(long, env = "VOLLEY_NODE_ID")]
     node_id: Option<String>,
@@ -278,6 +282,9 @@ impl ServeArgs {
         }
         if let Some(s) = self.content_grace_secs {
             c.content_grace_ms = s.saturating_mul(1000);
+        }
+        if let Some(s) = self.content_collect_every_secs {
+            c.content_collect_every_ms = s.saturating_mul(1000);
         }
         c.validate()?;
         Ok(c)

@@ -1826,3 +1826,53 @@ async fn chunks_uploaded_for_a_publish_not_yet_finished_survive_a_collection() {
     assert!(origin_missing(&n.base, &names).await.is_empty());
     n.node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_collecting_on_a_schedule_frees_a_withdrawn_version_once_its_grace_is_over() {
+    let n = start_node(|c| {
+        c.server_key = Some(KEY.into());
+        c.content_grace_ms = 5_000;
+        c.content_collect_every_ms = 200;
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(work.path());
+    let v1 = work.path().join("v1");
+    make_build(&v1, 1);
+    let v2 = work.path().join("v2");
+    copy_tree(&v1, &v2);
+    std::fs::write(v2.join("data/levels/two.pak"), random(1 << 20, 99)).unwrap();
+    // Publishes run while collections do: nothing they upload goes missing.
+    publish(&n.base, &key, &v1, "1.0.0");
+    publish(&n.base, &key, &v2, "2.0.0");
+    let collected = || async {
+        let text = volley_client::Api::raw_get(&format!("{}/metrics", n.base))
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("volley_content_chunks_collected_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    volley_client::content::delete_version(&n.base, KEY, "arena", "1.0.0")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while collected().await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled collection dropped anything"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Exactly 1.0.0's own two.pak went.
+    let two = std::fs::read(v1.join("data/levels/two.pak")).unwrap();
+    let params = volley_content::cdc::Params::new(65_536).unwrap();
+    let own = volley_content::cdc::chunk_lengths(&two, &params).len() as u64;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(collected().await, own);
+    let install = work.path().join("install");
+    ok_json(fetch(&n.base, &public, &install, "2.0.0", &[]));
+    assert_eq!(tree(&install), tree(&v2));
+    n.node.shutdown().await;
+}
