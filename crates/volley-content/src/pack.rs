@@ -283,9 +283,8 @@ impl PackStore {
         let mut absent = Vec::new();
         for h in hashes {
             if self.has(h) {
-                if !held.before.contains(h) {
-                    held.now.insert(*h);
-                }
+                // Into the current window even when the last one has it: that one goes next.
+                held.now.insert(*h);
             } else {
                 absent.push(h);
             }
@@ -650,7 +649,10 @@ impl PackStore {
                     let Some(file) = file else { continue };
                     let start = records.len();
                     records.resize(start + loc.record_bytes() as usize, 0);
-                    file.read_exact_at(&mut records[start..], loc.at - RECORD_HEADER)
+                    let Some(record_at) = loc.at.checked_sub(RECORD_HEADER) else {
+                        continue; // cannot be: every record has its header
+                    };
+                    file.read_exact_at(&mut records[start..], record_at)
                         .map_err(io(&pack_path(&self.dir, loc.pack)))?;
                     let whole = records[start..start + 32] == h[..]
                         && records[start + 32..start + 36] == loc.len.to_be_bytes()
@@ -1088,6 +1090,25 @@ mod tests {
         for (i, (h, _)) in a.iter().enumerate() {
             assert_eq!(s.has(h), !(3..6).contains(&i), "chunk {i}");
         }
+    }
+
+    #[test]
+    fn a_chunk_held_again_stays_held_a_whole_grace_period_from_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let grace = Duration::from_secs(1);
+        let s = open_graced(dir.path(), PACK_BYTES, grace);
+        let a = chunk(1, 500);
+        put(&s, std::slice::from_ref(&a));
+        drop(s);
+        let s = open_graced(dir.path(), PACK_BYTES, grace);
+        assert!(s.hold([&a.0]).is_empty());
+        // One window later (the hold moves to the last window) it is held again ...
+        std::thread::sleep(grace + Duration::from_millis(100));
+        assert!(s.hold([&a.0]).is_empty());
+        // ... so one more window later it is still held.
+        std::thread::sleep(grace + Duration::from_millis(100));
+        let r = s.collect(&HashSet::new()).unwrap();
+        assert_eq!((r.held, r.dropped), (1, 0), "{r:?}");
     }
 
     #[test]
