@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -141,20 +141,29 @@ fn fetch(base: &str, public: &str, to: &Path, version: &str, extra: &[&str]) -> 
     volley(&args)
 }
 
-async fn served(base: &str) -> (u64, u64) {
+/// Counters from the node's metrics (0 when absent).
+async fn metrics<const N: usize>(base: &str, names: [&str; N]) -> [u64; N] {
     let text = volley_client::Api::raw_get(&format!("{base}/metrics"))
         .await
         .unwrap();
-    let get = |name: &str| {
+    names.map(|name| {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
-    };
-    (
-        get("volley_content_chunks_served_total"),
-        get("volley_content_bytes_served_total"),
+    })
+}
+
+async fn served(base: &str) -> (u64, u64) {
+    let [chunks, bytes] = metrics(
+        base,
+        [
+            "volley_content_chunks_served_total",
+            "volley_content_bytes_served_total",
+        ],
     )
+    .await;
+    (chunks, bytes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1596,6 +1605,34 @@ async fn a_published_version_is_announced_and_pulled_by_the_rest_of_the_cluster(
     n2.node.shutdown().await;
 }
 
+/// Version 1 (`make_build` of `mib`) and version 2, the same but for `replaced`, which
+/// gets other random bytes of the same size.
+fn two_versions(work: &Path, mib: usize, replaced: &str, seed: u64) -> (PathBuf, PathBuf) {
+    let v1 = work.join("v1");
+    make_build(&v1, mib);
+    let v2 = work.join("v2");
+    copy_tree(&v1, &v2);
+    std::fs::write(
+        v2.join("data/levels").join(replaced),
+        random(mib << 20, seed),
+    )
+    .unwrap();
+    (v1, v2)
+}
+
+/// The chunk hashes of `bytes` cut at the default 64 KiB average.
+fn chunk_hashes(bytes: &[u8]) -> Vec<[u8; 32]> {
+    let params = volley_content::cdc::Params::new(65_536).unwrap();
+    let mut at = 0;
+    volley_content::cdc::chunk_lengths(bytes, &params)
+        .into_iter()
+        .map(|len| {
+            at += len;
+            *blake3::hash(&bytes[at - len..at]).as_bytes()
+        })
+        .collect()
+}
+
 /// Bytes of the node's pack files for `arena`.
 fn pack_bytes_on_disk(data_dir: &Path) -> u64 {
     std::fs::read_dir(data_dir.join("content/arena/packs"))
@@ -1607,8 +1644,8 @@ fn pack_bytes_on_disk(data_dir: &Path) -> u64 {
 }
 
 /// `volley content delete` of an `arena` version.
-fn delete(base: &str, version: &str) -> Output {
-    volley(&[
+fn delete(base: &str, version: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
         "content",
         "delete",
         "--node",
@@ -1619,7 +1656,9 @@ fn delete(base: &str, version: &str) -> Output {
         version,
         "--server-key",
         KEY,
-    ])
+    ];
+    args.extend_from_slice(extra);
+    volley(&args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1631,12 +1670,8 @@ async fn a_withdrawn_version_is_gone_and_collecting_frees_only_its_own_chunks() 
     .await;
     let work = tempfile::tempdir().unwrap();
     let (key, public) = keygen(work.path());
-    let v1 = work.path().join("v1");
-    make_build(&v1, 2);
     // Version 2 shares everything but one.pak, which it replaces by other bytes.
-    let v2 = work.path().join("v2");
-    copy_tree(&v1, &v2);
-    std::fs::write(v2.join("data/levels/one.pak"), random(2 << 20, 77)).unwrap();
+    let (v1, v2) = two_versions(work.path(), 2, "one.pak", 77);
     publish(&n.base, &key, &v1, "1.0.0");
     publish(&n.base, &key, &v2, "2.0.0");
     let listed = ok_json(volley(&[
@@ -1673,7 +1708,7 @@ async fn a_withdrawn_version_is_gone_and_collecting_frees_only_its_own_chunks() 
         .await
         .unwrap();
     assert!(bad.status().is_client_error());
-    let out = delete(&n.base, "9.9.9");
+    let out = delete(&n.base, "9.9.9", &[]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no version 9.9.9"),
@@ -1682,7 +1717,7 @@ async fn a_withdrawn_version_is_gone_and_collecting_frees_only_its_own_chunks() 
     );
 
     // Withdraw 1.0.0: it is no longer listed or fetched.
-    let out = delete(&n.base, "1.0.0");
+    let out = delete(&n.base, "1.0.0", &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -1703,13 +1738,7 @@ async fn a_withdrawn_version_is_gone_and_collecting_frees_only_its_own_chunks() 
 
     // Collect: exactly the chunks of 1.0.0's own one.pak go, and their space with them.
     let one_pak = std::fs::read(v1.join("data/levels/one.pak")).unwrap();
-    let params = volley_content::cdc::Params::new(65_536).unwrap();
-    let mut own: Vec<[u8; 32]> = Vec::new();
-    let mut at = 0;
-    for len in volley_content::cdc::chunk_lengths(&one_pak, &params) {
-        own.push(*blake3::hash(&one_pak[at..at + len]).as_bytes());
-        at += len;
-    }
+    let own = chunk_hashes(&one_pak);
     let disk_before = pack_bytes_on_disk(n.data_dir());
     let r = ok_json(volley(&[
         "content",
@@ -1752,33 +1781,16 @@ async fn a_withdrawn_version_is_gone_and_collecting_frees_only_its_own_chunks() 
     let install = work.path().join("install");
     ok_json(fetch(&n.base, &public, &install, "2.0.0", &[]));
     assert_eq!(tree(&install), tree(&v2));
-    let text = volley_client::Api::raw_get(&format!("{}/metrics", n.base))
-        .await
-        .unwrap();
-    assert!(
-        text.contains(&format!(
-            "volley_content_chunks_collected_total {}",
-            own.len()
-        )),
+    assert_eq!(
+        metrics(&n.base, ["volley_content_chunks_collected_total"]).await,
+        [own.len() as u64],
         "the metric counts them"
     );
 
     // `delete --collect` withdraws and collects in one go: 1.0.0's bytes published again as
     // 3.0.0 bring back exactly its own chunks, and they go again.
     publish(&n.base, &key, &v1, "3.0.0");
-    let out = volley(&[
-        "content",
-        "delete",
-        "--node",
-        &n.base,
-        "--game",
-        "arena",
-        "--version",
-        "3.0.0",
-        "--server-key",
-        KEY,
-        "--collect",
-    ]);
+    let out = delete(&n.base, "3.0.0", &["--collect"]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{said}");
     assert!(said.contains(&format!(" {} dropped", own.len())), "{said}");
@@ -1837,23 +1849,12 @@ async fn a_node_collecting_on_a_schedule_frees_a_withdrawn_version_once_its_grac
     .await;
     let work = tempfile::tempdir().unwrap();
     let (key, public) = keygen(work.path());
-    let v1 = work.path().join("v1");
-    make_build(&v1, 1);
-    let v2 = work.path().join("v2");
-    copy_tree(&v1, &v2);
-    std::fs::write(v2.join("data/levels/two.pak"), random(1 << 20, 99)).unwrap();
+    let (v1, v2) = two_versions(work.path(), 1, "two.pak", 99);
     // Publishes run while collections do: nothing they upload goes missing.
     publish(&n.base, &key, &v1, "1.0.0");
     publish(&n.base, &key, &v2, "2.0.0");
-    let collected = || async {
-        let text = volley_client::Api::raw_get(&format!("{}/metrics", n.base))
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("volley_content_chunks_collected_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap()
-    };
+    let collected =
+        || async { metrics(&n.base, ["volley_content_chunks_collected_total"]).await[0] };
     volley_client::content::delete_version(&n.base, KEY, "arena", "1.0.0")
         .await
         .unwrap();
@@ -1867,8 +1868,7 @@ async fn a_node_collecting_on_a_schedule_frees_a_withdrawn_version_once_its_grac
     }
     // Exactly 1.0.0's own two.pak went.
     let two = std::fs::read(v1.join("data/levels/two.pak")).unwrap();
-    let params = volley_content::cdc::Params::new(65_536).unwrap();
-    let own = volley_content::cdc::chunk_lengths(&two, &params).len() as u64;
+    let own = chunk_hashes(&two).len() as u64;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(collected().await, own);
     let install = work.path().join("install");
