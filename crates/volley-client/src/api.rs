@@ -94,6 +94,7 @@ impl Api {
             let err: ApiError = serde_json::from_slice(&bytes).unwrap_or(ApiError {
                 code: "http".into(),
                 message: String::from_utf8_lossy(&bytes).into_owned(),
+                request_id: None,
             });
             return Err(Error::Api {
                 status: status.as_u16(),

@@ -143,6 +143,7 @@ fn api_error(status: u16, body: &[u8]) -> Error {
     let e: ApiError = serde_json::from_slice(body).unwrap_or(ApiError {
         code: "http".into(),
         message: String::from_utf8_lossy(body).into_owned(),
+        request_id: None,
     });
     Error::Api {
         status,

@@ -170,6 +170,10 @@ pub struct ApiError {
     pub code: String,
     /// What went wrong and what to do.
     pub message: String,
+    /// For internal errors (500): the id the node logged the cause under, to quote to its
+    /// operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// A friend as `GET /v1/friends` lists it.
@@ -324,6 +328,33 @@ pub enum Event {
     MatchFound {
         /// The match.
         found: MatchFound,
+    },
+    /// Something the player sent on the socket was refused (see [`ClientEvent`]).
+    Error {
+        /// Stable code, as in [`ApiError`].
+        code: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// What a player may send on the event WebSocket, one JSON object per text message. A chat
+/// message sent this way reaches the channel (and comes back as a `chat` event) exactly as
+/// one sent with `POST /v1/chat/{channel}`; a refused one is answered with an `error` event.
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientEvent {
+    /// Send a chat message.
+    Chat {
+        /// `lobby.<id>`, `dm.<a>.<b>` or `room.<id>`.
+        channel: String,
+        /// The text.
+        body: String,
+    },
+    /// Set the player's presence status (shown to friends while the socket is open).
+    Presence {
+        /// The status, e.g. `online`, `in_match`.
+        status: String,
     },
 }
 

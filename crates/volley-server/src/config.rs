@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// When the node answers a new QUIC connection with a Retry (address validation) before doing
 /// any handshake crypto.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RetryPolicy {
     /// Every new connection is validated first. Costs one round trip at connect time and means
@@ -18,8 +18,10 @@ pub enum RetryPolicy {
     UnderLoad,
 }
 
-/// Everything a node can be told.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Everything a node can be told. Each key has one name everywhere: the TOML key `a_b`, the
+/// flag `--a-b` and the environment variable `VOLLEY_A_B` (the tables `pools` and
+/// `pool_modes` are TOML only).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
     /// Where the node keeps its key and certificate (created on first run).
@@ -65,23 +67,28 @@ pub struct NodeConfig {
     pub redis: Option<String>,
     /// Prefix of this cluster's Redis keys.
     pub redis_prefix: String,
-    /// Upload cap for serving content chunks, bytes per second (0: none).
-    pub content_upload_bytes_per_s: u64,
+    /// Upload cap for serving content chunks, KiB per second (0: none).
+    pub content_max_kib_per_s: u64,
     /// Other nodes of the cluster (`http://host:port`) this node pulls a version's manifest
     /// and chunks from when it lacks them, keeping what it pulls: a build published to one
     /// node is then served by all.
     pub content_peers: Vec<String>,
     /// How long a chunk uploaded (or reported present to a publisher) but not yet referenced
-    /// by a version's manifest is kept by a collection, ms.
-    pub content_grace_ms: u64,
-    /// Collect every game's unreferenced chunks this often, ms (0: only when asked,
-    /// `POST /v1/content/{game}/collect`).
-    pub content_collect_every_ms: u64,
+    /// by a version's manifest is kept by a collection, seconds.
+    pub content_grace_secs: u64,
+    /// Collect every game's unreferenced chunks this often, seconds (0: only when asked,
+    /// `volley content collect`).
+    pub content_collect_every_secs: u64,
     /// This node's name in the cluster (presence, matches); unique per node.
     pub node_id: String,
     /// Key a studio's backend presents (`x-volley-server-key`) for server-to-server calls:
-    /// custom-id login, match results, bans. Those calls are disabled when absent.
+    /// custom-id login, match results, bans, content uploads. Those calls are refused when
+    /// absent. Prefer the `VOLLEY_SERVER_KEY` environment variable to the flag: it keeps the key
+    /// out of the process list.
     pub server_key: Option<String>,
+    /// How long start-up waits for each external service (PostgreSQL, Redis, NATS) before it
+    /// gives up with an error naming the service, seconds.
+    pub connect_timeout_secs: u64,
     /// Session token lifetime.
     pub session_ttl_ms: u64,
     /// Argon2id memory cost, KiB (OWASP minimum 19456).
@@ -96,10 +103,15 @@ pub struct NodeConfig {
     pub chat_per_s: f64,
     /// Burst of the above.
     pub chat_burst: f64,
-    /// Matchmaker pools by name (sizes, fill wait, widening); a pool not named here matches
-    /// pairs (2 players) with the default widening.
+    /// Matchmaker pools by name, a TOML table each (`[pools.duel]`): `min_players`,
+    /// `max_players`, `fill_wait_ms` (how long a match below max waits for more),
+    /// `skill_window_start`, `skill_window_growth_per_s`, `skill_window_max`, `rtt_ms_start`,
+    /// `rtt_ms_growth_per_s`, `rtt_ms_max` (the windows widen with time in queue). A pool not
+    /// named here matches pairs (2 players) with the default widening.
+    #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
     pub pools: std::collections::BTreeMap<String, volley_match::PoolConfig>,
-    /// Room logic (`mode`) for matchmade rooms, by pool.
+    /// Room logic (`mode`: `snapshot`, `snapshot-interest`, `rollback`) for matchmade rooms,
+    /// by pool (`[pool_modes]` table: `duel = "rollback"`).
     pub pool_modes: std::collections::BTreeMap<String, String>,
 }
 
@@ -126,12 +138,13 @@ impl Default for NodeConfig {
             nats: None,
             redis: None,
             redis_prefix: "volley:".into(),
-            content_upload_bytes_per_s: 0,
+            content_max_kib_per_s: 0,
             content_peers: Vec::new(),
-            content_grace_ms: 3_600_000,
-            content_collect_every_ms: 0,
+            content_grace_secs: 3_600,
+            content_collect_every_secs: 0,
             node_id: "node-1".into(),
             server_key: None,
+            connect_timeout_secs: 5,
             session_ttl_ms: 3_600_000,
             argon2_m_kib: 19_456,
             argon2_t: 2,
@@ -230,6 +243,9 @@ impl NodeConfig {
                 )));
             }
         }
+        if !(1..=300).contains(&self.connect_timeout_secs) {
+            return bad("connect_timeout_secs must be 1..=300");
+        }
         if self.argon2_m_kib < 8 || self.argon2_t == 0 {
             return bad("argon2_m_kib must be >= 8 and argon2_t >= 1");
         }
@@ -237,5 +253,159 @@ impl NodeConfig {
             return bad("player_queue_frames_max must be >= 16");
         }
         Ok(())
+    }
+}
+
+/// What replaces a secret in printed configuration.
+pub const REDACTED: &str = "<redacted>";
+
+/// `url` with its password (if any) replaced by [`REDACTED`], for logs and printed
+/// configuration.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:{REDACTED}"),
+        None if scheme.starts_with("redis") || scheme.starts_with("nats") => REDACTED.to_owned(),
+        None => userinfo.to_owned(),
+    };
+    format!("{scheme}://{user}@{host}{path}")
+}
+
+impl NodeConfig {
+    /// This configuration with its secrets replaced: the server key, and passwords in service
+    /// URLs.
+    pub fn redacted(&self) -> NodeConfig {
+        let mut c = self.clone();
+        if c.server_key.is_some() {
+            c.server_key = Some(REDACTED.to_owned());
+        }
+        for url in [&mut c.database, &mut c.nats, &mut c.redis]
+            .into_iter()
+            .flatten()
+        {
+            *url = redact_url(url);
+        }
+        c.content_peers = c.content_peers.iter().map(|u| redact_url(u)).collect();
+        c
+    }
+
+    /// The configuration as a TOML file a user can edit: every key, with its description as a
+    /// comment above it, secrets redacted.
+    pub fn to_annotated_toml(&self) -> Result<String, ConfigError> {
+        let fail = |e: String| ConfigError::Invalid(format!("cannot print the configuration: {e}"));
+        let value = toml::Value::try_from(self.redacted()).map_err(|e| fail(e.to_string()))?;
+        let toml::Value::Table(mut table) = value else {
+            return Err(fail("not a table".into()));
+        };
+        // A redacted key would not work if the file were used as it is: show it commented out.
+        let key_set = table.remove("server_key").is_some();
+        let schema = schemars::schema_for!(NodeConfig);
+        let describe = |key: &str| -> String {
+            schema
+                .schema
+                .object
+                .as_ref()
+                .and_then(|o| o.properties.get(key))
+                .and_then(|p| match p {
+                    schemars::schema::Schema::Object(o) => o.metadata.as_ref(),
+                    schemars::schema::Schema::Bool(_) => None,
+                })
+                .and_then(|m| m.description.clone())
+                .unwrap_or_default()
+        };
+        let comment = |out: &mut String, key: &str| {
+            for line in describe(key).lines() {
+                out.push_str("# ");
+                out.push_str(line);
+                out.push('\n');
+            }
+        };
+        let mut out = String::from(
+            "# Volley node configuration. Each key is also a flag (--a-b) and an environment\n\
+             # variable (VOLLEY_A_B); flags win over the environment, which wins over this file.\n\n",
+        );
+        let (tables, scalars): (Vec<_>, Vec<_>) = table.iter().partition(|(_, v)| v.is_table());
+        let unset: Vec<&str> = ["public_addr", "database", "nats", "redis", "server_key"]
+            .into_iter()
+            .filter(|k| !table.contains_key(*k))
+            .collect();
+        for (key, value) in scalars {
+            comment(&mut out, key);
+            out.push_str(&format!("{key} = {value}\n\n"));
+        }
+        for key in unset {
+            comment(&mut out, key);
+            if key == "server_key" && key_set {
+                out.push_str(&format!(
+                    "# {key} = \"{REDACTED}\" (set; give it in VOLLEY_SERVER_KEY)\n\n"
+                ));
+            } else {
+                out.push_str(&format!("# {key} = (unset)\n\n"));
+            }
+        }
+        for (key, value) in tables {
+            comment(&mut out, key);
+            let mut wrapper = toml::Table::new();
+            wrapper.insert(key.clone(), value.clone());
+            let text = toml::to_string(&wrapper).map_err(|e| fail(e.to_string()))?;
+            if text.trim().is_empty() {
+                out.push_str(&format!("[{key}]\n\n"));
+            } else {
+                out.push_str(&text);
+                out.push('\n');
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_passwords_only() {
+        assert_eq!(
+            redact_url("postgres://volley:hunter2@db:5432/game"),
+            "postgres://volley:<redacted>@db:5432/game"
+        );
+        assert_eq!(redact_url("postgres://db/game"), "postgres://db/game");
+        assert_eq!(
+            redact_url("redis://:pw@cache:6379/0"),
+            "redis://:<redacted>@cache:6379/0"
+        );
+        assert_eq!(
+            redact_url("nats://token@bus:4222"),
+            "nats://<redacted>@bus:4222"
+        );
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[test]
+    fn the_annotated_file_reads_back_as_the_same_configuration() {
+        let mut c = NodeConfig::default();
+        c.pools
+            .insert("duel".into(), volley_match::PoolConfig::new(2, 2));
+        c.pool_modes.insert("duel".into(), "rollback".into());
+        c.server_key = Some("a-server-key-of-some-length".into());
+        let text = c.to_annotated_toml().unwrap();
+        assert!(!text.contains("a-server-key-of-some-length"));
+        assert!(text.contains("# Connect ticket lifetime."), "{text}");
+        let back: NodeConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back.pools.len(), 1);
+        assert_eq!(back.pool_modes["duel"], "rollback");
+        assert_eq!(back.ticket_lifetime_ms, c.ticket_lifetime_ms);
+        assert_eq!(back.server_key, None);
+        assert!(text.contains("# server_key = \"<redacted>\""), "{text}");
     }
 }

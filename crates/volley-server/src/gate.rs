@@ -10,11 +10,12 @@ use volley_net::endpoint::TransportTuning;
 use volley_net::framing::{read_frame, FrameError};
 use volley_net::tls::{self, Identity, Pin};
 use volley_proto::msg::{Down, NodeDatagram, PeerInfo, RejectCode, Up, MAX_CANDIDATES};
-use volley_proto::ticket::{Ticket, TicketError};
 use volley_proto::{DecodeError, Fingerprint};
 
+use crate::config::{NodeConfig, RetryPolicy};
+use crate::metrics::DropReason;
 use crate::room::{Member, RoomRef};
-use crate::{unix_ms, NodeConfig, RetryPolicy, Shared};
+use crate::state::{unix_ms, Shared};
 
 /// QUIC handshakes that take longer than this are abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,7 +49,10 @@ impl Drop for HandshakeSlot {
 pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         let ip = incoming.remote_address().ip();
-        if !shared.allow_connect(ip) {
+        if !shared
+            .admission()
+            .allow_connect(ip, std::time::Instant::now())
+        {
             // Silence, not a refusal: an answer would be traffic an attacker could aim.
             shared
                 .metrics
@@ -136,11 +140,17 @@ async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, slot: HandshakeS
         Err((code, detail)) => {
             shared.metrics.reject(code);
             tracing::debug!(remote = %conn.remote_address(), reason = code.as_str(), %detail, "admission rejected");
-            let _ = send
+            let written = send
                 .write_all(&Down::Reject { code, detail }.encode())
                 .await;
-            let _ = send.finish();
-            let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+            if written.is_err() || send.finish().is_err() {
+                shared.metrics.note_drop(DropReason::RejectUnsent);
+            } else if tokio::time::timeout(Duration::from_millis(500), send.stopped())
+                .await
+                .is_err()
+            {
+                tracing::debug!(remote = %conn.remote_address(), "refused player did not read its reject in time");
+            }
             conn.close((code as u32).into(), code.as_str().as_bytes());
             return;
         }
@@ -173,52 +183,21 @@ fn admit(
         } => (ticket, local_addrs),
         _ => return Err((RejectCode::Protocol, "first frame must be Hello".into())),
     };
-    let opened = Ticket::open(&ticket_bytes, &shared.ticket_key, unix_ms()).map_err(|e| {
-        let code = match e {
-            TicketError::Malformed(_) => RejectCode::Malformed,
-            TicketError::Version(_) => RejectCode::Version,
-            TicketError::Expired { .. } => RejectCode::Expired,
-            TicketError::Forged => RejectCode::Forged,
-        };
-        (code, e.to_string())
-    })?;
+    let opened = shared
+        .admission()
+        .open_ticket(&ticket_bytes, fingerprint, unix_ms())?;
     let t = opened.ticket;
-    if t.node_addr != shared.public_addr {
-        return Err((
-            RejectCode::WrongNode,
-            format!(
-                "ticket is for {}, this node is {}",
-                t.node_addr, shared.public_addr
-            ),
-        ));
-    }
-    if t.fingerprint != fingerprint {
-        return Err((
-            RejectCode::WrongCertificate,
-            "ticket is bound to another certificate".into(),
-        ));
-    }
     let remote = conn.remote_address();
-    let room = shared.room(t.room_id).ok_or((
+    let room = shared.rooms.get(t.room_id).ok_or((
         RejectCode::RoomGone,
         format!("room {} is closed", t.room_id),
     ))?;
     {
-        let mut replay = shared
-            .replay
-            .lock()
-            .map_err(|_| (RejectCode::Protocol, "internal lock".to_owned()))?;
-        if let Some((first, _)) = replay.get(&opened.nonce) {
-            let in_use = room
-                .member(t.player_id)
-                .is_some_and(|m| m.nonce == opened.nonce);
-            if *first != remote || in_use {
-                return Err((
-                    RejectCode::Replayed,
-                    "ticket was already used; ask for a new one".into(),
-                ));
-            }
-        }
+        let mut admission = shared.admission();
+        let in_use = room
+            .member(t.player_id)
+            .is_some_and(|m| m.nonce == opened.nonce);
+        admission.check_nonce(&opened.nonce, remote, in_use)?;
         let mut members = room
             .members
             .lock()
@@ -230,7 +209,7 @@ fn admit(
         if !rejoin && shared.players_connected_hint() >= shared.cfg.players_max {
             return Err((RejectCode::RoomFull, "node is at its player limit".into()));
         }
-        replay.insert(opened.nonce, (remote, t.expires_at_ms));
+        admission.claim_nonce(opened.nonce, remote, t.expires_at_ms);
         let mut candidates = vec![remote];
         for a in local_addrs {
             if candidates.len() >= MAX_CANDIDATES {
@@ -268,7 +247,11 @@ fn admit(
                 .map(|m| m.info.clone())
                 .collect(),
         };
-        let _ = member.tx.try_send(welcome.encode());
+        // The queue was made just above with room for thousands of frames; a failure here
+        // would be a bug, counted rather than hidden.
+        if member.tx.try_send(welcome.encode()).is_err() {
+            shared.metrics.note_drop(DropReason::WelcomeQueueFull);
+        }
         if let Some(old) = members.insert(t.player_id, member.clone()) {
             old.conn.close(0u32.into(), b"replaced by a new connection");
         }
@@ -297,21 +280,30 @@ async fn serve_member(
     let id = me.info.player_id;
     let tx = me.tx.clone();
     shared.metrics.players.fetch_add(1, Ordering::Relaxed);
-    room.to_logic(crate::logic::LogicEvent::Join(id), &shared.metrics);
+    room.to_logic(crate::room::LogicEvent::Join(id), &shared.metrics);
     let others = room.others(id);
     let joined = Down::PeerJoined(me.info.clone()).encode();
     for o in &others {
-        let _ = o.tx.send_timeout(joined.clone(), RELAY_QUEUE_WAIT).await;
+        if o.tx
+            .send_timeout(joined.clone(), RELAY_QUEUE_WAIT)
+            .await
+            .is_err()
+        {
+            shared.metrics.note_drop(DropReason::PeerJoinedQueueFull);
+        }
     }
     tracing::debug!(player = id, room = room.id, remote = %conn.remote_address(), "player admitted");
 
+    let metrics = shared.metrics.clone();
     let writer = tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
             if send.write_all(&frame).await.is_err() {
+                metrics.note_drop(DropReason::ControlWriteFailed);
                 break;
             }
         }
-        let _ = send.finish();
+        // Finishing fails only when the stream is already closed, which ends the member anyway.
+        send.finish().ok();
     });
     let datagrams = tokio::spawn(relay_datagrams(
         shared.clone(),
@@ -361,13 +353,24 @@ async fn serve_member(
             }
             Up::PunchRequest { peer } => {
                 if let Some(target) = room.member(peer).filter(|_| peer != id) {
-                    let _ = tx.try_send(Down::Punch(target.info.clone()).encode());
-                    let _ = target.tx.try_send(Down::Punch(me.info.clone()).encode());
+                    if tx
+                        .try_send(Down::Punch(target.info.clone()).encode())
+                        .is_err()
+                    {
+                        shared.metrics.note_drop(DropReason::PunchQueueFull);
+                    }
+                    if target
+                        .tx
+                        .try_send(Down::Punch(me.info.clone()).encode())
+                        .is_err()
+                    {
+                        shared.metrics.note_drop(DropReason::PunchQueueFull);
+                    }
                 }
             }
             Up::PathReport { peer, path, rtt_us } => room.report_path(id, peer, path, rtt_us),
             Up::ToNode { payload } => room.to_logic(
-                crate::logic::LogicEvent::Message {
+                crate::room::LogicEvent::Message {
                     from: id,
                     payload,
                     reliable: true,
@@ -383,15 +386,25 @@ async fn serve_member(
     }
     datagrams.abort();
     if room.remove_if(id, &me.nonce) {
-        room.to_logic(crate::logic::LogicEvent::Leave(id), &shared.metrics);
+        room.to_logic(crate::room::LogicEvent::Leave(id), &shared.metrics);
         let left = Down::PeerLeft { player_id: id }.encode();
         for o in room.others(id) {
-            let _ = o.tx.try_send(left.clone());
+            if o.tx.try_send(left.clone()).is_err() {
+                shared.metrics.note_drop(DropReason::PeerLeftQueueFull);
+            }
         }
     }
     shared.metrics.players.fetch_sub(1, Ordering::Relaxed);
     drop(tx);
-    let _ = tokio::time::timeout(Duration::from_millis(200), writer).await;
+    if tokio::time::timeout(Duration::from_millis(200), writer)
+        .await
+        .is_err()
+    {
+        tracing::debug!(
+            player = id,
+            "control stream writer still busy at leave; closing"
+        );
+    }
     conn.close(0u32.into(), b"bye");
 }
 
@@ -404,7 +417,7 @@ async fn relay_datagrams(shared: Arc<Shared>, room: RoomRef, id: u64, conn: quin
             Ok(NodeDatagram::ToPeer { peer, payload }) if peer != id => (peer, payload),
             Ok(NodeDatagram::ToNode { payload }) => {
                 room.to_logic(
-                    crate::logic::LogicEvent::Message {
+                    crate::room::LogicEvent::Message {
                         from: id,
                         payload,
                         reliable: false,

@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use volley_proto::msg::{Down, NodeDatagram};
 use volley_proto::PlayerId;
 
-use crate::room::Room;
-use crate::Metrics;
+use crate::metrics::Metrics;
+use crate::room::{LogicEvent, Report, Room};
 
 /// Events queued for one room's logic. Past this, a player's messages to the node are dropped
 /// and counted (the logic is not keeping up).
@@ -73,21 +73,6 @@ pub trait LogicFactory: Send + Sync + 'static {
     /// Logic for a new room; `Err` explains why the mode or size is refused.
     fn create(&self, mode: &str, max_players: u32) -> Result<Box<dyn RoomLogic>, String>;
 }
-
-/// What the room task receives.
-#[derive(Debug)]
-pub(crate) enum LogicEvent {
-    Join(PlayerId),
-    Leave(PlayerId),
-    Message {
-        from: PlayerId,
-        payload: Vec<u8>,
-        reliable: bool,
-    },
-}
-
-/// Shared between the room task and the HTTP API.
-pub(crate) type Report = Arc<std::sync::Mutex<serde_json::Value>>;
 
 pub(crate) fn spawn(
     room: &Arc<Room>,

@@ -9,8 +9,6 @@ use volley_proto::msg::{PathKind, PeerInfo};
 use volley_proto::ticket::NONCE_BYTES;
 use volley_proto::{PlayerId, RoomId};
 
-use crate::logic::{LogicEvent, Report};
-
 /// A connected player, as the room sees it.
 #[derive(Debug, Clone)]
 pub(crate) struct Member {
@@ -103,7 +101,7 @@ impl Room {
     }
 
     /// Hands an event to the room's logic, if it has one; counts it when the queue is full.
-    pub(crate) fn to_logic(&self, ev: LogicEvent, metrics: &crate::Metrics) {
+    pub(crate) fn to_logic(&self, ev: LogicEvent, metrics: &crate::metrics::Metrics) {
         if let Some((_, tx, _)) = self.logic.get() {
             if tx.try_send(ev).is_err() {
                 metrics
@@ -130,3 +128,18 @@ impl Room {
 
 /// Shared handle to a room.
 pub(crate) type RoomRef = Arc<Room>;
+
+/// What the room task receives.
+#[derive(Debug)]
+pub(crate) enum LogicEvent {
+    Join(PlayerId),
+    Leave(PlayerId),
+    Message {
+        from: PlayerId,
+        payload: Vec<u8>,
+        reliable: bool,
+    },
+}
+
+/// Shared between the room task and the HTTP API.
+pub(crate) type Report = Arc<std::sync::Mutex<serde_json::Value>>;

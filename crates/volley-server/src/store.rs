@@ -11,7 +11,17 @@ use rand::RngCore;
 use volley_net::tls::Identity;
 use volley_proto::ticket::TicketKey;
 
-use crate::StartError;
+use std::path::PathBuf;
+
+/// The data directory could not be prepared.
+#[derive(Debug, thiserror::Error)]
+#[error("data directory {path}: {message}")]
+pub(crate) struct DataDirError {
+    /// The file or directory.
+    pub(crate) path: PathBuf,
+    /// What failed.
+    pub(crate) message: String,
+}
 
 pub(crate) struct Stored {
     pub(crate) identity: Identity,
@@ -22,14 +32,14 @@ const CERT: &str = "node-cert.der";
 const KEY: &str = "node-key.der";
 const TICKET_KEY: &str = "ticket.key";
 
-fn err(path: &Path, e: impl std::fmt::Display) -> StartError {
-    StartError::DataDir {
+fn err(path: &Path, e: impl std::fmt::Display) -> DataDirError {
+    DataDirError {
         path: path.to_owned(),
         message: e.to_string(),
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StartError> {
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).map_err(|e| err(&tmp, e))?;
     f.write_all(bytes).map_err(|e| err(&tmp, e))?;
@@ -37,7 +47,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StartError> {
     fs::rename(&tmp, path).map_err(|e| err(path, e))
 }
 
-pub(crate) fn load_or_create(dir: &Path) -> Result<Stored, StartError> {
+pub(crate) fn load_or_create(dir: &Path) -> Result<Stored, DataDirError> {
     fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
     let (cert_p, key_p, tk_p) = (dir.join(CERT), dir.join(KEY), dir.join(TICKET_KEY));
     let identity = if cert_p.exists() && key_p.exists() {
@@ -51,7 +61,7 @@ pub(crate) fn load_or_create(dir: &Path) -> Result<Stored, StartError> {
         }
         Identity::from_der(cert.into(), key.into())
     } else {
-        let id = Identity::generate("volley-node")?;
+        let id = Identity::generate("volley-node").map_err(|e| err(&cert_p, e))?;
         write_atomic(&key_p, id.key.secret_pkcs8_der())?;
         write_atomic(&cert_p, &id.cert)?;
         id

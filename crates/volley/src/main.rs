@@ -275,16 +275,16 @@ impl ServeArgs {
             c.server_key = self.server_key.clone();
         }
         if let Some(k) = self.content_max_kib_per_s {
-            c.content_upload_bytes_per_s = k.saturating_mul(1024);
+            c.content_max_kib_per_s = k;
         }
         if !self.content_peers.is_empty() {
             c.content_peers = self.content_peers.clone();
         }
         if let Some(s) = self.content_grace_secs {
-            c.content_grace_ms = s.saturating_mul(1000);
+            c.content_grace_secs = s;
         }
         if let Some(s) = self.content_collect_every_secs {
-            c.content_collect_every_ms = s.saturating_mul(1000);
+            c.content_collect_every_secs = s;
         }
         c.validate()?;
         Ok(c)

@@ -1073,7 +1073,7 @@ async fn a_swarm_of_eight_peers_installs_byte_identical_builds_with_the_origin_s
     // The origin uploads at most 4 MiB/s: alone it would need 8 copies of the build.
     let n = start_node(|c| {
         c.server_key = Some(KEY.into());
-        c.content_upload_bytes_per_s = 4 << 20;
+        c.content_max_kib_per_s = 4 << 10;
     })
     .await;
     let work = tempfile::tempdir().unwrap();
@@ -1218,7 +1218,7 @@ async fn a_seed_found_by_lan_discovery_serves_a_fetch_without_the_tracker_knowin
     // The origin is slow (2 MiB/s); the seed on the "LAN" is not announced to the node.
     let n = start_node(|c| {
         c.server_key = Some(KEY.into());
-        c.content_upload_bytes_per_s = 2 << 20;
+        c.content_max_kib_per_s = 2 << 10;
     })
     .await;
     let work = tempfile::tempdir().unwrap();
@@ -1282,7 +1282,7 @@ async fn nodes_sharing_redis_share_one_tracker() {
             c.node_id = id.into();
             c.server_key = Some(KEY.into());
             if slow {
-                c.content_upload_bytes_per_s = 2 << 20;
+                c.content_max_kib_per_s = 2 << 10;
             }
         })
     };
@@ -1665,7 +1665,7 @@ fn delete(base: &str, version: &str, extra: &[&str]) -> Output {
 async fn a_withdrawn_version_is_gone_and_collecting_frees_only_its_own_chunks() {
     let n = start_node(|c| {
         c.server_key = Some(KEY.into());
-        c.content_grace_ms = 0;
+        c.content_grace_secs = 0;
     })
     .await;
     let work = tempfile::tempdir().unwrap();
@@ -1843,8 +1843,8 @@ async fn chunks_uploaded_for_a_publish_not_yet_finished_survive_a_collection() {
 async fn a_node_collecting_on_a_schedule_frees_a_withdrawn_version_once_its_grace_is_over() {
     let n = start_node(|c| {
         c.server_key = Some(KEY.into());
-        c.content_grace_ms = 5_000;
-        c.content_collect_every_ms = 200;
+        c.content_grace_secs = 5;
+        c.content_collect_every_secs = 1;
     })
     .await;
     let work = tempfile::tempdir().unwrap();

@@ -207,6 +207,27 @@ impl SwarmTracker {
     }
 }
 
+impl From<AnnounceError> for super::OriginError {
+    fn from(e: AnnounceError) -> Self {
+        match e {
+            AnnounceError::Refused(TrackerError::Full) => super::OriginError::Unavailable {
+                code: "tracker_full",
+                message: e.to_string(),
+                ms: 30_000,
+            },
+            AnnounceError::Refused(other) => super::OriginError::bad(other.to_string()),
+            AnnounceError::Unavailable(why) => {
+                tracing::error!(error = %why, "tracker unavailable");
+                super::OriginError::Unavailable {
+                    code: "tracker_unavailable",
+                    message: "the tracker is unavailable".into(),
+                    ms: 5_000,
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

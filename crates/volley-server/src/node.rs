@@ -1,0 +1,395 @@
+//! Starting a node: the data directory, the listeners, the platform services and the
+//! background tasks, wired together into a [`NodeHandle`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use volley_proto::ticket::TicketKey;
+use volley_proto::Fingerprint;
+
+use crate::admission::{Admission, AdmissionLimits};
+use crate::config::NodeConfig;
+use crate::logic::LogicFactory;
+use crate::metrics::Metrics;
+use crate::origin::{Origin, OriginConfig};
+use crate::rooms::{MatchRooms, RoomLimits, Rooms};
+use crate::state::{Parts, Shared};
+use crate::{config, gate, http, origin, store};
+
+impl From<store::DataDirError> for StartError {
+    fn from(e: store::DataDirError) -> Self {
+        StartError::DataDir {
+            path: e.path,
+            message: e.message,
+        }
+    }
+}
+
+/// How often the matchmaker runs.
+const MATCHMAKER_PERIOD: Duration = Duration::from_millis(200);
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The data directory could not be prepared.
+    #[error("data directory {path}: {message}")]
+    DataDir {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] volley_net::tls::TlsError),
+    /// The database or the bus could not be opened.
+    #[error(transparent)]
+    Store(#[from] volley_store::StoreError),
+    /// The platform services could not start.
+    #[error("platform: {0}")]
+    Platform(String),
+    /// An external service did not answer or refused.
+    #[error("cannot use {service} at {url}: {reason}")]
+    Service {
+        /// PostgreSQL, Redis or NATS.
+        service: &'static str,
+        /// Its URL, password redacted.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Opens the database (SQLite in the data directory unless `database` names one), the bus
+/// (NATS when `nats` is set) and the platform services over them.
+/// Waits for an external service at most `connect_timeout_secs`, so a wrong URL or a closed
+/// port fails the start at once with the service named, instead of hanging.
+async fn reach<T, E: std::fmt::Display>(
+    cfg: &NodeConfig,
+    service: &'static str,
+    url: &str,
+    connect: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, StartError> {
+    let limit = Duration::from_secs(cfg.connect_timeout_secs);
+    let failed = |reason: String| StartError::Service {
+        service,
+        url: config::redact_url(url),
+        reason,
+    };
+    match tokio::time::timeout(limit, connect).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(failed(e.to_string())),
+        Err(_) => Err(failed(format!(
+            "no answer within {} s (connect_timeout_secs)",
+            limit.as_secs()
+        ))),
+    }
+}
+
+async fn open_platform(cfg: &NodeConfig) -> Result<volley_platform::Platform, StartError> {
+    let db = match &cfg.database {
+        Some(url) => {
+            let service = if url.starts_with("postgres") {
+                "PostgreSQL"
+            } else {
+                "the database"
+            };
+            reach(cfg, service, url, volley_store::Db::open(url)).await?
+        }
+        None => volley_store::Db::open_sqlite(&cfg.data_dir.join("volley.db")).await?,
+    };
+    let bus = match &cfg.nats {
+        Some(url) => reach(cfg, "NATS", url, volley_store::Bus::nats(url)).await?,
+        None => volley_store::Bus::local(),
+    };
+    let pcfg = volley_platform::PlatformConfig {
+        node_id: cfg.node_id.clone(),
+        server_key: cfg.server_key.clone().unwrap_or_default(),
+        session_ttl_ms: cfg.session_ttl_ms as i64,
+        argon2_m_kib: cfg.argon2_m_kib,
+        argon2_t: cfg.argon2_t,
+        login_per_ip_per_s: cfg.logins_per_ip_per_s,
+        login_per_ip_burst: cfg.logins_per_ip_burst,
+        chat_per_s: cfg.chat_per_s,
+        chat_burst: cfg.chat_burst,
+        matchmaker: volley_match::MatchmakerConfig {
+            pools: cfg.pools.clone(),
+            default_pool: Some(volley_match::PoolConfig::new(2, 2)),
+            ..volley_match::MatchmakerConfig::default()
+        },
+        ..volley_platform::PlatformConfig::default()
+    };
+    let platform = volley_platform::Platform::new(db, bus, pcfg)
+        .map_err(|e| StartError::Platform(e.to_string()))?;
+    platform
+        .clear_node_presence()
+        .await
+        .map_err(|e| StartError::Platform(e.to_string()))?;
+    if let Some(url) = &cfg.redis {
+        reach(
+            cfg,
+            "Redis",
+            url,
+            platform.use_redis(url, &cfg.redis_prefix),
+        )
+        .await?;
+    }
+    Ok(platform)
+}
+
+/// A running node. Dropping it does not stop the node; call [`NodeHandle::shutdown`].
+#[derive(Debug)]
+pub struct NodeHandle {
+    shared: Arc<Shared>,
+    /// Bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// Bound QUIC address.
+    pub quic_addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// Fingerprint of the node's QUIC certificate.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.shared.identity.fingerprint
+    }
+
+    /// The node's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// The address tickets are bound to.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.shared.public_addr
+    }
+
+    /// Players connected now.
+    pub fn players_connected(&self) -> usize {
+        self.shared.rooms.players_connected()
+    }
+
+    /// The ticket key (tests use it to mint tickets the node must refuse for other reasons).
+    pub fn ticket_key(&self) -> TicketKey {
+        self.shared.ticket_key.clone()
+    }
+
+    /// The platform services (accounts, social, chat, matchmaking) this node serves.
+    pub fn platform(&self) -> &volley_platform::Platform {
+        &self.shared.platform
+    }
+
+    /// Closes every connection and stops the listeners.
+    pub async fn shutdown(self) {
+        self.endpoint.close(0u32.into(), b"node shutting down");
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// The node.
+#[derive(Debug)]
+pub struct Node;
+
+impl Node {
+    /// Validates `cfg`, prepares the data directory (key and certificate are created on first
+    /// run and reused after), binds HTTP and QUIC, and starts serving.
+    pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, StartError> {
+        Node::start_with(cfg, None).await
+    }
+
+    /// Like [`Node::start`], with game logic that rooms can ask for by mode.
+    pub async fn start_with(
+        cfg: NodeConfig,
+        logic: Option<Arc<dyn LogicFactory>>,
+    ) -> Result<NodeHandle, StartError> {
+        cfg.validate()?;
+        if cfg.server_key.is_none() {
+            tracing::warn!(
+                "no server key: calls from the game's servers (custom-id login, match results, \
+                 scores, grants, bans, content uploads) will be refused; set one of at least 16 \
+                 characters in VOLLEY_SERVER_KEY (which keeps it out of the process list) or \
+                 with --server-key"
+            );
+        }
+        let stored = store::load_or_create(&cfg.data_dir)?;
+        let server_cfg = gate::server_config(&stored.identity, &cfg)?;
+        let socket =
+            std::net::UdpSocket::bind(cfg.quic_addr).map_err(|source| StartError::Bind {
+                addr: cfg.quic_addr,
+                source,
+            })?;
+        let pe = volley_net::endpoint::bind_punch_endpoint_on(socket, Some(server_cfg)).map_err(
+            |e| match e {
+                volley_net::endpoint::EndpointError::Bind(source) => StartError::Bind {
+                    addr: cfg.quic_addr,
+                    source,
+                },
+                volley_net::endpoint::EndpointError::Tls(t) => StartError::Tls(t),
+            },
+        )?;
+        let endpoint = pe.endpoint;
+        let quic_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+            addr: cfg.quic_addr,
+            source,
+        })?;
+        let public_addr = cfg.public_addr.unwrap_or(quic_addr);
+        let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: cfg.http_addr,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: cfg.http_addr,
+            source,
+        })?;
+        let platform = open_platform(&cfg).await?;
+        let metrics = Arc::new(Metrics::default());
+        let rooms = Arc::new(Rooms::new(
+            RoomLimits {
+                players_default: cfg.room_players_default,
+                players_max: cfg.room_players_max,
+                rooms_max: cfg.rooms_max,
+                unused_grace: Duration::from_millis(cfg.ticket_lifetime_ms * 2),
+            },
+            logic,
+            metrics.clone(),
+        ));
+        platform.set_room_directory(rooms.clone());
+        platform.set_room_maker(Arc::new(MatchRooms {
+            rooms: Arc::downgrade(&rooms),
+            pool_modes: cfg.pool_modes.clone(),
+        }));
+        let tracker = match &cfg.redis {
+            Some(url) => {
+                origin::tracker::SwarmTracker::redis(url, &cfg.redis_prefix, Default::default())
+                    .await
+                    .map_err(|e| StartError::Platform(format!("redis (tracker): {e}")))?
+            }
+            None => origin::tracker::SwarmTracker::memory(Default::default()),
+        };
+        let origin = Origin::start(
+            OriginConfig {
+                root: cfg.data_dir.join("content"),
+                grace: Duration::from_secs(cfg.content_grace_secs),
+                peers: cfg.content_peers.clone(),
+                upload_bytes_per_s: cfg.content_max_kib_per_s.saturating_mul(1024),
+            },
+            tracker,
+            platform.bus().clone(),
+            metrics.clone(),
+        )
+        .map_err(StartError::Platform)?;
+        let admission = Admission::new(
+            stored.ticket_key.clone(),
+            public_addr,
+            AdmissionLimits {
+                connects_per_ip_per_s: cfg.connects_per_ip_per_s,
+                connects_per_ip_burst: cfg.connects_per_ip_burst,
+            },
+        );
+        let shared = Arc::new(Shared::new(Parts {
+            cfg,
+            public_addr,
+            identity: stored.identity,
+            ticket_key: stored.ticket_key,
+            metrics,
+            platform,
+            rooms,
+            admission,
+            origin,
+        }));
+        match shared.platform.reload_tickets().await {
+            Ok(n) if n > 0 => tracing::info!(tickets = n, "matchmaker queue reloaded"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not reload matchmaker tickets"),
+        }
+        let mut tasks = Vec::new();
+        let seasons = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = seasons
+                    .platform
+                    .run_season_resets(volley_platform::now_ms())
+                    .await
+                {
+                    tracing::warn!(error = %e, "season resets failed");
+                }
+            }
+        }));
+        let mm = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(MATCHMAKER_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = mm.platform.run_matchmaker(volley_platform::now_ms()).await {
+                    tracing::warn!(error = %e, "matchmaker pass failed");
+                }
+            }
+        }));
+        tasks.push(tokio::spawn(gate::accept_loop(
+            shared.clone(),
+            endpoint.clone(),
+        )));
+        tasks.push(tokio::spawn(http::serve(shared.clone(), listener)));
+        if shared.origin.has_peers() {
+            // Subscribed before the node reports started, so no announcement after that is missed.
+            match shared
+                .platform
+                .bus()
+                .subscribe(origin::cluster::PUBLISHED_SUBJECT)
+                .await
+            {
+                Ok(sub) => tasks.push(tokio::spawn(origin::cluster::follow_announcements(
+                    Arc::downgrade(&shared.origin),
+                    sub,
+                ))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "content: cannot follow version announcements")
+                }
+            }
+        }
+        if shared.cfg.content_collect_every_secs > 0 {
+            tasks.push(tokio::spawn(origin::versions::collect_periodically(
+                Arc::downgrade(&shared.origin),
+                Duration::from_secs(shared.cfg.content_collect_every_secs),
+            )));
+        }
+        let sweeper = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                sweeper.sweep();
+            }
+        }));
+        tracing::info!(%http_addr, %quic_addr, %public_addr, fingerprint = %shared.identity.fingerprint.to_hex(), "node started");
+        Ok(NodeHandle {
+            shared,
+            http_addr,
+            quic_addr,
+            endpoint,
+            tasks,
+        })
+    }
+}
