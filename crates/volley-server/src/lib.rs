@@ -13,6 +13,7 @@ mod gate;
 mod http;
 pub mod logic;
 pub mod metrics;
+pub mod modes;
 mod openapi;
 mod room;
 mod store;

@@ -20,7 +20,6 @@ mod bot;
 mod content_cmd;
 mod demo;
 mod demo_netcode;
-mod modes;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -324,7 +323,9 @@ async fn main() -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            let node = Node::start_with(cfg, Some(std::sync::Arc::new(modes::Modes))).await?;
+            let node =
+                Node::start_with(cfg, Some(std::sync::Arc::new(volley_server::modes::Modes)))
+                    .await?;
             println!(
                 "volley node: http://{} quic {} fingerprint {}",
                 node.http_addr,
