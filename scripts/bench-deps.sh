@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs the peers the benchmarks run beside Volley: aria2 (BitTorrent client), opentracker
-# (tracker) and mktorrent for `bench swarm` and `bench tracker`; casync (and python3 for its HTTP
-# store) for `bench reuse`. All Debian packages. Safe to run again.
+# Installs the peers the benchmarks (volley-bench) run beside Volley: aria2 (BitTorrent client),
+# opentracker (tracker) and mktorrent for `volley-bench swarm` and `volley-bench tracker`; casync
+# (and python3 for its HTTP store) for `volley-bench reuse`. All Debian packages. Safe to run again.
 set -euo pipefail
 
 need=()
@@ -14,7 +14,7 @@ if [ "${#need[@]}" -eq 0 ]; then
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
-  echo "bench-deps: missing ${need[*]}; run as root or: apt-get install -y ${need[*]}" >&2
+  echo "bench-deps: missing ${need[*]} (for volley-bench swarm, reuse and tracker); run as root or: apt-get install -y ${need[*]}" >&2
   exit 1
 fi
 echo "bench-deps: installing ${need[*]}" >&2

@@ -8,7 +8,7 @@
 //!
 //! Map: [`node`] wires everything; `state` is what the API and the gate share; `http/` holds the
 //! API, one module per domain; `gate` the QUIC side; `rooms` and `room` the room directory and
-//! rooms; `origin/` the content origin; `logic` lets rooms run game code.
+//! rooms; `origin/` the content origin; `logic` lets rooms run game code, and [`modes`] is the game logic a node offers.
 #![warn(missing_docs, unreachable_pub)]
 
 mod admission;
@@ -17,6 +17,7 @@ mod gate;
 mod http;
 pub mod logic;
 pub mod metrics;
+pub mod modes;
 pub mod node;
 mod origin;
 mod room;

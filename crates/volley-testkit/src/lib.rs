@@ -8,6 +8,9 @@
 //!   simulations with virtual time.
 //! - [`udp_link::UdpLinkEmulator`]: a tokio UDP proxy on loopback that applies the model per
 //!   client and per direction. Needs no privileges.
+//!
+//!   These two live in the `volley-link` crate (the product binary uses them too) and are
+//!   re-exported here unchanged.
 //! - [`netlab::Lab`]: network namespaces wired into a small internet with NAT routers of each
 //!   [`netlab::NatKind`] (full cone, port-restricted, symmetric) built with nftables. Needs root.
 //! - [`tun_link::TunLink`]: an impaired IP link between two namespaces through two TUN devices,
@@ -26,11 +29,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-pub mod impair;
 pub mod netlab;
-mod stats;
 pub mod tun_link;
-pub mod udp_link;
 
-pub use impair::{DropReason, Impairment, LinkProfile, ProfileError, Verdict};
-pub use stats::DirectionStats;
+pub use volley_link::{impair, udp_link};
+pub use volley_link::{DirectionStats, DropReason, Impairment, LinkProfile, ProfileError, Verdict};

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::impair::{Impairment, LinkProfile, ProfileError};
 use crate::netlab::{self, LabError};
-use crate::stats::{derive_seed, DirectionCounters, DirectionStats, EmulatorDrop};
+use volley_link::stats::{derive_seed, DirectionCounters, DirectionStats, EmulatorDrop};
 
 /// Address of the TUN device in namespace A; its peer is [`ADDR_B`].
 pub const ADDR_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);

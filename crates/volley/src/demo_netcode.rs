@@ -7,13 +7,12 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use volley_client::netplay::SnapshotPlayer;
 use volley_client::{Api, Client, ClientConfig};
+use volley_link::impair::LinkProfile;
+use volley_link::udp_link::UdpLinkEmulator;
+use volley_server::modes::{Modes, SNAPSHOT_EVERY, TICK_HZ};
 use volley_server::{Node, NodeConfig};
 use volley_sync::arena::{angle_of, Arena, ArenaInput, KIND_PLAYER};
 use volley_sync::game::EntityView;
-use volley_testkit::impair::LinkProfile;
-use volley_testkit::udp_link::UdpLinkEmulator;
-
-use crate::modes::{Modes, SNAPSHOT_EVERY, TICK_HZ};
 
 /// An embedded node offering the arena modes, with one room of `mode` and its owner's login.
 struct DemoRoom {

@@ -1,26 +1,18 @@
-//! `volley`: the node, a self-contained demo, and benchmarks.
+//! `volley`: the node and a self-contained demo.
 //!
 //! - `volley serve`: run a node (no configuration needed; TOML file, `VOLLEY_*` environment
 //!   variables and flags override the defaults, in that order).
 //! - `volley demo`: an embedded node plus bot players in one room, with a live per-pair summary.
 //! - `volley bot`: one bot player against any node (used by the NAT lab tests).
-//! - `volley bench transport`: round-trip and throughput of raw UDP, raw QUIC, Volley direct and
-//!   Volley relayed, side by side.
+//! - `volley content`, `volley admin`: game builds, and operator commands against the database.
+//!
+//! The benchmarks are a separate binary, `volley-bench` (`cargo run --release -p volley-bench --
+//! <which>`, crate `crates/volley-bench`).
 
-mod bench;
-mod bench_collect;
-mod bench_content;
-mod bench_node;
-mod bench_platform;
-mod bench_reuse;
-mod bench_swarm;
-mod bench_sync;
-mod bench_tracker;
 mod bot;
 mod content_cmd;
 mod demo;
 mod demo_netcode;
-mod modes;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,11 +40,6 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// A bot player that joins a room on a node, exchanges messages, and prints a JSON report.
     Bot(bot::BotArgs),
-    /// Benchmarks (results are ratios against a baseline measured in the same run).
-    Bench {
-        #[command(subcommand)]
-        which: bench::BenchCmd,
-    },
     /// Game builds: keygen, publish to a node, fetch and install.
     Content {
         #[command(subcommand)]
@@ -324,7 +311,9 @@ async fn main() -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            let node = Node::start_with(cfg, Some(std::sync::Arc::new(modes::Modes))).await?;
+            let node =
+                Node::start_with(cfg, Some(std::sync::Arc::new(volley_server::modes::Modes)))
+                    .await?;
             println!(
                 "volley node: http://{} quic {} fingerprint {}",
                 node.http_addr,
@@ -342,7 +331,6 @@ async fn main() -> anyhow::Result<()> {
             init_tracing_quiet();
             bot::run(args).await
         }
-        Cmd::Bench { which } => bench::run(which).await,
         Cmd::Content { which } => {
             init_tracing_quiet();
             content_cmd::run(which).await

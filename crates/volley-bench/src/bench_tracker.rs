@@ -1,4 +1,4 @@
-//! `volley bench tracker`: announces per second and their latency through the node's tracker
+//! `volley-bench tracker`: announces per second and their latency through the node's tracker
 //! (in memory, and in Redis as a cluster runs it) next to opentracker, a BitTorrent tracker in
 //! C, each answering the same load in the same run: a swarm of `--peers` entries, `--clients`
 //! announcing in a loop, each answer up to 50 peers.
@@ -96,7 +96,7 @@ async fn volley_row(args: &TrackerArgs, redis: Option<&str>) -> anyhow::Result<R
     let quic = std::net::UdpSocket::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let mut cmd = Command::new(std::env::current_exe()?);
+    let mut cmd = Command::new(crate::volley_exe()?);
     cmd.args(["serve", "--data-dir"])
         .arg(dir.path())
         .args(["--http-addr", &format!("127.0.0.1:{http}")])

@@ -1,4 +1,4 @@
-//! `volley bench snapshot`: snapshot bytes for the real arena game with bots, next to a naive
+//! `volley-bench snapshot`: snapshot bytes for the real arena game with bots, next to a naive
 //! full-state encoding of the same world in the same run.
 
 use std::collections::{HashMap, VecDeque};

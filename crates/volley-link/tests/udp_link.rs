@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
-use volley_testkit::udp_link::UdpLinkEmulator;
-use volley_testkit::LinkProfile;
+use volley_link::udp_link::UdpLinkEmulator;
+use volley_link::LinkProfile;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 

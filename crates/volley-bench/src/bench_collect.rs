@@ -1,4 +1,4 @@
-//! `volley bench collect`: withdrawing old versions from a node and collecting their chunks,
+//! `volley-bench collect`: withdrawing old versions from a node and collecting their chunks,
 //! next to the physical limit of the rewrite (copying the bytes the collection kept and moved,
 //! with one flush) and the ideal disk footprint (the bytes the kept versions reference).
 //!
@@ -126,7 +126,7 @@ pub(crate) async fn run(args: CollectArgs) -> anyhow::Result<()> {
             && (1..=10).contains(&args.rounds),
         "--files 1..=256, --versions 2..=32, --rewrite 1..=files, --rounds 1..=10"
     );
-    let exe = std::env::current_exe()?;
+    let exe = crate::volley_exe()?;
     let tmp = tempfile::tempdir()?;
     let work = tmp.path();
     let per = (args.mib << 20) / args.files;

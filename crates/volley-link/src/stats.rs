@@ -1,4 +1,5 @@
-//! Packet counters shared by the emulators.
+//! Packet counters shared by the emulators: [`DirectionStats`] as seen by a caller, and the live
+//! [`DirectionCounters`] an emulator (here or in another crate) updates as packets pass.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -37,7 +38,7 @@ impl DirectionStats {
 
 /// Lock-free live counters behind [`DirectionStats`].
 #[derive(Debug, Default)]
-pub(crate) struct DirectionCounters {
+pub struct DirectionCounters {
     packets_in: AtomicU64,
     bytes_in: AtomicU64,
     packets_out: AtomicU64,
@@ -51,9 +52,12 @@ pub(crate) struct DirectionCounters {
 
 /// Why an emulator (not the model) dropped a packet.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum EmulatorDrop {
+pub enum EmulatorDrop {
+    /// The link was blackholed, on entry or while the packet was in flight.
     Blackhole,
+    /// The emulator's own bound on packets in flight was reached.
     Queue,
+    /// The packet could not be written at the far end.
     Error,
 }
 
@@ -63,18 +67,20 @@ fn bump(counter: &AtomicU64, by: u64) {
 }
 
 impl DirectionCounters {
-    pub(crate) fn received(&self, len: usize) {
+    /// Counts a packet of `len` bytes entering the link.
+    pub fn received(&self, len: usize) {
         bump(&self.packets_in, 1);
         bump(&self.bytes_in, len as u64);
     }
 
-    pub(crate) fn delivered(&self, len: usize) {
+    /// Counts a packet (or copy) of `len` bytes delivered at the far end.
+    pub fn delivered(&self, len: usize) {
         bump(&self.packets_out, 1);
         bump(&self.bytes_out, len as u64);
     }
 
     /// Records what the model decided (loss or duplication).
-    pub(crate) fn verdict(&self, verdict: &Verdict) {
+    pub fn verdict(&self, verdict: &Verdict) {
         match verdict {
             Verdict::Drop(DropReason::QueueFull) => bump(&self.dropped_queue, 1),
             Verdict::Drop(_) => bump(&self.dropped_loss, 1),
@@ -83,7 +89,8 @@ impl DirectionCounters {
         }
     }
 
-    pub(crate) fn dropped(&self, why: EmulatorDrop) {
+    /// Counts a packet the emulator itself dropped.
+    pub fn dropped(&self, why: EmulatorDrop) {
         let counter = match why {
             EmulatorDrop::Blackhole => &self.dropped_blackhole,
             EmulatorDrop::Queue => &self.dropped_queue,
@@ -92,7 +99,8 @@ impl DirectionCounters {
         bump(counter, 1);
     }
 
-    pub(crate) fn snapshot(&self) -> DirectionStats {
+    /// The counters as they are now.
+    pub fn snapshot(&self) -> DirectionStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         DirectionStats {
             packets_in: get(&self.packets_in),
@@ -110,7 +118,7 @@ impl DirectionCounters {
 
 /// Derives independent per-direction / per-client seeds from one user seed (splitmix64), so
 /// that two directions with the same profile do not lose the same packets.
-pub(crate) fn derive_seed(seed: u64, stream: u64) -> u64 {
+pub fn derive_seed(seed: u64, stream: u64) -> u64 {
     let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

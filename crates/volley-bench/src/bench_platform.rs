@@ -1,10 +1,10 @@
 //! Platform benchmarks, each next to its physical floor measured in the same run:
 //!
-//! - `volley bench auth`: register and login requests/s through the node's HTTP API, next to
+//! - `volley-bench auth`: register and login requests/s through the node's HTTP API, next to
 //!   the Argon2id hashes/s this box can do (one core, and all cores) with the same parameters.
-//! - `volley bench matchmaker`: time to process 1k/10k/100k tickets (and with unmatchable
+//! - `volley-bench matchmaker`: time to process 1k/10k/100k tickets (and with unmatchable
 //!   ones), next to a plain sort of the same tickets by skill.
-//! - `volley bench chat`: chat messages and deliveries per second through one node (next to the
+//! - `volley-bench chat`: chat messages and deliveries per second through one node (next to the
 //!   raw insert rate of its database) and across two nodes over NATS (next to raw NATS
 //!   publish/subscribe of the same deliveries).
 

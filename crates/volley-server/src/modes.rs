@@ -1,20 +1,23 @@
-//! The game modes `volley serve` and `volley demo` offer rooms: the demo arena under
-//! authoritative snapshots (`snapshot`), and under rollback with the node as referee
-//! (`rollback`).
+//! Game modes a node can offer rooms: the demo arena (`volley_sync::arena`) under authoritative
+//! snapshots (`snapshot`, and `snapshot-interest` with interest management), and under rollback
+//! with the node as referee (`rollback`).
+//!
+//! [`Modes`] is the [`LogicFactory`] that `volley serve` and `volley demo` pass to
+//! [`Node::start_with`](crate::Node::start_with); a program embedding the node can pass it too.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::logic::{LogicFactory, Outgoing, RoomLogic, Target};
 use volley_proto::PlayerId;
-use volley_server::logic::{LogicFactory, Outgoing, RoomLogic, Target};
 use volley_sync::arena::Arena;
 use volley_sync::game::Slot;
 use volley_sync::netplay::{SnapshotHost, Start};
 
 /// Simulation rate of the arena on the node.
-pub(crate) const TICK_HZ: u8 = 60;
+pub const TICK_HZ: u8 = 60;
 /// Frames between snapshots (30 Hz snapshots).
-pub(crate) const SNAPSHOT_EVERY: u8 = 2;
+pub const SNAPSHOT_EVERY: u8 = 2;
 /// Tick durations kept for percentiles.
 const TICK_SAMPLES_MAX: usize = 4096;
 
@@ -155,8 +158,9 @@ impl RoomLogic for SnapshotRoom {
     }
 }
 
-/// The modes this binary's node offers.
-pub(crate) struct Modes;
+/// The arena modes: `snapshot`, `snapshot-interest` and `rollback` (2-16 players).
+#[derive(Debug)]
+pub struct Modes;
 
 impl LogicFactory for Modes {
     fn modes(&self) -> Vec<String> {

@@ -44,7 +44,7 @@ pub(crate) enum BenchCmd {
     Collect(crate::bench_collect::CollectArgs),
     /// Announces/s and latency: the node's tracker in memory and in Redis next to opentracker.
     Tracker(crate::bench_tracker::TrackerArgs),
-    /// The baseline forwarder `bench node` runs in a child process.
+    /// The baseline forwarder `node` runs in a child process.
     #[command(hide = true)]
     UdpForwarder,
 }

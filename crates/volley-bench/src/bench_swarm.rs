@@ -1,4 +1,4 @@
-//! `volley bench swarm`: one origin and N peers, every upload capped, delivering one build.
+//! `volley-bench swarm`: one origin and N peers, every upload capped, delivering one build.
 //!
 //! Side by side in one run, with the same caps and the same build:
 //! - Volley's swarm: a node (the origin, capped) and N `volley content fetch --swarm`
@@ -597,7 +597,7 @@ fn table_row(r: &Row) -> String {
 
 pub(crate) async fn run(args: SwarmArgs) -> anyhow::Result<()> {
     if let Some(big) = args.memory_mib {
-        let exe = std::env::current_exe()?;
+        let exe = crate::volley_exe()?;
         let tmp = tempfile::tempdir()?;
         let work = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
         let (small_kib, small_s) = fetch_peak_kib(&exe, &work, args.mib).await?;
@@ -612,7 +612,7 @@ pub(crate) async fn run(args: SwarmArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let exe = std::env::current_exe()?;
+    let exe = crate::volley_exe()?;
     let tmp;
     let work = match &args.dir {
         Some(d) => d.clone(),

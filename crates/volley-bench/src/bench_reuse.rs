@@ -1,4 +1,4 @@
-//! `volley bench reuse`: installing a version next to a copy of the previous one that no
+//! `volley-bench reuse`: installing a version next to a copy of the previous one that no
 //! manifest describes (`fetch --reuse-from`), side by side with casync (`extract --seed`, the
 //! same job: re-chunk a seed directory, fetch only the chunks it lacks over HTTP), against the
 //! physical limits: reading and hashing every seed byte once on every core, and the changed
@@ -230,7 +230,7 @@ pub(crate) async fn run(args: ReuseArgs) -> anyhow::Result<()> {
     if casync && !(have("casync") && have("python3")) {
         bail!("casync and python3 are needed (scripts/bench-deps.sh), or pass --skip-casync");
     }
-    let exe = std::env::current_exe()?;
+    let exe = crate::volley_exe()?;
     let tmp = tempfile::tempdir()?;
     let work = tmp.path();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

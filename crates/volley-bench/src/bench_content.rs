@@ -1,4 +1,4 @@
-//! `volley bench content`: chunking speed next to raw BLAKE3, and the bytes an update moves for
+//! `volley-bench content`: chunking speed next to raw BLAKE3, and the bytes an update moves for
 //! several average chunk sizes next to fixed-size chunks and the ideal.
 
 use std::collections::HashSet;

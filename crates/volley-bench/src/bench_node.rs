@@ -1,4 +1,4 @@
-//! `volley bench node`: node CPU per relayed client packet, the node in its own process, next to
+//! `volley-bench node`: node CPU per relayed client packet, the node in its own process, next to
 //! a minimal userspace UDP forwarder (no crypto, no rooms) handling the same packet rate in the
 //! same run.
 
@@ -38,8 +38,7 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((utime + stime) / hz.max(1.0))
 }
 
-fn spawn_child(args: &[&str]) -> anyhow::Result<(Killed, String)> {
-    let exe = std::env::current_exe()?;
+fn spawn_child(exe: &std::path::Path, args: &[&str]) -> anyhow::Result<(Killed, String)> {
     let mut child = Command::new(exe)
         .args(args)
         .stdout(Stdio::piped())
@@ -80,23 +79,26 @@ struct NodeRow {
 async fn volley_run(clients: usize, hz: u32, secs: f64) -> anyhow::Result<(u64, f64)> {
     let data = tempfile::tempdir()?;
     let dir = data.path().to_string_lossy().into_owned();
-    let (child, line) = spawn_child(&[
-        "serve",
-        "--data-dir",
-        &dir,
-        "--http-addr",
-        "127.0.0.1:0",
-        "--quic-addr",
-        "127.0.0.1:0",
-        "--connects-per-ip-burst",
-        "100000",
-        "--connects-per-ip-per-s",
-        "100000",
-        "--logins-per-ip-per-s",
-        "100000",
-        "--logins-per-ip-burst",
-        "100000",
-    ])?;
+    let (child, line) = spawn_child(
+        &crate::volley_exe()?,
+        &[
+            "serve",
+            "--data-dir",
+            &dir,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--quic-addr",
+            "127.0.0.1:0",
+            "--connects-per-ip-burst",
+            "100000",
+            "--connects-per-ip-per-s",
+            "100000",
+            "--logins-per-ip-per-s",
+            "100000",
+            "--logins-per-ip-burst",
+            "100000",
+        ],
+    )?;
     let http = line
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
@@ -194,7 +196,7 @@ async fn volley_run(clients: usize, hz: u32, secs: f64) -> anyhow::Result<(u64, 
 }
 
 async fn forwarder_run(clients: usize, hz: u32, secs: f64) -> anyhow::Result<(u64, f64)> {
-    let (child, line) = spawn_child(&["bench", "udp-forwarder"])?;
+    let (child, line) = spawn_child(&std::env::current_exe()?, &["udp-forwarder"])?;
     let addr: std::net::SocketAddr = line.trim().parse().context("forwarder address")?;
     let pid = child.0.id();
     let mut socks = Vec::new();
@@ -238,7 +240,7 @@ async fn forwarder_run(clients: usize, hz: u32, secs: f64) -> anyhow::Result<(u6
     Ok((sent, cpu))
 }
 
-/// `volley bench udp-forwarder`: the baseline. Forwards each datagram to the loopback port in its
+/// `volley-bench udp-forwarder`: the baseline. Forwards each datagram to the loopback port in its
 /// first two bytes. Prints its address, runs until killed.
 pub(crate) async fn udp_forwarder() -> anyhow::Result<()> {
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;

@@ -82,9 +82,9 @@ struct Shared {
 /// the same and waits for it.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), volley_testkit::udp_link::UdpLinkError> {
-/// use volley_testkit::impair::LinkProfile;
-/// use volley_testkit::udp_link::UdpLinkEmulator;
+/// # async fn demo() -> Result<(), volley_link::udp_link::UdpLinkError> {
+/// use volley_link::impair::LinkProfile;
+/// use volley_link::udp_link::UdpLinkEmulator;
 /// let server = "127.0.0.1:4433".parse().unwrap();
 /// let wifi = LinkProfile::by_name("wifi").unwrap();
 /// let link = UdpLinkEmulator::start("127.0.0.1:0".parse().unwrap(), server, wifi, wifi, 1).await?;

@@ -3,7 +3,7 @@
 //! [`Impairment`] takes `now` and a packet length and answers with a [`Verdict`]: drop the
 //! packet, deliver it at one time, or deliver it twice. It never reads a clock and never touches
 //! a socket, so the same seed and the same inputs always give the same verdicts; the emulators in
-//! [`crate::udp_link`] and [`crate::tun_link`] wrap it with real time and real packets.
+//! [`crate::udp_link`] and `volley_testkit::tun_link` wrap it with real time and real packets.
 //!
 //! A [`LinkProfile`] describes ONE direction of a link. A round trip through an emulator crosses
 //! two independent impairments, so a profile with `delay_ms = 45` gives a 90 ms round trip.
@@ -110,7 +110,7 @@ impl LinkProfile {
     /// Returns the named profile, or `None` for an unknown name. See [`LinkProfile::names`].
     ///
     /// ```
-    /// use volley_testkit::impair::LinkProfile;
+    /// use volley_link::impair::LinkProfile;
     /// let p = LinkProfile::by_name("weak-4g").unwrap();
     /// assert_eq!(p.delay_ms, 45.0); // one way: 90 ms round trip
     /// ```
