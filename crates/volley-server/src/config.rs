@@ -45,7 +45,7 @@ pub struct NodeConfig {
     pub players_max: usize,
     /// Retry policy for new QUIC connections.
     pub retry: RetryPolicy,
-    /// With [`RetryPolicy::UnderLoad`]: handshakes in progress before Retry kicks in.
+    /// With `retry = "under-load"`: handshakes in progress before Retry kicks in.
     pub handshakes_before_retry: usize,
     /// Handshakes in progress beyond which new connections are refused outright.
     pub handshakes_max: usize,
@@ -256,6 +256,25 @@ impl NodeConfig {
     }
 }
 
+/// Words of `text` in lines of at most `width` characters (a longer word has a line of its own).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
 /// What replaces a secret in printed configuration.
 pub const REDACTED: &str = "<redacted>";
 
@@ -323,9 +342,9 @@ impl NodeConfig {
                 .unwrap_or_default()
         };
         let comment = |out: &mut String, key: &str| {
-            for line in describe(key).lines() {
+            for line in wrap(&describe(key), 94) {
                 out.push_str("# ");
-                out.push_str(line);
+                out.push_str(&line);
                 out.push('\n');
             }
         };

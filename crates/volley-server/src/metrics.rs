@@ -194,7 +194,7 @@ impl HttpMetrics {
             );
             line(
                 out,
-                "volley_http_request_duration_seconds_count{{{labels}}} {cumulative}",
+                &format!("volley_http_request_duration_seconds_count{{{labels}}} {cumulative}"),
             );
         }
     }
