@@ -8,4 +8,7 @@ scripts/setup.sh
 scripts/services.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# No crate's modules import each other in a cycle.
+python3 scripts/module-cycles.py --self-test
+python3 scripts/module-cycles.py crates
 cargo test --workspace --locked -- --test-threads "${VOLLEY_TEST_THREADS:-4}"

@@ -16,7 +16,7 @@ pub(crate) enum BenchCmd {
     /// Small-message RTT and one-way rate: raw UDP, raw QUIC (quinn), Volley direct, Volley relayed.
     Transport(TransportArgs),
     /// Node CPU per relayed client packet with N clients at a fixed rate, node in its own process.
-    Node(NodeArgs),
+    Node(crate::bench_node::NodeArgs),
     /// Snapshot bytes per changed entity for the arena with bots, next to a naive encoding.
     Snapshot(crate::bench_sync::SnapshotArgs),
     /// Register and login requests/s through the API next to the Argon2id floor of this box.
@@ -60,22 +60,6 @@ pub(crate) struct TransportArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(clap::Args, Debug)]
-pub(crate) struct NodeArgs {
-    /// Client counts to measure (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "64,256")]
-    pub(crate) clients: Vec<usize>,
-    /// Packets per second each client sends.
-    #[arg(long, default_value_t = 60)]
-    pub(crate) hz: u32,
-    /// Seconds measured per client count.
-    #[arg(long, default_value_t = 5.0)]
-    pub(crate) duration_s: f64,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub(crate) json: bool,
 }
 
 const MSG_BYTES: usize = 64;
@@ -446,5 +430,3 @@ pub(crate) async fn run(which: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::UdpForwarder => crate::bench_node::udp_forwarder().await,
     }
 }
-
-pub(crate) use NodeArgs as NodeBenchArgs;

@@ -12,8 +12,6 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use volley_client::{Api, Client, ClientConfig, Session};
 
-use crate::bench::NodeBenchArgs;
-
 /// Players per room in the benchmark (every packet goes to one peer in the room).
 const ROOM_PLAYERS: usize = 8;
 const PACKET_BYTES: usize = 64;
@@ -260,7 +258,23 @@ pub(crate) async fn udp_forwarder() -> anyhow::Result<()> {
     }
 }
 
-pub(crate) async fn run(args: NodeBenchArgs) -> anyhow::Result<()> {
+#[derive(clap::Args, Debug)]
+pub(crate) struct NodeArgs {
+    /// Client counts to measure (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "64,256")]
+    pub(crate) clients: Vec<usize>,
+    /// Packets per second each client sends.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) hz: u32,
+    /// Seconds measured per client count.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) duration_s: f64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if args.hz == 0 || args.hz > 1000 || !(0.5..=120.0).contains(&args.duration_s) {
         bail!("--hz must be 1..=1000 and --duration-s 0.5..=120");
     }
