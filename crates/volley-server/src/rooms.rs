@@ -113,10 +113,11 @@ impl Rooms {
         let room = Arc::new(Room::new(id, max));
         if let (Some(logic), Some(mode)) = (logic, mode) {
             let (tx, report) = crate::logic::spawn(&room, logic, self.metrics.clone());
-            // A fresh room: its cells are empty, so neither set can fail.
+            // dropped: a fresh room's cells are empty, so neither set can fail.
             let _ = room.logic.set((mode.to_owned(), tx, report));
         }
         if let Some(r) = reserved {
+            // dropped: as above.
             let _ = room.reserved.set(r);
         }
         rooms.insert(id, room.clone());

@@ -55,6 +55,9 @@ pub(crate) struct Outcome {
     pub(crate) tracks: HashMap<PlayerId, Track>,
     pub(crate) seen: Vec<Seen>,
     pub(crate) closed: Option<String>,
+    /// Unreliable broadcasts the session refused (no path yet, or closing): reported, not
+    /// hidden.
+    pub(crate) unreliable_refused: u64,
 }
 
 /// A reliable event carries its number first, so the receiver can check order and gaps.
@@ -150,7 +153,9 @@ pub(crate) async fn drive(
                     n += 1;
                     let mut state = vec![0u8; 48];
                     state[..8].copy_from_slice(&n.to_be_bytes());
-                    let _ = session.broadcast_unreliable(&state);
+                    if session.broadcast_unreliable(&state).is_err() {
+                        out.unreliable_refused += 1;
+                    }
                     if n.is_multiple_of(3) && session.broadcast_reliable(&event_payload(events_sent)).is_ok() {
                         events_sent += 1;
                     }
@@ -225,6 +230,7 @@ struct BotReport {
     peers: Vec<BotPeer>,
     seen: Vec<Seen>,
     closed: Option<String>,
+    unreliable_refused: u64,
 }
 
 /// `volley bot`: joins a room on a node and prints a JSON report when done.
@@ -303,6 +309,7 @@ pub(crate) async fn run(args: BotArgs) -> anyhow::Result<()> {
         peers,
         seen: out.seen,
         closed: out.closed,
+        unreliable_refused: out.unreliable_refused,
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

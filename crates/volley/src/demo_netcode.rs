@@ -190,7 +190,9 @@ pub(crate) async fn run_snapshot(
                 .find(|e| e.kind == KIND_PLAYER)
                 .map(|_| i as u16);
             let input = view_bot(me.unwrap_or(i as u16), &view, n + i as u64);
-            let _ = b.frame(input);
+            if b.frame(input).is_err() {
+                disconnected[i] = true;
+            }
         }
         if !json && start.elapsed() >= next_print {
             next_print += Duration::from_secs(1);
@@ -395,7 +397,9 @@ pub(crate) async fn run_rollback(
                 continue;
             }
             let brain = &mut brains[i];
-            let _ = b.frame(|g| brain.input(g));
+            if b.frame(|g| brain.input(g)).is_err() {
+                disconnected[i] = true;
+            }
         }
         if !json && start.elapsed() >= next_print {
             next_print += Duration::from_secs(1);
@@ -421,9 +425,10 @@ pub(crate) async fn run_rollback(
     while settle.elapsed() < Duration::from_millis(600) {
         frame.tick().await;
         for (i, b) in bots.iter_mut().enumerate() {
-            let _ = b.poll();
             let brain = &mut brains[i];
-            let _ = b.frame(|g| brain.input(g));
+            if b.poll().is_err() || b.frame(|g| brain.input(g)).is_err() {
+                disconnected[i] = true;
+            }
         }
     }
     let secs = start.elapsed().as_secs_f64();

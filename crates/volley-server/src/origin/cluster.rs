@@ -234,7 +234,14 @@ async fn prefetch(origin: Arc<Origin>, game: String, key: String, m: Manifest) {
         .filter(|h| seen.insert(*h))
         .collect();
     drop((m, seen));
-    let s = origin.writable_store(&game).await.ok();
+    // Without the local store every chunk is simply asked for (and kept if it can be).
+    let s = match origin.writable_store(&game).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(game, error = %e, "prefetch: cannot open the local store");
+            None
+        }
+    };
     let mut pulls = futures_util::stream::iter(hashes)
         .map(|hash| {
             let (origin, game, s) = (&origin, &game, s.clone());
