@@ -9,8 +9,9 @@ use volley_proto::api::{
 use volley_proto::api::{
     BoardDef, BoardRecord, BonusCode, ChainResult, Gift, GrantRequest, MintItemRequest, MintedItem,
     PurchaseRequest, RankReply, RedeemRequest, Redemption, ScoreReply, ScoreRequest, StoreItem,
-    TransferRecord, WalletView,
+    TransferPage, WalletView,
 };
+use volley_proto::api::{ClientEvent, HeldPage};
 use volley_proto::api::{PeerAnnounce, SwarmPeers};
 use volley_proto::Fingerprint;
 
@@ -279,7 +280,7 @@ impl Api {
         &self,
         before: Option<i64>,
         limit: usize,
-    ) -> Result<Vec<TransferRecord>, Error> {
+    ) -> Result<TransferPage, Error> {
         let mut q = vec![("limit", limit.to_string())];
         if let Some(b) = before {
             q.push(("before", b.to_string()));
@@ -467,6 +468,27 @@ impl Api {
     }
 
     /// A POST carrying the studio's server key.
+    /// Transfers held for review, oldest first (server key): a page of at most `limit` after
+    /// `after` (a previous page's `next_after`).
+    pub async fn held(
+        &self,
+        server_key: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<HeldPage, Error> {
+        let mut q = vec![("limit", limit.to_string())];
+        if let Some(a) = after {
+            q.push(("after", a.to_owned()));
+        }
+        self.call(
+            self.http
+                .get(self.url("/v1/admin/held"))
+                .header("x-volley-server-key", server_key)
+                .query(&q),
+        )
+        .await
+    }
+
     fn admin_post(&self, server_key: &str, path: &str) -> reqwest::RequestBuilder {
         self.http
             .post(self.url(path))
@@ -616,6 +638,18 @@ impl Events {
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Sends the node a message on the stream: a chat message or a presence status. A refused
+    /// one comes back as an [`Event::Error`].
+    pub async fn send(&mut self, msg: &ClientEvent) -> Result<(), Error> {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let text = serde_json::to_string(msg).map_err(|e| Error::Http(format!("events: {e}")))?;
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .map_err(|e| Error::Http(format!("events: {e}")))
     }
 
     /// Closes the stream.

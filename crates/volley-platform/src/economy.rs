@@ -15,7 +15,7 @@ use sqlx::Row;
 use crate::ledger::{AccountRef, ChainResult, Transfer, SYSTEM};
 
 use crate::{now_ms, AccountId, ErrorKind, Platform, PlatformError};
-pub use volley_proto::api::{BonusCode, Gift, Redemption, StoreItem};
+pub use volley_proto::api::{BonusCode, Gift, HeldPage, HeldTransfer, Redemption, StoreItem};
 
 /// Where a request came from, as far as fraud scoring is concerned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -326,7 +326,7 @@ impl Platform {
             ));
         }
         let chain = self.redemption_chain(player, code, id, &currency, amount)?;
-        self.prepare_redemption(player, code).await?;
+        let per_player = self.prepare_redemption(player, code).await?;
         // A retry of an applied redemption answers at once, without scoring again.
         if self
             .transfer_exists(&format!("{player}:{}", chain[0].id))
@@ -335,6 +335,22 @@ impl Platform {
             return Ok(Redemption::Redeemed {
                 chain: self.transfer_chain(&player.to_string(), &chain).await?,
             });
+        }
+        // A redemption that cannot succeed is refused as such before any fraud scoring: a
+        // player over the code's limit is told so, not held for review.
+        let uses = format!("uses:{}", code.to_ascii_lowercase());
+        let used = self.balance(&chain[0].credit, &uses).await?;
+        if used >= per_player {
+            return Err(PlatformError::conflict(
+                "already_redeemed",
+                "you have redeemed this code as often as it allows",
+            ));
+        }
+        if self.balance(&chain[0].debit, &uses).await? <= 0 {
+            return Err(PlatformError::conflict(
+                "code_exhausted",
+                "this code has no redemptions left",
+            ));
         }
         let (score, reasons) = self.fraud_score(player, origin, rules).await?;
         self.fraud_event(player, origin, "redeem").await?;
@@ -410,12 +426,12 @@ impl Platform {
     }
 
     /// Before a player's first redemption of `code`, its used-count account gets the code's
-    /// per-player limit as its upper bound.
+    /// per-player limit as its upper bound. Returns that limit.
     pub(crate) async fn prepare_redemption(
         &self,
         player: AccountId,
         code: &str,
-    ) -> Result<(), PlatformError> {
+    ) -> Result<i64, PlatformError> {
         let row = sqlx::query("SELECT per_player_limit FROM bonus_codes WHERE code = $1")
             .bind(code)
             .fetch_optional(self.db().reader())
@@ -431,27 +447,67 @@ impl Platform {
             Some((0, limit)),
         )
         .await?;
-        Ok(())
+        Ok(limit)
     }
 
-    /// Held redemptions awaiting review: (id, player, score, reasons).
+    /// The first 100 held transfers awaiting review: (id, player, score, reasons). See
+    /// [`Platform::held_page`] for all of them.
     pub async fn held(&self) -> Result<Vec<(String, AccountId, f64, String)>, PlatformError> {
+        Ok(self
+            .held_page(None, 100)
+            .await?
+            .held
+            .into_iter()
+            .map(|h| (h.id, h.player_id, h.score, h.reasons))
+            .collect())
+    }
+
+    /// Held transfers awaiting review, oldest first: at most `limit` (<= 100) after the cursor
+    /// `after` (a previous page's `next_after`), and the next page's cursor when there is one.
+    pub async fn held_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<HeldPage, PlatformError> {
+        let limit = limit.clamp(1, 100);
+        let (after_ms, after_id) = match after {
+            None => (i64::MIN, String::new()),
+            Some(c) => c
+                .split_once(':')
+                .and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id.to_owned())))
+                .ok_or_else(|| {
+                    PlatformError::bad("bad_cursor", "after: pass a page's next_after as it is")
+                })?,
+        };
         let rows = sqlx::query(
-            "SELECT id, account_id, score, reasons FROM held_transfers WHERE state = 0 ORDER BY created_ms LIMIT 100",
+            "SELECT id, account_id, score, reasons, created_ms FROM held_transfers \
+             WHERE state = 0 AND (created_ms > $1 OR (created_ms = $1 AND id > $2)) \
+             ORDER BY created_ms, id LIMIT $3",
         )
+        .bind(after_ms)
+        .bind(after_id)
+        .bind(limit as i64 + 1)
         .fetch_all(self.db().reader())
         .await?;
-        rows.into_iter()
+        let mut held = rows
+            .into_iter()
             .map(|r| {
-                Ok((
-                    r.try_get("id")?,
-                    r.try_get::<i64, _>("account_id")? as AccountId,
-                    r.try_get("score")?,
-                    r.try_get("reasons")?,
-                ))
+                Ok(HeldTransfer {
+                    id: r.try_get("id")?,
+                    player_id: r.try_get::<i64, _>("account_id")? as AccountId,
+                    score: r.try_get("score")?,
+                    reasons: r.try_get("reasons")?,
+                    created_ms: r.try_get("created_ms")?,
+                })
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(Into::into)
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let next_after = if held.len() > limit {
+            held.truncate(limit);
+            held.last().map(|h| format!("{}:{}", h.created_ms, h.id))
+        } else {
+            None
+        };
+        Ok(HeldPage { held, next_after })
     }
 
     /// Approves (applies) or rejects a held transfer.

@@ -27,7 +27,9 @@ use sqlx::Row;
 
 use crate::{now_ms, AccountId, ErrorKind, Platform, PlatformError};
 
-pub use volley_proto::api::{AccountRef, Balance, ChainResult, TransferRecord, SYSTEM};
+pub use volley_proto::api::{
+    AccountRef, Balance, ChainResult, TransferPage, TransferRecord, SYSTEM,
+};
 
 /// One transfer request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -453,6 +455,37 @@ impl Platform {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<TransferRecord>, PlatformError> {
+        self.history_rows(owner, before, limit.clamp(1, 100)).await
+    }
+
+    /// A page of `owner`'s transfers, newest first, with `seq < before`: at most `limit`
+    /// (<= 100), and the cursor of the next page when there is one.
+    pub async fn ledger_page(
+        &self,
+        owner: AccountId,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<TransferPage, PlatformError> {
+        let limit = limit.clamp(1, 100);
+        let mut transfers = self.history_rows(owner, before, limit + 1).await?;
+        let next_before = if transfers.len() > limit {
+            transfers.truncate(limit);
+            transfers.last().map(|t| t.seq)
+        } else {
+            None
+        };
+        Ok(TransferPage {
+            transfers,
+            next_before,
+        })
+    }
+
+    async fn history_rows(
+        &self,
+        owner: AccountId,
+        before: Option<i64>,
+        rows: usize,
+    ) -> Result<Vec<TransferRecord>, PlatformError> {
         let rows = sqlx::query(
             "SELECT t.seq, t.id, t.chain, t.currency, t.amount, t.kind, t.item_id, t.created_ms, \
              d.owner_id AS d_owner, d.name AS d_name, c.owner_id AS c_owner, c.name AS c_name \
@@ -462,7 +495,7 @@ impl Platform {
         )
         .bind(owner as i64)
         .bind(before.unwrap_or(i64::MAX))
-        .bind(limit.clamp(1, 100) as i64)
+        .bind(rows as i64)
         .fetch_all(self.db().reader())
         .await?;
         rows.into_iter()
@@ -660,14 +693,16 @@ pub(crate) fn map_chain_error(e: &sqlx::Error) -> Option<PlatformError> {
     };
     let rest = m.strip_prefix("volley:")?;
     let (what, id) = rest.split_once(':')?;
+    // Ledger account ids are internal: they are logged, never shown.
+    tracing::debug!(refused = what, at = id, "transfer chain refused");
     Some(match what {
         "insufficient_funds" => PlatformError::conflict(
             "insufficient_funds",
-            format!("{id}: the chain would take it below its bound"),
+            "not enough funds: this would take a balance below what it may hold",
         ),
         "over_limit" => PlatformError::conflict(
             "over_limit",
-            format!("{id}: the chain would take it above its bound"),
+            "this would take a balance above what it may hold",
         ),
         _ => PlatformError::conflict(
             "not_owner",

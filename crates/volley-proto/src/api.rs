@@ -278,6 +278,39 @@ pub struct ChatPage {
     pub next_before: Option<i64>,
 }
 
+/// `GET /v1/wallet/history`: transfers touching the caller, newest first.
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize, PartialEq)]
+pub struct TransferPage {
+    /// Transfers, newest first.
+    pub transfers: Vec<TransferRecord>,
+    /// Pass as `before` for the next (older) page; absent at the end.
+    pub next_before: Option<i64>,
+}
+
+/// A transfer chain held for review by the fraud checks.
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize, PartialEq)]
+pub struct HeldTransfer {
+    /// The held chain's id (`<player>:<client id>`), for approve and reject.
+    pub id: String,
+    /// The player it would pay.
+    pub player_id: u64,
+    /// The fraud score that held it.
+    pub score: f64,
+    /// Why, for the reviewer.
+    pub reasons: String,
+    /// When it was held, ms since the Unix epoch.
+    pub created_ms: i64,
+}
+
+/// `GET /v1/admin/held`: held transfers, oldest first.
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize, PartialEq)]
+pub struct HeldPage {
+    /// Held transfers, oldest first.
+    pub held: Vec<HeldTransfer>,
+    /// Pass as `after` for the next page; absent at the end.
+    pub next_after: Option<String>,
+}
+
 /// A player's presence.
 #[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Presence {

@@ -946,11 +946,18 @@ async fn economy_and_leaderboards_through_the_sdk() {
     assert_eq!(gold(&bw), 25);
     assert!(alice.wallet().await.unwrap().items.is_empty());
     assert_eq!(gold(&alice.wallet().await.unwrap()), 35);
-    let h = alice.wallet_history(None, 10).await.unwrap();
+    let h = alice.wallet_history(None, 10).await.unwrap().transfers;
     assert!(h.len() >= 4, "{h:?}");
     assert!(h.windows(2).all(|p| p[0].seq > p[1].seq), "newest first");
     let older = alice.wallet_history(Some(h[1].seq), 10).await.unwrap();
-    assert_eq!(older[0], h[2]);
+    assert_eq!(older.transfers[0], h[2]);
+    // Pages chain by their cursor and end without one.
+    let first = alice.wallet_history(None, 2).await.unwrap();
+    assert_eq!(first.transfers.len(), 2);
+    let next = first.next_before.expect("more pages");
+    let second = alice.wallet_history(Some(next), 100).await.unwrap();
+    assert_eq!(second.transfers[0], h[2]);
+    assert_eq!(second.next_before, None);
     // Overspending is refused, not wrapped.
     assert!(alice
         .gift(&Gift::new("too-much", b, "gold", 36, None))

@@ -6,11 +6,13 @@ use aide::axum::ApiRouter;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use schemars::JsonSchema;
+use serde::Deserialize;
 use volley_platform::economy::{BonusCode, StoreItem};
-use volley_proto::api::{ChainResult, GrantRequest, MintItemRequest, MintedItem};
+use volley_proto::api::{ChainResult, GrantRequest, HeldPage, MintItemRequest, MintedItem};
 
 use super::error::Error;
-use super::extract::{Body, Path, ServerKey};
+use super::extract::{Body, Path, Query, ServerKey};
 use super::{doc, AppState, NoContent};
 
 /// Longest `kind` a grant may be labelled with.
@@ -54,7 +56,10 @@ pub(super) fn routes() -> ApiRouter<AppState> {
         )
         .api_route(
             "/v1/admin/held",
-            get_with(held, doc("Transfers held for review")),
+            get_with(
+                held,
+                doc("Transfers held for review, oldest first (query: after, limit <= 100)"),
+            ),
         )
         .api_route(
             "/v1/admin/held/{id}/approve",
@@ -151,9 +156,26 @@ async fn create_code(
     Ok((StatusCode::CREATED, NoContent))
 }
 
-async fn held(State(api): State<AppState>, _: ServerKey) -> Result<Json<serde_json::Value>, Error> {
-    let rows = api.platform.held().await?;
-    Ok(Json(serde_json::json!(rows)))
+/// A page of held transfers.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct HeldQuery {
+    /// Only transfers after this cursor (the `next_after` of the previous page).
+    after: Option<String>,
+    /// Page size (at most 100, default 50).
+    limit: Option<usize>,
+}
+
+async fn held(
+    State(api): State<AppState>,
+    _: ServerKey,
+    Query(q): Query<HeldQuery>,
+) -> Result<Json<HeldPage>, Error> {
+    Ok(Json(
+        api.platform
+            .held_page(q.after.as_deref(), q.limit.unwrap_or(50))
+            .await?,
+    ))
 }
 
 async fn approve(

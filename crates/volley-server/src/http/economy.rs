@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use axum::Json;
 use volley_platform::economy::{FraudRules, Origin};
 use volley_proto::api::{
-    ChainResult, Gift, PurchaseRequest, RedeemRequest, Redemption, StoreItem, TransferRecord,
+    ChainResult, Gift, PurchaseRequest, RedeemRequest, Redemption, StoreItem, TransferPage,
     WalletView,
 };
 
@@ -84,12 +84,12 @@ async fn wallet_history(
     State(api): State<AppState>,
     Player(me): Player,
     Query(q): Query<HistoryQuery>,
-) -> Result<Json<Vec<TransferRecord>>, Error> {
-    let h = api
+) -> Result<Json<TransferPage>, Error> {
+    let page = api
         .platform
-        .ledger_history(me, q.before, q.limit.unwrap_or(50))
+        .ledger_page(me, q.before, q.limit.unwrap_or(50))
         .await?;
-    Ok(Json(h))
+    Ok(Json(page))
 }
 
 async fn wallet_gift(

@@ -5,6 +5,7 @@
 
 use aide::axum::routing::get_with;
 use aide::axum::ApiRouter;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -43,8 +44,14 @@ async fn events(
     State(api): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
+    let ws = ws.map_err(|e| {
+        Error::bad_request(format!(
+            "open this endpoint as a WebSocket: {}",
+            e.body_text()
+        ))
+    })?;
     let token = match &q.token {
         Some(t) => t.as_str(),
         None => bearer(&headers)?,

@@ -119,6 +119,13 @@ pub(crate) fn router(state: AppState) -> axum::Router {
     let (router, doc) = docs::finish(api_routes());
     router
         .fallback(|| async { Error::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            Error::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method (see /v1/openapi.json)",
+            )
+        })
         .layer(axum::Extension(Arc::new(doc)))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
