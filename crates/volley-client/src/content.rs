@@ -241,6 +241,19 @@ pub struct PublishReport {
     pub uploaded_bytes: u64,
 }
 
+/// How far a publish is, for a progress display: read it from another task or thread while
+/// [`publish_with`] runs.
+#[derive(Debug, Default)]
+pub struct PublishProgress {
+    /// 0 chunking the build, 1 asking the node what it lacks, 2 uploading, 3 storing the
+    /// manifest.
+    pub phase: std::sync::atomic::AtomicU8,
+    /// Bytes of chunks the node lacks (known from phase 2).
+    pub upload_bytes: std::sync::atomic::AtomicU64,
+    /// Of those, bytes uploaded so far.
+    pub uploaded_bytes: std::sync::atomic::AtomicU64,
+}
+
 /// Chunks the build in `dir`, signs its manifest with `key`, uploads the chunks the node lacks
 /// and then the manifest. The build is chunked on every core, then only the missing chunks are
 /// read back (by offset) and uploaded in batches; memory stays at a few batches.
@@ -254,6 +267,26 @@ pub async fn publish(
     key: &SigningKey,
     chunk_avg: u32,
 ) -> Result<PublishReport, Error> {
+    let progress = PublishProgress::default();
+    publish_with(
+        base, server_key, dir, game, version, key, chunk_avg, &progress,
+    )
+    .await
+}
+
+/// [`publish`], reporting how far it is in `progress`.
+#[allow(clippy::too_many_arguments)]
+pub async fn publish_with(
+    base: &str,
+    server_key: &str,
+    dir: &Path,
+    game: &str,
+    version: &str,
+    key: &SigningKey,
+    chunk_avg: u32,
+    progress: &PublishProgress,
+) -> Result<PublishReport, Error> {
+    use std::sync::atomic::Ordering;
     if chunk_avg > volley_content::cdc::AVG_UPLOAD_MAX {
         return Err(ContentError::Invalid(format!(
             "nodes accept chunk averages up to {} bytes, not {chunk_avg}",
@@ -275,6 +308,7 @@ pub async fn publish(
         chunks: names.len(),
         ..Default::default()
     };
+    progress.phase.store(1, Ordering::Relaxed);
     let mut missing = std::collections::HashSet::new();
     for batch in names.chunks(10_000) {
         let body = send(
@@ -289,6 +323,15 @@ pub async fn publish(
             .map_err(|e| Error::Http(format!("bad response body: {e}")))?;
         missing.extend(l.chunks);
     }
+    let mut counted = std::collections::HashSet::new();
+    let upload_bytes: u64 = m
+        .chunks()
+        .filter(|c| missing.contains(&chunk_name(&c.hash)) && counted.insert(c.hash))
+        .map(|c| u64::from(c.size))
+        .sum();
+    drop(counted);
+    progress.upload_bytes.store(upload_bytes, Ordering::Relaxed);
+    progress.phase.store(2, Ordering::Relaxed);
     // Then the missing chunks, read by their offsets (checked against the manifest as they are
     // read), gathered into batches the node makes durable with one flush each, a few batches
     // in flight.
@@ -345,7 +388,9 @@ pub async fn publish(
         let (chunks, bytes) = r?;
         report.uploaded_chunks += chunks;
         report.uploaded_bytes += bytes;
+        progress.uploaded_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
+    progress.phase.store(3, Ordering::Relaxed);
     reader
         .await
         .map_err(|_| Error::Http("reading the build stopped".into()))??;

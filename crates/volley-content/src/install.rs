@@ -455,6 +455,24 @@ pub fn verify(
     dir: &Path,
     trusted: Option<&ed25519_dalek::VerifyingKey>,
 ) -> Result<VerifyReport, ContentError> {
+    verify_with(dir, trusted, &VerifyProgress::default())
+}
+
+/// How far a [`verify_with`] is, for a progress display read from another thread.
+#[derive(Debug, Default)]
+pub struct VerifyProgress {
+    /// Bytes the version's files hold (set once the manifest is open).
+    pub total_bytes: std::sync::atomic::AtomicU64,
+    /// Bytes checked so far.
+    pub checked_bytes: std::sync::atomic::AtomicU64,
+}
+
+/// [`verify`], reporting how far it is in `progress`.
+pub fn verify_with(
+    dir: &Path,
+    trusted: Option<&ed25519_dalek::VerifyingKey>,
+    progress: &VerifyProgress,
+) -> Result<VerifyReport, ContentError> {
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     let path = dir.join(MANIFEST_FILE);
     let file = match fs::File::open(&path) {
@@ -469,6 +487,9 @@ pub fn verify(
     };
     let m = SignedManifest::open_file(file, trusted)?;
     let files = m.files();
+    progress
+        .total_bytes
+        .store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
     let next = AtomicUsize::new(0);
     let (checked, bad_chunks, bad_bytes) =
         (AtomicU64::new(0), AtomicUsize::new(0), AtomicU64::new(0));
@@ -510,6 +531,9 @@ pub fn verify(
                         let ok = h.read_exact_at(&mut buf, at).is_ok()
                             && blake3::hash(&buf).as_bytes() == &c.hash;
                         checked.fetch_add(u64::from(c.size), Ordering::Relaxed);
+                        progress
+                            .checked_bytes
+                            .fetch_add(u64::from(c.size), Ordering::Relaxed);
                         if !ok {
                             damaged += 1;
                             damaged_bytes += u64::from(c.size);

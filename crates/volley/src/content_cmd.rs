@@ -254,7 +254,22 @@ async fn run_for(secs: u64) {
     }
 }
 
-/// Prints what a collection did.
+/// Asks the node to collect, with a progress line while it works.
+async fn collect_showing(
+    node: &str,
+    server_key: &str,
+    game: &str,
+) -> anyhow::Result<volley_proto::api::ContentCollected> {
+    let what = game.to_owned();
+    let line = crate::progress::Line::start(move |t| {
+        format!("collecting {what} on the node… {:.0} s", t.as_secs_f64())
+    });
+    let r = volley_client::content::collect(node, server_key, game).await;
+    line.finish().await;
+    Ok(r?)
+}
+
+/// Prints what a collection did, and why when it freed nothing.
 fn print_collected(game: &str, r: &volley_proto::api::ContentCollected) {
     println!(
         "{game}: {} versions, {} chunks: {} referenced, {} held, {} dropped ({:.1} MiB); disk {:.1} -> {:.1} MiB ({} packs removed, {:.1} MiB moved)",
@@ -274,6 +289,14 @@ fn print_collected(game: &str, r: &volley_proto::api::ContentCollected) {
             "{} chunks were damaged on disk and dropped; publishing again restores them",
             r.corrupt
         );
+    }
+    if r.dropped == 0 && r.held > 0 {
+        println!(
+            "nothing freed: the {} chunks no version references were uploaded or asked about within the node's grace period (content_grace_secs), so a publish may still need them; a collection after it frees them",
+            r.held
+        );
+    } else if r.dropped == 0 {
+        println!("nothing freed: every chunk the node holds belongs to a version it keeps");
     }
 }
 
@@ -325,7 +348,30 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
                 .with_context(|| format!("reading key {}", key.display()))?;
             let key = volley_content::manifest::parse_secret_key(&text)?;
             let start = Instant::now();
-            let r = volley_client::content::publish(
+            let progress = std::sync::Arc::new(volley_client::content::PublishProgress::default());
+            let shown = progress.clone();
+            let line = crate::progress::Line::start(move |t| {
+                use std::sync::atomic::Ordering::Relaxed;
+                let secs = t.as_secs_f64();
+                match shown.phase.load(Relaxed) {
+                    0 => format!("publishing: chunking the build… {secs:.0} s"),
+                    1 => format!("publishing: asking the node what it lacks… {secs:.0} s"),
+                    2 => {
+                        let (done, total) = (
+                            shown.uploaded_bytes.load(Relaxed),
+                            shown.upload_bytes.load(Relaxed),
+                        );
+                        format!(
+                            "publishing: uploaded {} of {} ({:.0}%)… {secs:.0} s",
+                            crate::progress::size(done),
+                            crate::progress::size(total),
+                            crate::progress::percent(done, total)
+                        )
+                    }
+                    _ => format!("publishing: storing the manifest… {secs:.0} s"),
+                }
+            });
+            let r = volley_client::content::publish_with(
                 &node,
                 &server_key,
                 &dir,
@@ -333,8 +379,11 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
                 &version,
                 &key,
                 chunk_avg,
+                &progress,
             )
-            .await?;
+            .await;
+            line.finish().await;
+            let r = r?;
             if json {
                 println!(
                     "{}",
@@ -389,7 +438,7 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!("withdrew {game} {version}");
-            let r = volley_client::content::collect(&node, &server_key, &game).await?;
+            let r = collect_showing(&node, &server_key, &game).await?;
             print_collected(&game, &r);
             Ok(())
         }
@@ -399,7 +448,7 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
             server_key,
             json,
         } => {
-            let r = volley_client::content::collect(&node, &server_key, &game).await?;
+            let r = collect_showing(&node, &server_key, &game).await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -541,10 +590,28 @@ pub(crate) async fn run(cmd: ContentCmd) -> anyhow::Result<()> {
                 .map(volley_content::manifest::parse_public_key)
                 .transpose()?;
             let dir = to.clone();
+            let progress = std::sync::Arc::new(volley_content::install::VerifyProgress::default());
+            let (shown, working) = (progress.clone(), progress.clone());
+            let line = crate::progress::Line::start(move |t| {
+                use std::sync::atomic::Ordering::Relaxed;
+                let (done, total) = (
+                    shown.checked_bytes.load(Relaxed),
+                    shown.total_bytes.load(Relaxed),
+                );
+                format!(
+                    "verifying: {} of {} checked ({:.0}%)… {:.0} s",
+                    crate::progress::size(done),
+                    crate::progress::size(total),
+                    crate::progress::percent(done, total),
+                    t.as_secs_f64()
+                )
+            });
             let r = tokio::task::spawn_blocking(move || {
-                volley_content::install::verify(&dir, trusted.as_ref())
+                volley_content::install::verify_with(&dir, trusted.as_ref(), &working)
             })
-            .await??;
+            .await;
+            line.finish().await;
+            let r = r??;
             if json {
                 let problems: Vec<_> = r
                     .problems

@@ -13,6 +13,7 @@ mod bot;
 mod content_cmd;
 mod demo;
 mod demo_netcode;
+mod progress;
 mod serve;
 
 use std::path::PathBuf;

@@ -407,8 +407,28 @@ async fn verify_reports_damage_and_fetching_the_same_version_repairs_only_that()
         args.extend_from_slice(extra);
         volley(&args)
     };
-    let clean = ok_json(verify(&["--trust", &public]));
+    let piped = verify(&["--trust", &public]);
+    assert!(
+        !String::from_utf8_lossy(&piped.stderr).contains("verifying:"),
+        "no progress line into a pipe"
+    );
+    let clean = ok_json(piped);
     assert_eq!(clean["checked_bytes"].as_u64(), Some(total), "{clean}");
+    // On a terminal (a pseudo-terminal from script(1)) it shows how far it is while it works.
+    let on_terminal = Command::new("script")
+        .args([
+            "-qec",
+            &format!(
+                "{} content verify --to {dir} --trust {public}",
+                env!("CARGO_BIN_EXE_volley")
+            ),
+            "/dev/null",
+        ])
+        .env_remove("VOLLEY_SERVER_KEY")
+        .output()
+        .expect("script runs");
+    let shown = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(shown.contains("verifying:"), "{shown}");
     assert_eq!(clean["problems"], serde_json::json!([]));
     assert_eq!(clean["version"], "1.0.0");
     // Damage of every kind: a flipped byte, a truncated file, a deleted file, a lost mode bit.
@@ -1836,6 +1856,23 @@ async fn chunks_uploaded_for_a_publish_not_yet_finished_survive_a_collection() {
         .unwrap();
     assert_eq!((r.versions, r.held, r.dropped), (0, 3, 0), "{r:?}");
     assert!(origin_missing(&n.base, &names).await.is_empty());
+    // The command says why it freed nothing.
+    let out = volley(&[
+        "content",
+        "collect",
+        "--node",
+        &n.base,
+        "--game",
+        "arena",
+        "--server-key",
+        KEY,
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("nothing freed") && said.contains("grace period"),
+        "{said}"
+    );
     n.node.shutdown().await;
 }
 
