@@ -108,10 +108,10 @@ pub struct NodeConfig {
     /// Burst of the above.
     pub chat_burst: f64,
     /// Matchmaker pools by name, a TOML table each (`[pools.duel]`): `min_players`,
-    /// `max_players`, `fill_wait_ms` (how long a match below max waits for more),
-    /// `skill_window_start`, `skill_window_growth_per_s`, `skill_window_max`, `rtt_ms_start`,
-    /// `rtt_ms_growth_per_s`, `rtt_ms_max` (the windows widen with time in queue). A pool not
-    /// named here matches pairs (2 players) with the default widening.
+    /// `max_players`, `fill_wait_ms` (how long a match below max_players waits for more), and
+    /// two windows that widen with time in queue, `skill_window` (skill spread) and
+    /// `latency_limit` (RTT ms to the match's region), each `{ initial = .., per_second = ..,
+    /// max = .. }`. A pool not named here matches pairs (2 players) with the default widening.
     #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
     pub pools: std::collections::BTreeMap<String, volley_match::PoolConfig>,
     /// Room logic (`mode`: `snapshot`, `snapshot-interest`, `rollback`) for matchmade rooms,

@@ -174,4 +174,16 @@ mod tests {
         assert_eq!(back.server_key, None);
         assert!(text.contains("# server_key = \"<redacted>\""), "{text}");
     }
+
+    /// The pool example in the README is a configuration the node accepts.
+    #[test]
+    fn the_readme_pool_example_is_valid() {
+        let readme = include_str!("../../../../README.md");
+        let start = readme.find("```toml\n[pools.").unwrap() + "```toml\n".len();
+        let end = start + readme[start..].find("```").unwrap();
+        let c: NodeConfig = toml::from_str(&readme[start..end]).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.pools["squads"].max_players, 8);
+        assert_eq!(c.pool_modes["squads"], "snapshot");
+    }
 }
