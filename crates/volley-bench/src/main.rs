@@ -12,6 +12,7 @@
 mod bench;
 mod bench_collect;
 mod bench_content;
+mod bench_http;
 mod bench_node;
 mod bench_platform;
 mod bench_reuse;
