@@ -11,7 +11,7 @@ use volley_proto::api::{
     PurchaseRequest, RankReply, RedeemRequest, Redemption, ScoreReply, ScoreRequest, StoreItem,
     TransferPage, WalletView,
 };
-use volley_proto::api::{ClientEvent, HeldPage};
+use volley_proto::api::{BoardPage, ClientEvent, FriendPage, HeldPage};
 use volley_proto::api::{PeerAnnounce, SwarmPeers};
 use volley_proto::Fingerprint;
 
@@ -190,9 +190,24 @@ impl Api {
         self.call(self.http.get(self.url("/v1/account"))).await
     }
 
-    /// Friends, requests and blocks.
+    /// Friends, requests and blocks, every page of them.
     pub async fn friends(&self) -> Result<Vec<Friend>, Error> {
-        self.call(self.http.get(self.url("/v1/friends"))).await
+        let mut all = Vec::new();
+        let mut after: Option<u64> = None;
+        loop {
+            let mut q = vec![("limit", "100".to_owned())];
+            if let Some(a) = after {
+                q.push(("after", a.to_string()));
+            }
+            let page: FriendPage = self
+                .call(self.http.get(self.url("/v1/friends")).query(&q))
+                .await?;
+            all.extend(page.friends);
+            match page.next_after {
+                Some(a) => after = Some(a),
+                None => return Ok(all),
+            }
+        }
     }
 
     /// Sends or accepts a friend request.
@@ -327,7 +342,7 @@ impl Api {
         board: &str,
         start: usize,
         count: usize,
-    ) -> Result<Vec<BoardRecord>, Error> {
+    ) -> Result<BoardPage, Error> {
         let q = [("start", start), ("count", count)];
         self.call(
             self.http
@@ -369,7 +384,7 @@ impl Api {
         season: i64,
         start: usize,
         count: usize,
-    ) -> Result<Vec<BoardRecord>, Error> {
+    ) -> Result<BoardPage, Error> {
         let q = [("start", start), ("count", count)];
         self.call(
             self.http

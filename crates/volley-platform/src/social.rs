@@ -2,7 +2,7 @@
 //! friends" is one indexed query.
 
 use sqlx::Row;
-use volley_proto::api::{Event, Friend};
+use volley_proto::api::{Event, Friend, FriendPage};
 
 use crate::{now_ms, AccountId, Platform, PlatformError};
 
@@ -195,6 +195,45 @@ impl Platform {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(Into::into)
+    }
+
+    /// A page of `me`'s friends, requests and blocks by the other player's id: at most `limit`
+    /// (<= 100) after `after`, and the next page's cursor when there is one.
+    pub async fn friends_page(
+        &self,
+        me: AccountId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<FriendPage, PlatformError> {
+        let limit = limit.clamp(1, 100);
+        let rows = sqlx::query(
+            "SELECT other_id, state FROM friends WHERE account_id = $1 AND other_id > $2 \
+             ORDER BY other_id LIMIT $3",
+        )
+        .bind(me as i64)
+        .bind(after.map_or(-1, |a| a.min(i64::MAX as u64) as i64))
+        .bind(limit as i64 + 1)
+        .fetch_all(self.db().reader())
+        .await?;
+        let mut friends = rows
+            .into_iter()
+            .map(|r| {
+                Ok(Friend {
+                    player_id: r.try_get::<i64, _>("other_id")? as AccountId,
+                    state: state_name(r.try_get("state")?).into(),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let next_after = if friends.len() > limit {
+            friends.truncate(limit);
+            friends.last().map(|f| f.player_id)
+        } else {
+            None
+        };
+        Ok(FriendPage {
+            friends,
+            next_after,
+        })
     }
 
     /// Accepted friends only.

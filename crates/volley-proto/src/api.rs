@@ -311,6 +311,24 @@ pub struct HeldPage {
     pub next_after: Option<String>,
 }
 
+/// `GET /v1/leaderboards/{id}` and its archived seasons: records by rank.
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize, PartialEq)]
+pub struct BoardPage {
+    /// Records in rank order.
+    pub records: Vec<BoardRecord>,
+    /// Pass as `start` for the next page; absent at the end.
+    pub next_start: Option<u64>,
+}
+
+/// `GET /v1/friends`: friends, requests and blocks, by player id.
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FriendPage {
+    /// Friends, requests and blocks, by the other player's id.
+    pub friends: Vec<Friend>,
+    /// Pass as `after` for the next page; absent at the end.
+    pub next_after: Option<u64>,
+}
+
 /// A player's presence.
 #[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Presence {

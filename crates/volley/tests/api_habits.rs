@@ -318,3 +318,44 @@ async fn players_send_chat_and_presence_on_the_event_socket() {
         .unwrap();
     n.node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn friends_page_past_one_hundred() {
+    let n = start_node(|_| {}).await;
+    let mut star = Api::new(&n.base);
+    let s = star
+        .login_device("habits-star-0001")
+        .await
+        .unwrap()
+        .player_id;
+    let fans = 105;
+    for i in 0..fans {
+        let mut fan = Api::new(&n.base);
+        fan.login_device(&format!("habits-fan-{i:04}"))
+            .await
+            .unwrap();
+        fan.add_friend(s).await.unwrap();
+    }
+    let http = reqwest::Client::new();
+    let token = star.token().unwrap().to_owned();
+    let (status, first) = call(
+        http.get(format!("{}/v1/friends", n.base))
+            .bearer_auth(&token),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(first["friends"].as_array().unwrap().len(), 100);
+    let after = first["next_after"].as_u64().expect("a next page");
+    let (_, second) = call(
+        http.get(format!("{}/v1/friends?after={after}", n.base))
+            .bearer_auth(&token),
+    )
+    .await;
+    assert_eq!(second["friends"].as_array().unwrap().len(), fans - 100);
+    assert!(second["next_after"].is_null());
+    // The SDK walks every page.
+    let all = star.friends().await.unwrap();
+    assert_eq!(all.len(), fans);
+    assert!(all.iter().all(|f| f.state == "invite_received"));
+    n.node.shutdown().await;
+}

@@ -742,7 +742,8 @@ async fn two_nodes_share_postgres_and_nats() {
                 .json()
                 .await
                 .unwrap();
-            v.as_array()
+            v["records"]
+                .as_array()
                 .unwrap()
                 .iter()
                 .map(|r| {
@@ -826,6 +827,7 @@ async fn leaderboards_over_http_accept_scores_only_from_the_server() {
         .json()
         .await
         .unwrap();
+    let top = &top["records"];
     let scores: Vec<i64> = top
         .as_array()
         .unwrap()
@@ -1041,6 +1043,12 @@ async fn economy_and_leaderboards_through_the_sdk() {
             .unwrap();
     }
     let top = bob.leaderboard("sdk-weekly", 0, 10).await.unwrap();
+    assert_eq!(top.next_start, None, "one page holds both");
+    let first = bob.leaderboard("sdk-weekly", 0, 1).await.unwrap();
+    assert_eq!(first.next_start, Some(1));
+    let second = bob.leaderboard("sdk-weekly", 1, 1).await.unwrap();
+    assert_eq!((second.records.len(), second.next_start), (1, None));
+    let top = top.records;
     assert_eq!(
         top.iter()
             .map(|r| (r.player_id, r.score))
@@ -1063,6 +1071,7 @@ async fn economy_and_leaderboards_through_the_sdk() {
         .leaderboard_season("sdk-weekly", 1, 0, 10)
         .await
         .unwrap()
+        .records
         .is_empty());
     // Players cannot submit scores.
     assert!(bob

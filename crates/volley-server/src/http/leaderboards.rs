@@ -8,7 +8,7 @@ use axum::Json;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use volley_platform::leaderboards::BoardDef;
-use volley_proto::api::{BoardRecord, RankReply, ScoreReply, ScoreRequest};
+use volley_proto::api::{BoardPage, BoardRecord, RankReply, ScoreReply, ScoreRequest};
 
 use super::error::Error;
 use super::extract::{Body, Path, Player, Query, ServerKey};
@@ -106,12 +106,25 @@ async fn board_page(
     _: Player,
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
-) -> Result<Json<Vec<BoardRecord>>, Error> {
-    let page = api
-        .platform
-        .board_page(&id, q.start.unwrap_or(0), q.count.unwrap_or(20))
-        .await?;
-    Ok(Json(page))
+) -> Result<Json<BoardPage>, Error> {
+    let (start, count) = (q.start.unwrap_or(0), q.count.unwrap_or(20).clamp(1, 100));
+    let records = api.platform.board_page(&id, start, count).await?;
+    // Whether a next page exists: one more record past this page (an index lookup).
+    let more = records.len() == count
+        && !api
+            .platform
+            .board_page(&id, start + count, 1)
+            .await?
+            .is_empty();
+    Ok(Json(page(records, start, count, more)))
+}
+
+/// A page of records and the cursor of the next one.
+fn page(records: Vec<BoardRecord>, start: usize, count: usize, more: bool) -> BoardPage {
+    BoardPage {
+        records,
+        next_start: more.then_some((start + count) as u64),
+    }
 }
 
 async fn board_around(
@@ -143,10 +156,17 @@ async fn board_archive(
     _: Player,
     Path((id, season)): Path<(String, i64)>,
     Query(q): Query<PageQuery>,
-) -> Result<Json<Vec<BoardRecord>>, Error> {
-    let page = api
+) -> Result<Json<BoardPage>, Error> {
+    let (start, count) = (q.start.unwrap_or(0), q.count.unwrap_or(20).clamp(1, 100));
+    let records = api
         .platform
-        .archived_page(&id, season, q.start.unwrap_or(0), q.count.unwrap_or(20))
+        .archived_page(&id, season, start, count)
         .await?;
-    Ok(Json(page))
+    let more = records.len() == count
+        && !api
+            .platform
+            .archived_page(&id, season, start + count, 1)
+            .await?
+            .is_empty();
+    Ok(Json(page(records, start, count, more)))
 }

@@ -7,8 +7,8 @@ use axum::Json;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use volley_proto::api::{
-    ChatMessage, ChatPage, CreateLobby, Friend, LobbyInfo, MemberRequest, Presence, SendChat,
-    UpdateLobby,
+    ChatMessage, ChatPage, CreateLobby, Friend, FriendPage, LobbyInfo, MemberRequest, Presence,
+    SendChat, UpdateLobby,
 };
 
 use super::error::Error;
@@ -22,7 +22,10 @@ pub(super) fn routes() -> ApiRouter<AppState> {
     ApiRouter::new()
         .api_route(
             "/v1/friends",
-            get_with(friends, doc("Friends, requests and blocks")),
+            get_with(
+                friends,
+                doc("Friends, requests and blocks, by player id (query: after, limit <= 100)"),
+            ),
         )
         .api_route(
             "/v1/friends/{id}",
@@ -91,11 +94,26 @@ pub(super) fn routes() -> ApiRouter<AppState> {
         )
 }
 
+/// A page of friends.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct FriendsQuery {
+    /// Only players after this id (the `next_after` of the previous page).
+    after: Option<u64>,
+    /// Page size (at most 100, default 100).
+    limit: Option<usize>,
+}
+
 async fn friends(
     State(api): State<AppState>,
     Player(me): Player,
-) -> Result<Json<Vec<Friend>>, Error> {
-    Ok(Json(api.platform.friends(me).await?))
+    Query(q): Query<FriendsQuery>,
+) -> Result<Json<FriendPage>, Error> {
+    Ok(Json(
+        api.platform
+            .friends_page(me, q.after, q.limit.unwrap_or(100))
+            .await?,
+    ))
 }
 
 async fn add_friend(
