@@ -669,6 +669,8 @@ impl Events {
 
     /// Closes the stream.
     pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+        if let Err(error) = self.ws.close(None).await {
+            tracing::debug!(%error, "event stream already closed");
+        }
     }
 }

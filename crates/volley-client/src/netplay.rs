@@ -56,11 +56,12 @@ impl<G: Game> SnapshotPlayer<G> {
                 Event::FromNode {
                     payload,
                     reliable: true,
-                } => {
-                    if let Ok(start) = Start::decode(&payload) {
-                        self.client = Some(SnapshotClient::new(start));
+                } => match Start::decode(&payload) {
+                    Ok(start) => self.client = Some(SnapshotClient::new(start)),
+                    Err(error) => {
+                        tracing::warn!(%error, "the node's match start did not decode");
                     }
-                }
+                },
                 Event::FromNode {
                     payload,
                     reliable: false,
@@ -68,8 +69,9 @@ impl<G: Game> SnapshotPlayer<G> {
                     self.packets += 1;
                     let now = self.now_ms();
                     if let Some(c) = &mut self.client {
-                        // A refused snapshot (stale, unknown baseline) is counted by the client;
-                        // the next one repairs the state.
+                        // A refused snapshot (stale, unknown baseline): the next one repairs the
+                        // state.
+                        // dropped: counted in `ClientStats::refused` (see `stats`)
                         let _ = c.on_packet(&payload, now);
                     }
                 }
@@ -150,6 +152,12 @@ pub struct RollbackPlayer<G: Game> {
     pub waits: u64,
     /// Messages from peers or the node that did not decode or were refused.
     pub refused: u64,
+    /// Input batches not sent to a peer because it had left the room (the referee fills its
+    /// inputs).
+    pub inputs_unsent_peer_left: u64,
+    /// Input batches not sent to a peer because they were over the unreliable size limit (the
+    /// same batch then fails to go to the node, and `frame` returns that error).
+    pub inputs_unsent_too_large: u64,
 }
 
 impl<G: Game> RollbackPlayer<G> {
@@ -165,6 +173,8 @@ impl<G: Game> RollbackPlayer<G> {
             stalls: 0,
             waits: 0,
             refused: 0,
+            inputs_unsent_peer_left: 0,
+            inputs_unsent_too_large: 0,
         }
     }
 
@@ -223,17 +233,28 @@ impl<G: Game> RollbackPlayer<G> {
                     payload,
                     reliable: true,
                 } => match payload.first() {
-                    Some(&rollback_wire::START) => {
-                        if let Ok(s) = RollbackStart::decode(&payload) {
+                    Some(&rollback_wire::START) => match RollbackStart::decode(&payload) {
+                        Ok(s) => {
                             let cfg = RollbackConfig {
                                 tick_hz: u32::from(s.tick_hz),
                                 ..RollbackConfig::default()
                             };
                             let game = (self.make)(s.players.len(), s.seed);
-                            self.rb = Rollback::new(game, s.players.len(), s.slot, cfg).ok();
+                            self.rb = match Rollback::new(game, s.players.len(), s.slot, cfg) {
+                                Ok(rb) => Some(rb),
+                                Err(error) => {
+                                    tracing::warn!(
+                                        %error,
+                                        "the node's match start gives no valid session"
+                                    );
+                                    self.refused += 1;
+                                    None
+                                }
+                            };
                             self.start = Some(s);
                         }
-                    }
+                        Err(_) => self.refused += 1,
+                    },
                     Some(&rollback_wire::RESYNC) => {
                         let ok = payload
                             .get(1..5)
@@ -318,6 +339,7 @@ impl<G: Game> RollbackPlayer<G> {
         } else {
             if rb.needs_local_input() {
                 let input = input_for(rb.state());
+                // dropped: counted in `RollbackStats::local_inputs_refused` (see `stats`)
                 let _ = rb.add_local_input(input);
             }
             match rb.advance() {
@@ -333,7 +355,12 @@ impl<G: Game> RollbackPlayer<G> {
         let me = self.session.me();
         for peer in start.players.iter().filter(|p| **p != me) {
             // A peer that left is gone from the session; the referee fills its inputs.
-            let _ = self.session.send_unreliable(*peer, batch.clone());
+            match self.session.send_unreliable(*peer, batch.clone()) {
+                Ok(()) => {}
+                Err(Error::UnknownPeer(_)) => self.inputs_unsent_peer_left += 1,
+                // The only other refusal: over the size limit.
+                Err(_) => self.inputs_unsent_too_large += 1,
+            }
         }
         self.session.send_to_node(batch, false)?;
         for r in rb.take_checksum_reports() {

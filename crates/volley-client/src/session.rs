@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -127,7 +127,7 @@ pub enum Event {
     },
 }
 
-/// The node connection as QUIC sees it.
+/// The node connection as QUIC sees it, and what the session dropped on it.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeQuality {
     /// Smoothed RTT, milliseconds.
@@ -142,6 +142,16 @@ pub struct NodeQuality {
     pub sent_bytes: u64,
     /// UDP bytes received.
     pub received_bytes: u64,
+    /// Control messages (path reports, punch requests) not sent because the writer of the
+    /// node's stream had ended (the connection is closing).
+    pub control_unsent_stream_closed: u64,
+    /// Datagrams from the node that did not decode, or of a kind the node never sends.
+    pub datagrams_malformed: u64,
+    /// Unreliable messages from the room's game logic dropped because the game's event queue
+    /// was over its limit.
+    pub from_node_dropped_queue_full: u64,
+    /// Frames and datagrams from players not (or no longer) in the room.
+    pub from_unknown_peers: u64,
 }
 
 /// A peer link's state, cheap to poll every frame.
@@ -183,6 +193,24 @@ pub struct PeerStatus {
     pub path_changes: u64,
     /// Time from learning of the peer to the first direct path, if one formed.
     pub direct_after_ms: Option<f64>,
+    /// Unreliable messages from the peer dropped because the game's event queue was over its
+    /// limit.
+    pub unreliable_dropped_queue_full: u64,
+    /// Reliable frames from the peer that did not decode.
+    pub frames_malformed: u64,
+    /// Reliable frames from the peer refused for being far beyond the receive window.
+    pub frames_refused_beyond_window: u64,
+    /// Datagrams from the peer that did not decode.
+    pub datagrams_malformed: u64,
+    /// Reliable frames not handed to a stream because its writer (the direct connection's or
+    /// the node's) had ended. They stay unacknowledged and go again when the path changes.
+    pub frames_unsent_stream_closed: u64,
+    /// Datagrams (messages, pings, pongs, acks) larger than the path's datagram size.
+    pub datagrams_unsent_too_large: u64,
+    /// Datagrams QUIC refused because the connection was lost or does not take datagrams.
+    pub datagrams_unsent_link_down: u64,
+    /// Punch probes the socket did not send (an I/O error, e.g. no route to the candidate).
+    pub probes_unsent_io_error: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,9 +247,42 @@ struct Stats {
     window: (Duration, u64, u64),
     /// Rates measured over the last complete window.
     rates: (f64, f64),
+    unreliable_dropped_queue_full: u64,
+    frames_malformed: u64,
+    frames_refused_beyond_window: u64,
+    datagrams_malformed: u64,
+    frames_unsent_stream_closed: u64,
+    datagrams_unsent_too_large: u64,
+    datagrams_unsent_link_down: u64,
+    probes_unsent_io_error: u64,
+}
+
+/// What the session dropped on the node connection (see [`NodeQuality`]).
+#[derive(Debug, Default)]
+struct NodeDrops {
+    control_unsent_stream_closed: AtomicU64,
+    datagrams_malformed: AtomicU64,
+    from_node_dropped_queue_full: AtomicU64,
+    from_unknown_peers: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    // Relaxed: statistics; nobody synchronizes on them.
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 impl Stats {
+    /// Counts a datagram QUIC refused, by why.
+    fn datagram_unsent(&mut self, e: &quinn::SendDatagramError) {
+        use quinn::SendDatagramError as E;
+        match e {
+            E::TooLarge => self.datagrams_unsent_too_large += 1,
+            E::ConnectionLost(_) | E::UnsupportedByPeer | E::Disabled => {
+                self.datagrams_unsent_link_down += 1
+            }
+        }
+    }
+
     /// Closes the rate window once a second has passed.
     fn roll_rates(&mut self, now: Duration) {
         let (t0, sent0, recv0) = self.window;
@@ -279,6 +340,7 @@ struct Shared {
     epoch: Instant,
     state: Mutex<State>,
     closed: AtomicBool,
+    drops: NodeDrops,
 }
 
 /// The player's QUIC endpoint and certificate, before joining.
@@ -406,6 +468,7 @@ impl Client {
             epoch: Instant::now(),
             state: Mutex::new(State::default()),
             closed: AtomicBool::new(false),
+            drops: NodeDrops::default(),
         });
         for p in peers {
             shared.add_peer(p);
@@ -542,6 +605,8 @@ impl Session {
     /// Quality of the connection to the node (which carries every relayed peer link).
     pub fn node_quality(&self) -> NodeQuality {
         let s = self.shared.node.stats();
+        let drops = &self.shared.drops;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         NodeQuality {
             rtt_ms: s.path.rtt.as_secs_f64() * 1000.0,
             congestion_window_bytes: s.path.cwnd,
@@ -549,6 +614,10 @@ impl Session {
             lost_packets: s.path.lost_packets,
             sent_bytes: s.udp_tx.bytes,
             received_bytes: s.udp_rx.bytes,
+            control_unsent_stream_closed: get(&drops.control_unsent_stream_closed),
+            datagrams_malformed: get(&drops.datagrams_malformed),
+            from_node_dropped_queue_full: get(&drops.from_node_dropped_queue_full),
+            from_unknown_peers: get(&drops.from_unknown_peers),
         }
     }
 
@@ -608,15 +677,26 @@ impl Session {
 
     /// Leaves the room and closes the endpoint.
     pub async fn leave(self) {
-        let _ = self.shared.node_tx.send(Up::Leave.encode());
+        if self.shared.node_tx.send(Up::Leave.encode()).is_err() {
+            tracing::debug!(
+                me = self.shared.me,
+                "leave not sent: the node connection had ended already"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.shared.closed.store(true, Ordering::Relaxed);
         self.shared.endpoint.close(0u32.into(), b"leaving");
         for t in &self.tasks {
             t.abort();
         }
-        let _ =
+        let idle =
             tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+        if idle.is_err() {
+            tracing::debug!(
+                me = self.shared.me,
+                "the endpoint was not idle 1 s after leaving; closed without waiting further"
+            );
+        }
     }
 
     /// Test hook: drops this side's direct path to `peer` as if the network cut it, without
@@ -696,6 +776,14 @@ impl Peer {
             recv_bytes_per_s: self.stats.rates.1,
             path_changes: self.stats.path_changes,
             direct_after_ms: self.stats.direct_after.map(|d| d.as_secs_f64() * 1000.0),
+            unreliable_dropped_queue_full: self.stats.unreliable_dropped_queue_full,
+            frames_malformed: self.stats.frames_malformed,
+            frames_refused_beyond_window: self.stats.frames_refused_beyond_window,
+            datagrams_malformed: self.stats.datagrams_malformed,
+            frames_unsent_stream_closed: self.stats.frames_unsent_stream_closed,
+            datagrams_unsent_too_large: self.stats.datagrams_unsent_too_large,
+            datagrams_unsent_link_down: self.stats.datagrams_unsent_link_down,
+            probes_unsent_io_error: self.stats.probes_unsent_io_error,
         }
     }
 }
@@ -714,6 +802,9 @@ impl Shared {
     fn emit(&self, e: Event) {
         self.event_bytes
             .fetch_add(payload_len(&e), Ordering::Relaxed);
+        // The receiver lives in the `Session`: it is gone only once the game dropped the
+        // session, and then nobody reads events any more.
+        // dropped: nobody is left to deliver to
         let _ = self.events.send(e);
     }
 
@@ -792,58 +883,74 @@ impl Shared {
         });
     }
 
-    fn send_frame(&self, peer: &Peer, frame: &PeerFrame) {
-        match (&peer.path, &peer.direct) {
-            (PathKind::Direct, Some(d)) => {
-                let _ = d.tx.send(frame.encode_framed());
-            }
-            _ => {
-                let _ = self.node_tx.send(
+    fn send_frame(&self, peer: &mut Peer, frame: &PeerFrame) {
+        let sent = match (&peer.path, &peer.direct) {
+            (PathKind::Direct, Some(d)) => d.tx.send(frame.encode_framed()).is_ok(),
+            _ => self
+                .node_tx
+                .send(
                     Up::Relay {
                         to: peer.info.player_id,
                         frame: frame.encode(),
                     }
                     .encode(),
-                );
-            }
+                )
+                .is_ok(),
+        };
+        if !sent {
+            peer.stats.frames_unsent_stream_closed += 1;
         }
     }
 
-    fn send_datagram(&self, to: PlayerId, peer: &Peer, d: &PeerDatagram, via: Via) {
+    fn send_datagram(&self, to: PlayerId, peer: &mut Peer, d: &PeerDatagram, via: Via) {
         let bytes = d.encode();
-        match (via, &peer.direct) {
-            (Via::Direct(_), Some(direct)) => {
-                let _ = direct.conn.send_datagram(bytes.into());
-            }
-            _ => {
-                let _ = self.node.send_datagram(
-                    NodeDatagram::ToPeer {
-                        peer: to,
-                        payload: bytes,
-                    }
-                    .encode()
-                    .into(),
-                );
-            }
+        let sent = match (via, &peer.direct) {
+            (Via::Direct(_), Some(direct)) => direct.conn.send_datagram(bytes.into()),
+            _ => self.node.send_datagram(
+                NodeDatagram::ToPeer {
+                    peer: to,
+                    payload: bytes,
+                }
+                .encode()
+                .into(),
+            ),
+        };
+        if let Err(e) = sent {
+            peer.stats.datagram_unsent(&e);
+        }
+    }
+
+    /// Counts a frame or datagram from a player who is not (or no longer) in the room.
+    fn count_unknown_peer(&self) {
+        bump(&self.drops.from_unknown_peers);
+    }
+
+    /// Sends a control message to the node; counted when the node's stream writer had ended.
+    fn send_control(&self, msg: Up) {
+        if self.node_tx.send(msg.encode()).is_err() {
+            bump(&self.drops.control_unsent_stream_closed);
         }
     }
 
     fn on_frame(&self, from: PlayerId, bytes: &[u8], via: Via) {
-        let Ok(frame) = PeerFrame::decode(bytes) else {
-            tracing::debug!(peer = from, "undecodable peer frame dropped");
-            return;
-        };
+        let decoded = PeerFrame::decode(bytes);
         let now = self.now();
         let mut delivered = Vec::new();
         {
             let mut st = self.lock();
             let Some(p) = st.peers.get_mut(&from) else {
+                self.count_unknown_peer();
+                return;
+            };
+            let Ok(frame) = decoded else {
+                p.stats.frames_malformed += 1;
                 return;
             };
             mark_heard(p, via, now);
             match p.receiver.on_frame(frame) {
                 Ok(d) => delivered = d,
-                Err(e) => tracing::debug!(peer = from, error = %e, "peer frame refused"),
+                // The receiver refuses only frames beyond its window.
+                Err(_) => p.stats.frames_refused_beyond_window += 1,
             }
             p.ack_due = true;
             p.stats.reliable_received += delivered.len() as u64;
@@ -855,18 +962,22 @@ impl Shared {
     }
 
     fn on_datagram(&self, from: PlayerId, bytes: &[u8], via: Via) {
-        let Ok(d) = PeerDatagram::decode(bytes) else {
-            return;
-        };
+        let decoded = PeerDatagram::decode(bytes);
         let now = self.now();
         let mut st = self.lock();
         let Some(p) = st.peers.get_mut(&from) else {
+            self.count_unknown_peer();
+            return;
+        };
+        let Ok(d) = decoded else {
+            p.stats.datagrams_malformed += 1;
             return;
         };
         mark_heard(p, via, now);
         match d {
             PeerDatagram::Unreliable(payload) => {
                 if self.events_full() {
+                    p.stats.unreliable_dropped_queue_full += 1;
                     return;
                 }
                 p.stats.unreliable_received += 1;
@@ -918,7 +1029,9 @@ impl Shared {
                 to: probe.from,
                 observed: Some(rp.from),
             };
-            let _ = self.probes_out.send(rp.from, &reply);
+            if self.probes_out.send(rp.from, &reply).is_err() {
+                p.stats.probes_unsent_io_error += 1;
+            }
         }
         p.seen_at = Some(rp.from);
         if p.direct.is_none() && p.punch.is_none() {
@@ -1010,7 +1123,9 @@ impl Shared {
                         id: pid,
                         sent_us: now.as_micros() as u64,
                     };
-                    let _ = d.conn.send_datagram(ping.encode().into());
+                    if let Err(e) = d.conn.send_datagram(ping.encode().into()) {
+                        p.stats.datagram_unsent(&e);
+                    }
                 }
             }
             {
@@ -1038,14 +1153,11 @@ impl Shared {
                     .is_none_or(|t| now.saturating_sub(t) >= self.cfg.report_interval);
             if report_due {
                 let rtt_us = p.active_mon().rtt().map_or(0, |d| d.as_micros() as u64);
-                let _ = self.node_tx.send(
-                    Up::PathReport {
-                        peer: id,
-                        path: p.path,
-                        rtt_us,
-                    }
-                    .encode(),
-                );
+                self.send_control(Up::PathReport {
+                    peer: id,
+                    path: p.path,
+                    rtt_us,
+                });
                 p.reported = Some(p.path);
                 p.last_report_at = Some(now);
             }
@@ -1083,7 +1195,9 @@ impl Shared {
                     }
                 }
                 for t in targets {
-                    let _ = self.probes_out.send(t, &probe);
+                    if self.probes_out.send(t, &probe).is_err() {
+                        p.stats.probes_unsent_io_error += 1;
+                    }
                 }
             }
             Some(_) => {}
@@ -1092,7 +1206,7 @@ impl Shared {
                 // both sides; the node tells both to punch at once.
                 if self.me < id && now >= p.repunch_at && !p.dialing {
                     p.repunch_at = now + p.repunch_backoff;
-                    let _ = self.node_tx.send(Up::PunchRequest { peer: id }.encode());
+                    self.send_control(Up::PunchRequest { peer: id });
                 }
             }
         }
@@ -1144,13 +1258,18 @@ fn mark_heard(p: &mut Peer, via: Via, now: Duration) {
     }
 }
 
+/// Writes what arrives on `rx` to `send`, until the senders are gone or a write fails. After a
+/// failed write the receiver goes, so later sends are refused and counted by their senders.
 async fn write_stream(mut rx: mpsc::UnboundedReceiver<Vec<u8>>, mut send: quinn::SendStream) {
     while let Some(bytes) = rx.recv().await {
-        if send.write_all(&bytes).await.is_err() {
+        if let Err(error) = send.write_all(&bytes).await {
+            tracing::debug!(%error, "stream write failed; the stream's writer ends");
             break;
         }
     }
-    let _ = send.finish();
+    if let Err(error) = send.finish() {
+        tracing::debug!(%error, "stream already closed when its writer ended");
+    }
 }
 
 async fn node_reader(shared: Arc<Shared>, mut recv: quinn::RecvStream) {
@@ -1177,13 +1296,19 @@ async fn node_datagrams(shared: Arc<Shared>) {
             Ok(NodeDatagram::FromPeer { peer, payload }) => {
                 shared.on_datagram(peer, &payload, Via::Relay)
             }
-            Ok(NodeDatagram::FromNode { payload }) if !shared.events_full() => {
-                shared.emit(Event::FromNode {
-                    payload,
-                    reliable: false,
-                })
+            Ok(NodeDatagram::FromNode { payload }) => {
+                if shared.events_full() {
+                    bump(&shared.drops.from_node_dropped_queue_full);
+                } else {
+                    shared.emit(Event::FromNode {
+                        payload,
+                        reliable: false,
+                    })
+                }
             }
-            _ => {}
+            Ok(NodeDatagram::ToNode { .. } | NodeDatagram::ToPeer { .. }) | Err(_) => {
+                bump(&shared.drops.datagrams_malformed);
+            }
         }
     }
 }
@@ -1278,9 +1403,14 @@ async fn direct_reader(
     mut recv: quinn::RecvStream,
 ) {
     let mut buf = Vec::new();
-    while read_frame(&mut recv, &mut buf).await.is_ok() {
+    let error = loop {
+        if let Err(e) = read_frame(&mut recv, &mut buf).await {
+            break e;
+        }
         shared.on_frame(peer, &buf, Via::Direct(sid));
-    }
+    };
+    // The ticker notices the closed connection and fails the link over to the relay.
+    tracing::debug!(me = shared.me, peer, %error, "direct stream ended");
 }
 
 async fn direct_datagrams(shared: Arc<Shared>, peer: PlayerId, conn: quinn::Connection) {

@@ -104,6 +104,20 @@ pub struct SwarmStats {
     pub uploaded_bytes: u64,
     /// Peers dropped for serving corrupt chunks.
     pub banned_peers: usize,
+    /// Verified bytes that arrived after the installer had stopped taking chunks (the install
+    /// failed or was dropped).
+    pub bytes_dropped_installer_gone: u64,
+    /// Peers' chunk requests not read whole within 5 s (or cut off): answered with a reset.
+    pub requests_unreadable: u64,
+    /// Answers to peers' chunk requests (a status or a chunk) not written whole, because the
+    /// peer closed the stream or the connection first.
+    pub answers_unsent_stream_closed: u64,
+    /// Chunks that could not be read from disk for serving (an I/O error): answered as not
+    /// held.
+    pub serve_reads_failed: u64,
+    /// Chunks read from disk for serving whose bytes no longer match their hash: answered as
+    /// not held.
+    pub serve_reads_corrupt: u64,
 }
 
 /// Where served chunks are read from.
@@ -144,7 +158,9 @@ struct Peer {
 
 impl Peer {
     /// Queues a control message; a peer that lets `CTL_DEPTH` of them pile up (it stopped
-    /// reading its control stream) is disconnected rather than buffered for without bound.
+    /// reading its control stream) is disconnected rather than buffered for without bound. A
+    /// closed queue means the peer's writer ended with its connection: the peer is being
+    /// dropped, and the message has nobody to go to.
     fn send(&self, m: Msg) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.ctl.try_send(m) {
             self.conn
@@ -188,6 +204,11 @@ struct Inner {
     uploaded_bytes: AtomicU64,
     corrupt_pending: AtomicUsize,
     banned_count: AtomicUsize,
+    bytes_dropped_installer_gone: AtomicU64,
+    requests_unreadable: AtomicU64,
+    answers_unsent_stream_closed: AtomicU64,
+    serve_reads_failed: AtomicU64,
+    serve_reads_corrupt: AtomicU64,
 }
 
 /// Bytes of recent chunks kept in memory for serving.
@@ -316,6 +337,11 @@ impl Swarm {
             uploaded_bytes: AtomicU64::new(0),
             corrupt_pending: AtomicUsize::new(0),
             banned_count: AtomicUsize::new(0),
+            bytes_dropped_installer_gone: AtomicU64::new(0),
+            requests_unreadable: AtomicU64::new(0),
+            answers_unsent_stream_closed: AtomicU64::new(0),
+            serve_reads_failed: AtomicU64::new(0),
+            serve_reads_corrupt: AtomicU64::new(0),
         });
         let s = Swarm { inner };
         tokio::spawn(accept_loop(s.inner.clone()));
@@ -433,6 +459,11 @@ impl Swarm {
             wasted_bytes: i.wasted_bytes.load(Ordering::Relaxed),
             uploaded_bytes: i.uploaded_bytes.load(Ordering::Relaxed),
             banned_peers: i.banned_count.load(Ordering::Relaxed),
+            bytes_dropped_installer_gone: i.bytes_dropped_installer_gone.load(Ordering::Relaxed),
+            requests_unreadable: i.requests_unreadable.load(Ordering::Relaxed),
+            answers_unsent_stream_closed: i.answers_unsent_stream_closed.load(Ordering::Relaxed),
+            serve_reads_failed: i.serve_reads_failed.load(Ordering::Relaxed),
+            serve_reads_corrupt: i.serve_reads_corrupt.load(Ordering::Relaxed),
         }
     }
 
@@ -445,7 +476,10 @@ impl Swarm {
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Relaxed);
         if let Some(api) = &self.inner.api {
-            let _ = api.leave_swarm(&self.inner.game, &self.inner.version).await;
+            if let Err(error) = api.leave_swarm(&self.inner.game, &self.inner.version).await {
+                // The tracker forgets a peer that stops announcing anyway.
+                tracing::debug!(%error, "leaving the tracker failed");
+            }
         }
         for p in lock(&self.inner.peers).values() {
             p.conn.close(CLOSE_DONE.into(), b"bye");
@@ -457,9 +491,10 @@ impl Swarm {
 
 fn transport(depth: usize) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(15)) {
-        t.max_idle_timeout(Some(idle));
-    }
+    // 15 s, in milliseconds.
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+        15_000,
+    ))));
     t.keep_alive_interval(Some(Duration::from_secs(3)));
     t.max_concurrent_uni_streams(0u8.into());
     // The control stream and `depth` requests (plus a few for doubled endgame requests).
@@ -503,18 +538,39 @@ impl Inner {
         }
         let c = self.idx(i)?;
         let loc = match &*lock(&self.serve) {
-            Serve::Staging(staging) => return staging.get(&c.hash).ok().flatten(),
+            Serve::Staging(staging) => {
+                return match staging.get(&c.hash) {
+                    Ok(data) => data,
+                    Err(_) => {
+                        self.serve_reads_failed.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                };
+            }
             Serve::Installed { paths } => {
                 let (fi, off) = self.table.first_place(i)?;
                 (paths.get(fi)?.clone(), off)
             }
         };
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = std::fs::File::open(&loc.0).ok()?;
-        f.seek(SeekFrom::Start(loc.1)).ok()?;
-        let mut buf = vec![0u8; c.size as usize];
-        f.read_exact(&mut buf).ok()?;
-        (blake3::hash(&buf).as_bytes() == &c.hash).then_some(buf)
+        let read = || -> std::io::Result<Vec<u8>> {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = std::fs::File::open(&loc.0)?;
+            f.seek(SeekFrom::Start(loc.1))?;
+            let mut buf = vec![0u8; c.size as usize];
+            f.read_exact(&mut buf)?;
+            Ok(buf)
+        };
+        match read() {
+            Ok(buf) if blake3::hash(&buf).as_bytes() == &c.hash => Some(buf),
+            Ok(_) => {
+                self.serve_reads_corrupt.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(_) => {
+                self.serve_reads_failed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
     }
 
     fn broadcast(&self, m: Msg) {
@@ -545,7 +601,10 @@ impl Inner {
         }
         lock(&self.recent).push(i, data.shared());
         let corrupt = self.corrupt_pending.swap(0, Ordering::Relaxed);
-        let _ = out.send(Ok((data, corrupt))).await;
+        if out.send(Ok((data, corrupt))).await.is_err() {
+            self.bytes_dropped_installer_gone
+                .fetch_add(n, Ordering::Relaxed);
+        }
         self.wake.notify_waiters();
     }
 
@@ -613,11 +672,13 @@ impl ChunkSource for Swarm {
         Box::pin(async move {
             let inner = &self.inner;
             if table.id() != inner.table.id() {
-                let _ = out
-                    .send(Err(ContentError::Invalid(
+                tell_installer(
+                    &out,
+                    ContentError::Invalid(
                         "asked for chunks of another version than the swarm's".into(),
-                    )))
-                    .await;
+                    ),
+                )
+                .await;
                 return;
             }
             let needed = wanted.ones().map(|i| i as u32);
@@ -656,7 +717,7 @@ impl ChunkSource for Swarm {
                     // The origin gave up on a chunk no peer holds.
                     break;
                 }
-                let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
+                notified_or_after(notified, Duration::from_millis(500)).await;
             }
             for t in origin_tasks {
                 t.abort();
@@ -717,7 +778,7 @@ async fn origin_worker(inner: Arc<Inner>, settle: Instant, attempts: u32) {
             }
         };
         let Some(i) = pick else {
-            let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+            notified_or_after(notified, Duration::from_millis(100)).await;
             continue;
         };
         let Some(c) = inner.idx(i) else { return };
@@ -740,18 +801,33 @@ async fn origin_worker(inner: Arc<Inner>, settle: Instant, attempts: u32) {
                 if *f >= attempts {
                     let out = lock(&inner.out).clone();
                     if let Some(out) = out {
-                        let _ = out
-                            .send(Err(ContentError::Fetch(format!(
-                                "the origin failed {attempts} times to deliver chunk {}",
-                                chunk_name(&c.hash)
-                            ))))
-                            .await;
+                        let error = ContentError::Fetch(format!(
+                            "the origin failed {attempts} times to deliver chunk {}",
+                            chunk_name(&c.hash)
+                        ));
+                        tell_installer(&out, error).await;
                     }
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+/// Hands the installer an error that ends its download; logged when the installer had stopped
+/// already (then nobody waits for it).
+async fn tell_installer(out: &mpsc::Sender<Delivered>, error: ContentError) {
+    if let Err(mpsc::error::SendError(Err(error))) = out.send(Err(error)).await {
+        tracing::debug!(%error, "the installer had stopped; its download's error goes unread");
+    }
+}
+
+/// Waits until `notified` fires or `at_most` passes, whichever comes first.
+async fn notified_or_after(notified: tokio::sync::futures::Notified<'_>, at_most: Duration) {
+    tokio::select! {
+        () = notified => {}
+        () = tokio::time::sleep(at_most) => {}
     }
 }
 
@@ -859,14 +935,30 @@ async fn accept_loop(inner: Arc<Inner>) {
         }
         let inner = inner.clone();
         tokio::spawn(async move {
-            let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(5), incoming).await else {
-                return;
+            let addr = incoming.remote_address();
+            let conn = match tokio::time::timeout(Duration::from_secs(5), incoming).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(error)) => {
+                    tracing::debug!(%addr, %error, "incoming peer handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%addr, "incoming peer handshake timed out");
+                    return;
+                }
             };
-            let Ok(Ok((mut send, mut recv))) =
-                tokio::time::timeout(Duration::from_secs(5), conn.accept_bi()).await
-            else {
-                return;
-            };
+            let (mut send, mut recv) =
+                match tokio::time::timeout(Duration::from_secs(5), conn.accept_bi()).await {
+                    Ok(Ok(streams)) => streams,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%addr, %error, "incoming peer opened no control stream");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%addr, "incoming peer opened no control stream in time");
+                        return;
+                    }
+                };
             match read_hello(&inner, &mut recv).await {
                 Ok(h) => {
                     if send.write_all(&hello(&inner).frame()).await.is_ok() {
@@ -1045,6 +1137,8 @@ async fn serve_requests(inner: Arc<Inner>, peer: Arc<Peer>) {
                 .await
                 .map_or(true, |r| r.is_err())
             {
+                inner.requests_unreadable.fetch_add(1, Ordering::Relaxed);
+                // dropped: fails only on a stream finished or reset already, needing no reset
                 let _ = send.reset(1u8.into());
                 return;
             }
@@ -1062,11 +1156,14 @@ async fn serve_requests(inner: Arc<Inner>, peer: Arc<Peer>) {
                 Some(b)
             } else {
                 let inner2 = inner.clone();
-                let read = tokio::task::spawn_blocking(move || inner2.read_chunk(i))
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(Bytes::from);
+                let read = match tokio::task::spawn_blocking(move || inner2.read_chunk(i)).await {
+                    Ok(read) => read.map(Bytes::from),
+                    // The read panicked (or the runtime is shutting down).
+                    Err(_) => {
+                        inner.serve_reads_failed.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                };
                 if let Some(b) = &read {
                     lock(&inner.recent).push(i, b.clone());
                 }
@@ -1078,12 +1175,17 @@ async fn serve_requests(inner: Arc<Inner>, peer: Arc<Peer>) {
                 } else {
                     status
                 };
-                let _ = send.write_all(&[s as u8]).await;
-                let _ = send.finish();
+                let answered = send.write_all(&[s as u8]).await.is_ok() && send.finish().is_ok();
+                if !answered {
+                    inner
+                        .answers_unsent_stream_closed
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 return;
             };
             inner.up.wait(data.len() as u64).await;
             let n = data.len();
+            let mut answered = false;
             if send.write_all(&[Status::Ok as u8]).await.is_ok()
                 && send.write_chunk(data).await.is_ok()
             {
@@ -1091,7 +1193,12 @@ async fn serve_requests(inner: Arc<Inner>, peer: Arc<Peer>) {
                 // end arrives, so no peer can report bytes this side has not counted yet.
                 inner.uploaded_bytes.fetch_add(n as u64, Ordering::Relaxed);
                 lock(&peer.state).sent_round += n as u64;
-                let _ = send.finish();
+                answered = send.finish().is_ok();
+            }
+            if !answered {
+                inner
+                    .answers_unsent_stream_closed
+                    .fetch_add(1, Ordering::Relaxed);
             }
         });
     }
@@ -1177,7 +1284,8 @@ async fn request(inner: &Inner, peer: &Peer, i: u32) -> Result<Verified, Fail> {
     send.write_all(&i.to_be_bytes())
         .await
         .map_err(|_| Fail::Gone)?;
-    let _ = send.finish();
+    // Fails only on a stream closed already: then no answer can come.
+    send.finish().map_err(|_| Fail::Gone)?;
     let mut status = [0u8; 1];
     recv.read_exact(&mut status).await.map_err(|e| match e {
         quinn::ReadExactError::FinishedEarly(_) => Fail::Protocol,
@@ -1283,8 +1391,11 @@ async fn announce_loop(inner: Arc<Inner>) {
         {
             Ok(peers) => {
                 for p in peers.peers {
-                    if let Ok(addr) = p.addr.parse::<SocketAddr>() {
-                        spawn_connect(&inner, addr);
+                    match p.addr.parse::<SocketAddr>() {
+                        Ok(addr) => spawn_connect(&inner, addr),
+                        Err(error) => {
+                            tracing::debug!(addr = %p.addr, %error, "tracker named a bad address");
+                        }
                     }
                 }
             }
@@ -1292,7 +1403,7 @@ async fn announce_loop(inner: Arc<Inner>) {
         }
         // Re-announce on schedule, or as soon as this peer became a seed (others then see
         // it as complete); never more than 5 times a second.
-        let _ = tokio::time::timeout(inner.opts.announce_every, notified).await;
+        notified_or_after(notified, inner.opts.announce_every).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -1318,13 +1429,27 @@ async fn lan_loop(inner: Arc<Inner>, group: SocketAddrV4, iface: Ipv4Addr) -> st
     hello.extend_from_slice(&port.to_be_bytes());
     let mut buf = [0u8; 128];
     let mut tick = tokio::time::interval(Duration::from_secs(2));
+    // Whether the last announcement failed: a failure is logged when it starts, not every 2 s.
+    let mut failing = false;
     loop {
         if inner.closed.load(Ordering::Relaxed) {
             return Ok(());
         }
         tokio::select! {
             _ = tick.tick() => {
-                let _ = sock.send_to(&hello, SocketAddr::V4(group)).await;
+                match sock.send_to(&hello, SocketAddr::V4(group)).await {
+                    Ok(_) => failing = false,
+                    Err(error) if !failing => {
+                        failing = true;
+                        tracing::warn!(
+                            %group,
+                            %error,
+                            "LAN announcement not sent; peers on the LAN may not find this one"
+                        );
+                    }
+                    // Still failing: logged when the failures started.
+                    Err(_) => {}
+                }
             }
             r = sock.recv_from(&mut buf) => {
                 let (n, from) = r?;
@@ -1421,7 +1546,9 @@ pub async fn seed(
     let swarm = Swarm::start(m.clone(), None, api, opts)?;
     // Read from disk from here on, if the install's state folder takes a file (it stays in
     // memory otherwise).
-    let _ = m.move_to_disk(&to.join(".volley"));
+    if let Err(error) = m.move_to_disk(&to.join(".volley")) {
+        tracing::warn!(%error, "the manifest stays in memory: it could not be moved to disk");
+    }
     swarm.serve_installed(to)?;
     Ok(swarm)
 }

@@ -283,9 +283,9 @@ pub enum Kernel {
 pub fn kernel() -> Kernel {
     static PICK: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
     *PICK.get_or_init(|| {
-        let want = std::env::var("VOLLEY_CDC_KERNEL").unwrap_or_default();
         #[cfg(target_arch = "x86_64")]
         {
+            let want = std::env::var("VOLLEY_CDC_KERNEL").unwrap_or_default();
             if want != "avx2" && want != "scalar" && std::arch::is_x86_feature_detected!("avx512f")
             {
                 return Kernel::Avx512;
@@ -294,7 +294,6 @@ pub fn kernel() -> Kernel {
                 return Kernel::Avx2;
             }
         }
-        let _ = want;
         Kernel::Scalar
     })
 }

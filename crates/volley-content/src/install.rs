@@ -573,10 +573,16 @@ pub fn verify_with(
     })
 }
 
+/// Flushes the folder holding `dir`, so the swap survives a crash. A failure is logged, not
+/// returned: the install itself is complete, only its durability is in doubt.
 fn sync_parent(dir: &Path) {
     if let Some(parent) = dir.parent() {
-        if let Ok(d) = fs::File::open(parent) {
-            let _ = d.sync_all();
+        if let Err(error) = fs::File::open(parent).and_then(|d| d.sync_all()) {
+            tracing::warn!(
+                folder = %parent.display(),
+                %error,
+                "could not flush the folder after the install's swap; a crash now may undo it"
+            );
         }
     }
 }

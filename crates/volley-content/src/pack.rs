@@ -195,7 +195,13 @@ impl PackStore {
                 packs.insert(n, Arc::new(open_rw(&e.path(), false)?));
             } else if name.starts_with("index.tmp") {
                 // A collection's index that never replaced the real one.
-                let _ = fs::remove_file(e.path());
+                if let Err(error) = fs::remove_file(e.path()) {
+                    tracing::warn!(
+                        file = %e.path().display(),
+                        %error,
+                        "could not remove an abandoned index; the next open tries again"
+                    );
+                }
             }
         }
         if packs.is_empty() {
@@ -435,8 +441,18 @@ impl PackStore {
         if let Err(e) = write() {
             // Cut both files back, so the next batch appends where this one began (opening
             // the store would do the same after a crash).
-            let _ = file.set_len(start);
-            let _ = tail.index.set_len(tail.index_len);
+            for (path, cut) in [
+                (&pack_path, file.set_len(start)),
+                (&index_path, tail.index.set_len(tail.index_len)),
+            ] {
+                if let Err(error) = cut {
+                    tracing::warn!(
+                        file = %path.display(),
+                        %error,
+                        "could not cut a file back after a failed write; opening the store again does"
+                    );
+                }
+            }
             return Err(e);
         }
         tail.pack = pack;
@@ -677,6 +693,8 @@ impl PackStore {
                     }
                 }
                 if !hashes.is_empty() {
+                    // A refused send means the writer stopped on an error.
+                    // dropped: the writer's join below returns that error
                     let _ = tx.send((records, hashes));
                 }
                 Ok::<(), ContentError>(())
@@ -731,7 +749,13 @@ impl PackStore {
             (index.map.len() * ENTRY) as u64
         };
         if let Err(e) = fs::rename(&tmp, &path) {
-            let _ = fs::remove_file(&tmp);
+            if let Err(error) = fs::remove_file(&tmp) {
+                tracing::warn!(
+                    file = %tmp.display(),
+                    %error,
+                    "could not remove the unused new index; the next open does"
+                );
+            }
             return Err(ContentError::io(&path, e));
         }
         sync_dir(&self.dir)?;

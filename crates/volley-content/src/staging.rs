@@ -406,6 +406,7 @@ pub(crate) fn open_rw(path: &Path, create: bool) -> Result<File, ContentError> {
 
 /// Reserves the file's blocks, so that a full disk shows now rather than mid-download. A file
 /// system that cannot reserve is left sparse.
+#[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
 fn reserve(file: &File, len: u64) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
@@ -426,23 +427,21 @@ fn reserve(file: &File, len: u64) -> std::io::Result<()> {
             };
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, len);
     Ok(())
 }
 
 /// Asks the kernel to start writing the file's dirty pages now, without waiting for them.
+#[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
 fn start_writeback(file: &File) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
-        // SAFETY: a valid open descriptor; the call only schedules I/O.
+        // SAFETY: a valid open descriptor; the call only schedules I/O. Its result is a hint's:
+        // on failure the pages are written back later, as without the call.
         unsafe {
             libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = file;
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ impl ChunkStore {
             fs::rename(&tmp, &path)
         };
         write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
+            remove_or_warn(&tmp, "a temporary file of a failed write");
             ContentError::io(&path, e)
         })
     }
@@ -74,7 +74,7 @@ impl ChunkStore {
                 if blake3::hash(&data).as_bytes() == hash {
                     Ok(Some(data))
                 } else {
-                    let _ = fs::remove_file(&path);
+                    remove_or_warn(&path, "a corrupt chunk");
                     Err(ContentError::Corrupt(chunk_name(hash)))
                 }
             }
@@ -95,7 +95,7 @@ impl ChunkStore {
 
     /// The hashes of every chunk stored (files with other names are skipped).
     pub fn hashes(&self) -> Vec<[u8; 32]> {
-        let Ok(dirs) = fs::read_dir(&self.root) else {
+        let Some(dirs) = self.read_root() else {
             return Vec::new();
         };
         dirs.flatten()
@@ -123,9 +123,26 @@ impl ChunkStore {
         }
     }
 
+    /// The store's folder listing; `None` (logged unless the folder is gone) when it cannot be
+    /// read, which the callers take as an empty store.
+    fn read_root(&self) -> Option<fs::ReadDir> {
+        match fs::read_dir(&self.root) {
+            Ok(dirs) => Some(dirs),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => {
+                tracing::warn!(
+                    folder = %self.root.display(),
+                    %error,
+                    "could not list the chunk store; taken as empty"
+                );
+                None
+            }
+        }
+    }
+
     /// Chunks stored.
     pub fn count(&self) -> usize {
-        let Ok(dirs) = fs::read_dir(&self.root) else {
+        let Some(dirs) = self.read_root() else {
             return 0;
         };
         dirs.flatten()
@@ -137,5 +154,13 @@ impl ChunkStore {
                     .count()
             })
             .sum()
+    }
+}
+
+/// Removes `path` (`what` names it in the log); a failure is logged, since the caller already
+/// has an error or a verdict to return and the file only takes space until removed by hand.
+fn remove_or_warn(path: &Path, what: &str) {
+    if let Err(error) = fs::remove_file(path) {
+        tracing::warn!(file = %path.display(), %error, "could not remove {what}");
     }
 }

@@ -66,6 +66,9 @@ pub struct UdpLinkStats {
     /// Packets dropped because [`CLIENTS_MAX`] clients were already served, or because no
     /// upstream socket could be bound for a new client.
     pub clients_rejected: u64,
+    /// Packets from an address other than the target that reached a client's upstream socket,
+    /// ignored as a port-restricted NAT ignores them (not counted in `down`).
+    pub foreign_ignored: u64,
 }
 
 /// State shared between the handle and the forwarding task.
@@ -76,6 +79,7 @@ struct Shared {
     down: DirectionCounters,
     clients: AtomicU64,
     clients_rejected: AtomicU64,
+    foreign_ignored: AtomicU64,
 }
 
 /// A running UDP link emulator. Dropping it stops the forwarding task; [`Self::shutdown`] does
@@ -168,17 +172,28 @@ impl UdpLinkEmulator {
             down: self.shared.down.snapshot(),
             clients: self.shared.clients.load(Ordering::Relaxed),
             clients_rejected: self.shared.clients_rejected.load(Ordering::Relaxed),
+            foreign_ignored: self.shared.foreign_ignored.load(Ordering::Relaxed),
         }
     }
 
     /// Stops forwarding and waits for the task to end; packets still in flight are discarded.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            if stop.send(()).is_err() {
+                tracing::debug!("udp link: the forwarding task had stopped already");
+            }
         }
         if let Some(task) = self.task.take() {
             // A join error means the task panicked or was aborted; it is gone either way.
-            let _ = task.await;
+            match task.await {
+                Ok(()) => {}
+                Err(error) if error.is_panic() => {
+                    tracing::warn!(%error, "udp link: the forwarding task panicked");
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "udp link: the forwarding task was cancelled")
+                }
+            }
         }
     }
 }
@@ -322,8 +337,18 @@ impl Forwarder {
         for client in &mut self.clients {
             // Profiles were validated by `set_profiles`, so these cannot fail; if they somehow
             // did, the old profile stays, which is the safe choice.
-            let _ = client.up.set_profile(up);
-            let _ = client.down.set_profile(down);
+            for (direction, impairment, profile) in
+                [("up", &mut client.up, up), ("down", &mut client.down, down)]
+            {
+                if let Err(error) = impairment.set_profile(profile) {
+                    tracing::warn!(
+                        client = %client.addr,
+                        direction,
+                        %error,
+                        "udp link: profile refused; the client keeps its old one"
+                    );
+                }
+            }
         }
     }
 
@@ -375,11 +400,22 @@ impl Forwarder {
         let index = self.clients.len();
         let (up, down) = *self.profiles.borrow();
         let stream = index as u64 * 2;
+        let impairments = Impairment::new(up, derive_seed(self.seed, stream)).and_then(|up| {
+            Impairment::new(down, derive_seed(self.seed, stream + 1)).map(|down| (up, down))
+        });
+        let (up, down) = match impairments {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Profiles were validated by `set_profiles`; counted in `clients_rejected`.
+                tracing::warn!(%error, "udp link: profile refused for a new client");
+                return None;
+            }
+        };
         let client = Client {
             addr,
             upstream: upstream.clone(),
-            up: Impairment::new(up, derive_seed(self.seed, stream)).ok()?,
-            down: Impairment::new(down, derive_seed(self.seed, stream + 1)).ok()?,
+            up,
+            down,
         };
         self.clients.push(client);
         self.by_addr.insert(addr, index);
@@ -467,6 +503,8 @@ impl Forwarder {
                 continue;
             }
             let Some(client) = self.clients.get(packet.client) else {
+                // Cannot be: clients are never removed.
+                counters.dropped(EmulatorDrop::Error);
                 continue;
             };
             let sent = match packet.direction {
@@ -512,6 +550,7 @@ async fn read_upstream(
             Ok((len, from)) => {
                 consecutive_errors = 0;
                 if from != target {
+                    shared.foreign_ignored.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 let data = buf.get(..len).unwrap_or_default().to_vec();
@@ -521,10 +560,17 @@ async fn read_upstream(
                         shared.down.received(data.len());
                         shared.down.dropped(EmulatorDrop::Queue);
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        tracing::debug!(
+                            client,
+                            "udp link: the forwarding task stopped; upstream reader ends"
+                        );
+                        return;
+                    }
                 }
             }
             Err(error) => {
+                tracing::debug!(%error, "udp link: upstream receive error");
                 consecutive_errors += 1;
                 if consecutive_errors > CONSECUTIVE_ERRORS_MAX {
                     tracing::warn!(%error, "udp link: upstream socket keeps failing, stopping");

@@ -56,6 +56,9 @@ pub struct BenchResult {
     pub ticks: usize,
     /// Tickets still queued at the end.
     pub remaining: usize,
+    /// Tickets the matchmaker refused to queue (a pool the configuration lacks): neither
+    /// matched nor remaining.
+    pub tickets_refused: usize,
     /// Time spent queueing the tickets.
     pub add_time: Duration,
     /// Time spent queueing the tickets plus all ticks.
@@ -242,6 +245,7 @@ pub fn run_bench_with(
         unmatchable_matched: 0,
         ticks: 0,
         remaining: 0,
+        tickets_refused: 0,
         add_time: Duration::ZERO,
         matchmaker_time: Duration::ZERO,
         sort_time: Duration::ZERO,
@@ -305,7 +309,9 @@ pub fn run_bench_with(
     let mut outputs = Vec::with_capacity(MAX_TICKS);
     let start = Instant::now();
     for ticket in tickets {
-        ids.push(matchmaker.add(ticket, 0).ok());
+        let id = matchmaker.add(ticket, 0).ok();
+        result.tickets_refused += usize::from(id.is_none());
+        ids.push(id);
     }
     result.add_time = start.elapsed();
     let mut now_ms = 0;
@@ -377,6 +383,7 @@ mod tests {
         );
         assert!(r.players_matched <= r.matchable_players);
         assert!(r.remaining >= r.unmatchable_tickets, "{r}");
+        assert_eq!(r.tickets_refused, 0, "{r}");
         assert!(r.ticks <= MAX_TICKS);
         // The same seed gives the same matching.
         let again = run_bench(1000, 0.2, 42);
@@ -403,6 +410,12 @@ mod tests {
         invalid.default_pool = Some(crate::PoolConfig::new(3, 2));
         let r = run_bench_with(invalid, 100, 0.0, 1);
         assert_eq!((r.tickets, r.ticks, r.matches), (0, 0, 0));
+        // Without the `duel` pool, its tickets are refused, and counted.
+        let mut no_duels = bench_config();
+        no_duels.pools.remove("duel");
+        let r = run_bench_with(no_duels, 100, 0.0, 1);
+        assert!(r.tickets_refused > 0, "{r:?}");
+        assert!(r.remaining + r.tickets_refused <= r.tickets, "{r:?}");
     }
 
     /// Release-mode numbers: `cargo test -p volley-match --release -- --ignored --nocapture`.

@@ -58,8 +58,15 @@ impl TransportTuning {
     /// The quinn transport config for this tuning.
     pub fn to_transport(&self) -> quinn::TransportConfig {
         let mut t = quinn::TransportConfig::default();
-        if let Ok(idle) = quinn::IdleTimeout::try_from(self.idle_timeout) {
-            t.max_idle_timeout(Some(idle));
+        match quinn::IdleTimeout::try_from(self.idle_timeout) {
+            Ok(idle) => {
+                t.max_idle_timeout(Some(idle));
+            }
+            Err(error) => tracing::warn!(
+                idle_timeout = ?self.idle_timeout,
+                %error,
+                "idle timeout out of QUIC's range; quinn's default stays"
+            ),
         }
         t.keep_alive_interval(Some(self.keep_alive));
         t.initial_rtt(self.initial_rtt);

@@ -31,9 +31,12 @@ fn parse_channel(s: &str) -> Result<Channel, PlatformError> {
 }
 
 impl Platform {
-    /// Lets chat see the node's rooms.
+    /// Lets chat see the node's rooms. Only the first directory set is used; a later one is
+    /// dropped with a warning.
     pub fn set_room_directory(&self, dir: Arc<dyn RoomDirectory>) {
-        let _ = self.inner.rooms.set(dir);
+        if self.inner.rooms.set(dir).is_err() {
+            tracing::warn!("a room directory was set already; the new one is dropped");
+        }
     }
 
     /// Members of `ch` if `me` may read it.

@@ -129,11 +129,10 @@ impl Cron {
         &self.text
     }
 
-    fn day_matches(&self, y: i64, m: u32, d: u32, days: i64) -> bool {
+    fn day_matches(&self, m: u32, d: u32, days: i64) -> bool {
         let wd = (days + 4).rem_euclid(7) as u32; // 1970-01-01 was a Thursday
         let dom_ok = self.dom & (1 << d) != 0;
         let dow_ok = self.dow & (1 << wd) != 0;
-        let _ = y;
         let month_ok = self.months & (1 << m) != 0;
         month_ok
             && match (self.dom_star, self.dow_star) {
@@ -151,7 +150,7 @@ impl Cron {
         let mut minute_of_day = start_min.rem_euclid(1440);
         for days in first..first + 366 * 5 {
             let (y, m, d) = civil_from_days(days);
-            if d <= days_in(y, m) && self.day_matches(y, m, d, days) {
+            if d <= days_in(y, m) && self.day_matches(m, d, days) {
                 for mod_ in minute_of_day..1440 {
                     let (h, mi) = ((mod_ / 60) as u32, (mod_ % 60) as u32);
                     if self.hours & (1 << h) != 0 && self.minutes & (1u64 << mi) != 0 {

@@ -248,8 +248,17 @@ impl Platform {
             let id: String = row.try_get("id")?;
             let season: i64 = row.try_get("season")?;
             let cron: String = row.try_get("reset_cron")?;
-            let Ok(c) = crate::cron::Cron::parse(&cron) else {
-                continue;
+            let c = match crate::cron::Cron::parse(&cron) {
+                Ok(c) => c,
+                Err(error) => {
+                    tracing::warn!(
+                        board = %id,
+                        cron = %cron,
+                        %error,
+                        "a leaderboard's reset schedule does not parse; it is not reset"
+                    );
+                    continue;
+                }
             };
             let next = c.next_after(now).unwrap_or(i64::MAX);
             let def = self.board_def(&id).await?;
@@ -309,8 +318,14 @@ impl Platform {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            if let Ok(mut boards) = self.inner.boards.loaded.lock() {
-                boards.remove(&id);
+            match self.inner.boards.loaded.lock() {
+                Ok(mut boards) => {
+                    boards.remove(&id);
+                }
+                Err(_) => tracing::warn!(
+                    board = %id,
+                    "leaderboard cache poisoned; the reset board's old entries may still be served"
+                ),
             }
             if let Some(r) = self.inner.boards.redis.get() {
                 let st = self.board_state(&id).await?;

@@ -111,9 +111,12 @@ fn rating_info(r: &Rating, games: u64) -> RatingInfo {
 }
 
 impl Platform {
-    /// Lets the matchmaker make rooms.
+    /// Lets the matchmaker make rooms. Only the first maker set is used; a later one is
+    /// dropped with a warning.
     pub fn set_room_maker(&self, maker: Arc<dyn RoomMaker>) {
-        let _ = self.inner.matchmaker.rooms.set(maker);
+        if self.inner.matchmaker.rooms.set(maker).is_err() {
+            tracing::warn!("a room maker was set already; the new one is dropped");
+        }
     }
 
     /// `account`'s rating in `pool` (the default if it has none).
@@ -222,6 +225,27 @@ impl Platform {
         })
     }
 
+    /// Puts a matched ticket whose match found no room back in this node's queue, if it is
+    /// still queued (not cancelled meanwhile). A ticket that cannot be put back is logged: it
+    /// stays queued in the database, and a node restart (`reload_tickets`) queues it again.
+    async fn requeue(&self, id: &str, enqueued_at_ms: u64, expires_at_ms: u64) {
+        let requeued = match self.load_ticket(id).await {
+            Ok((_, st, QUEUED, _)) => {
+                self.enqueue(id, &st, enqueued_at_ms as i64, expires_at_ms as i64)
+            }
+            // Cancelled (or otherwise settled) meanwhile: nothing to put back.
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(error) = requeued {
+            tracing::warn!(
+                ticket = id,
+                %error,
+                "a ticket whose match found no room could not be requeued"
+            );
+        }
+    }
+
     fn enqueue(
         &self,
         id: &str,
@@ -266,11 +290,17 @@ impl Platform {
     }
 
     fn dequeue(&self, id: &str) {
-        if let Ok(mut st) = self.inner.matchmaker.state.lock() {
-            if let Some(core) = st.core_id.remove(id) {
-                st.api_id.remove(&core);
-                st.core.remove(core);
+        match self.inner.matchmaker.state.lock() {
+            Ok(mut st) => {
+                if let Some(core) = st.core_id.remove(id) {
+                    st.api_id.remove(&core);
+                    st.core.remove(core);
+                }
             }
+            Err(_) => tracing::warn!(
+                ticket = id,
+                "matchmaker state poisoned; the ticket stays in this node's queue"
+            ),
         }
     }
 
@@ -446,10 +476,8 @@ impl Platform {
                     tracing::warn!(error = %e, "no room for a match; requeueing");
                     for t in &m.tickets {
                         if let Some(a) = ids.get(&t.id) {
-                            if let Ok((_, st, QUEUED, _)) = self.load_ticket(a).await {
-                                let exp = t.ticket.expires_at_ms as i64;
-                                let _ = self.enqueue(a, &st, t.enqueued_at_ms as i64, exp);
-                            }
+                            self.requeue(a, t.enqueued_at_ms, t.ticket.expires_at_ms)
+                                .await;
                         }
                     }
                     continue;

@@ -228,17 +228,36 @@ struct LocalGuard {
 
 impl Drop for LocalGuard {
     fn drop(&mut self) {
-        if let Ok(mut g) = self.inner.lock() {
-            g.subs.remove(&self.id);
+        match self.inner.lock() {
+            Ok(mut g) => {
+                g.subs.remove(&self.id);
+            }
+            Err(_) => poisoned("a subscription stays registered after its end"),
         }
     }
+}
+
+/// Logs, once per process, that the in-process bus's lock was poisoned (a panic while it was
+/// held), and what that cost this time.
+fn poisoned(what: &str) {
+    static LOGGED: std::sync::Once = std::sync::Once::new();
+    LOGGED.call_once(|| {
+        tracing::warn!(
+            what,
+            "the in-process bus lock is poisoned; its messages are dropped"
+        );
+    });
 }
 
 static LOCAL_DROPPED: AtomicU64 = AtomicU64::new(0);
 
 impl LocalBus {
     fn publish(&self, subject: &str, payload: Vec<u8>) {
-        let Ok(g) = self.inner.lock() else { return };
+        let Ok(g) = self.inner.lock() else {
+            LOCAL_DROPPED.fetch_add(1, Ordering::Relaxed);
+            poisoned("a published message is dropped");
+            return;
+        };
         for (pattern, tx) in g.subs.values() {
             if subject_matches(pattern, subject) {
                 let m = BusMessage {
@@ -261,7 +280,11 @@ impl LocalBus {
                 g.subs.insert(id, (pattern.to_owned(), tx));
                 id
             }
-            Err(_) => 0,
+            Err(_) => {
+                // The sender goes with this arm: the subscription ends at once.
+                poisoned("a subscription ends at once");
+                0
+            }
         };
         Subscription {
             inner: SubInner::Local {
@@ -280,7 +303,8 @@ impl LocalBus {
     }
 }
 
-/// Messages the in-process bus dropped because a subscriber's buffer was full.
+/// Messages the in-process bus dropped: a subscriber's buffer was full (or the subscriber was
+/// going away), or the bus's lock was poisoned.
 pub fn local_dropped() -> u64 {
     LOCAL_DROPPED.load(Ordering::Relaxed)
 }

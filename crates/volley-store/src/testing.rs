@@ -88,9 +88,14 @@ pub async fn empty_postgres() -> Result<String, StoreError> {
                 .and_then(|p| p.parse::<u32>().ok());
             if let Some(pid) = pid {
                 if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                    let _ = admin
+                    let dropped = admin
                         .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
                         .await;
+                    if let Err(error) = dropped {
+                        // Another test process may be dropping it at the same moment; a later
+                        // run tries again.
+                        tracing::warn!(database = %name, %error, "could not drop a stale test database");
+                    }
                 }
             }
         }

@@ -23,8 +23,7 @@ pub trait Game: Clone {
     /// the node's history), `None` where nothing is rewound. A game that judges a player's hits
     /// against where that player saw its targets overrides this; the default ignores the views.
     /// Never used where every machine must simulate the same (rollback): only the node runs it.
-    fn step_compensated(&mut self, inputs: &[Self::Input], views: &[Option<&[EntityView]>]) {
-        let _ = views;
+    fn step_compensated(&mut self, inputs: &[Self::Input], _views: &[Option<&[EntityView]>]) {
         self.step(inputs);
     }
 
@@ -46,8 +45,7 @@ pub trait Game: Clone {
     /// Client-side prediction in snapshot mode: where `entity` (the player's own) is one frame
     /// later under `input`, by the same rules the authority applies. The default predicts no
     /// movement, which is always safe and never smooth.
-    fn predict(entity: &EntityView, input: &Self::Input) -> EntityView {
-        let _ = input;
+    fn predict(entity: &EntityView, _input: &Self::Input) -> EntityView {
         *entity
     }
 
@@ -58,8 +56,7 @@ pub trait Game: Clone {
     }
 
     /// Decodes [`Game::encode_state`]; `None` for bytes that are not a valid state.
-    fn decode_state(bytes: &[u8]) -> Option<Self> {
-        let _ = bytes;
+    fn decode_state(_bytes: &[u8]) -> Option<Self> {
         None
     }
 }

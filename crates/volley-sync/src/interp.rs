@@ -143,6 +143,10 @@ pub struct InterpStats {
     pub late: u64,
     /// Snapshots refused as duplicates.
     pub duplicates: u64,
+    /// Snapshots refused for an arrival time that is not a plausible number of milliseconds.
+    pub refused_bad_time: u64,
+    /// Snapshots refused for holding more entities than [`InterpConfig::max_entities`].
+    pub refused_too_many_entities: u64,
     /// Oldest snapshots dropped because the buffer was full.
     pub overflow_drops: u64,
     /// Samples taken.
@@ -240,9 +244,11 @@ impl Interpolator {
         mut entities: Vec<EntityView>,
     ) -> Result<(), InterpError> {
         if !plausible_ms(arrival_ms) {
+            self.stats.refused_bad_time += 1;
             return Err(InterpError::BadTime(arrival_ms));
         }
         if entities.len() > self.config.max_entities {
+            self.stats.refused_too_many_entities += 1;
             return Err(InterpError::TooManyEntities {
                 count: entities.len(),
                 max: self.config.max_entities,
@@ -676,6 +682,8 @@ mod tests {
             interp.push(1, 0.0, vec![EntityView::default(); 3]),
             Err(InterpError::TooManyEntities { count: 3, max: 2 })
         ));
+        assert_eq!(interp.stats().refused_bad_time, 4);
+        assert_eq!(interp.stats().refused_too_many_entities, 1);
         for tick in 10..20 {
             interp
                 .push(tick, f64::from(tick) * TICK_MS, snap(tick))

@@ -121,6 +121,10 @@ pub struct HostStats {
     pub lag_rewound_ticks: u64,
     /// Of those, views older than the cap (clamped to it).
     pub lag_clamped: u64,
+    /// World states the lag-compensation history refused to record (a tick not after the
+    /// newest, or more entities than its limit): a player whose view falls on such a tick is
+    /// judged against the present world, without a rewind.
+    pub lag_history_refused: u64,
 }
 
 #[derive(Debug)]
@@ -304,8 +308,12 @@ impl<G: Game> SnapshotHost<G> {
         match &mut self.lag {
             None => self.game.step(&inputs),
             Some(history) => {
-                if history.newest_tick().is_none() {
-                    let _ = history.record(self.game.frame(), &self.game.entities());
+                if history.newest_tick().is_none()
+                    && history
+                        .record(self.game.frame(), &self.game.entities())
+                        .is_err()
+                {
+                    self.stats.lag_history_refused += 1;
                 }
                 let newest = history.newest_tick().unwrap_or(0);
                 let floor = newest.saturating_sub(history.config().rewind_ticks_max);
@@ -325,7 +333,12 @@ impl<G: Game> SnapshotHost<G> {
                     views.push(view.and_then(|t| history.rewind(t)));
                 }
                 self.game.step_compensated(&inputs, &views);
-                let _ = history.record(self.game.frame(), &self.game.entities());
+                if history
+                    .record(self.game.frame(), &self.game.entities())
+                    .is_err()
+                {
+                    self.stats.lag_history_refused += 1;
+                }
             }
         }
         self.stats.frames += 1;
@@ -390,7 +403,7 @@ impl<G: Game> SnapshotHost<G> {
 pub struct ClientStats {
     /// Snapshots decoded.
     pub snapshots: u64,
-    /// Snapshots refused (stale, malformed...).
+    /// Snapshot packets refused (stale, malformed, not a snapshot packet...).
     pub refused: u64,
     /// Reconciliations that moved the predicted entity.
     pub corrections: u64,
@@ -457,9 +470,11 @@ impl<G: Game> SnapshotClient<G> {
     /// A snapshot packet from the node, received at `now_ms`.
     pub fn on_packet(&mut self, b: &[u8], now_ms: f64) -> Result<(), NetplayError> {
         if b.first() != Some(&TAG_SNAPSHOT) || b.len() < 6 {
+            self.stats.refused += 1;
             return Err(NetplayError::Malformed("not a snapshot packet"));
         }
-        let last_input = u32_at(b, 1)?;
+        // Bytes 1..5 carry the last input frame the node applied; reconciliation below goes by
+        // the snapshot's tick instead.
         let buffer = b.get(5).map_or(0, |x| *x as i8);
         let snap = match self.decoder.decode(b.get(6..).unwrap_or(&[])) {
             Ok(s) => s,
@@ -471,6 +486,8 @@ impl<G: Game> SnapshotClient<G> {
         self.stats.snapshots += 1;
         let me = u16::from(self.start.slot);
         let own = snap.entities.iter().find(|e| e.id == me).copied();
+        // A snapshot the interpolator refuses still serves reconciliation below.
+        // dropped: the interpolator counts each refusal by reason (see `interp_stats`)
         let _ = self.interp.push(snap.tick, now_ms, snap.entities.clone());
         // Frame pacing: aim for 2 frames of input waiting at the node.
         match self.next_frame {
@@ -485,7 +502,6 @@ impl<G: Game> SnapshotClient<G> {
         // computed. Within the wire's rounding, keep predicting from our own (unrounded) state;
         // beyond it, start again from the authority's entity and replay the inputs it has not
         // applied yet.
-        let _ = last_input;
         self.last_buffer = buffer;
         let applied_through = snap.tick.wrapping_sub(1);
         while self

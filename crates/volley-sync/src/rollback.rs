@@ -379,6 +379,9 @@ pub struct RollbackStats {
     pub resyncs: u64,
     /// Checksum reports dropped because nobody took them.
     pub reports_dropped: u64,
+    /// Local inputs refused: one was added for that frame already, or the frame number would
+    /// overflow. The frame runs on the input it has.
+    pub local_inputs_refused: u64,
 }
 
 impl RollbackStats {
@@ -567,12 +570,14 @@ impl<G: Game> Rollback<G> {
 
     /// Adds this player's input sampled at the current frame; it applies at the current frame
     /// plus the input delay. Returns that frame.
+    /// A refused input is counted in [`RollbackStats::local_inputs_refused`].
     pub fn add_local_input(&mut self, input: G::Input) -> Result<u32, RollbackError> {
-        let target = self
-            .current
-            .checked_add(self.config.input_delay_frames)
-            .ok_or(RollbackError::FrameOverflow)?;
+        let Some(target) = self.current.checked_add(self.config.input_delay_frames) else {
+            self.stats.local_inputs_refused += 1;
+            return Err(RollbackError::FrameOverflow);
+        };
         if target < self.local_next {
+            self.stats.local_inputs_refused += 1;
             return Err(RollbackError::LocalInputAlreadyAdded { frame: target });
         }
         // Only after a resync jumped forward can frames be skipped: they had no local input.

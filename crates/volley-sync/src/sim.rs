@@ -294,6 +294,9 @@ pub struct SimReport {
     pub referee_stats: RefereeStats,
     /// The network's counters.
     pub net: NetStats,
+    /// Messages to the node that did not decode or that the referee refused (its counters say
+    /// why for those it refused).
+    pub node_refused_messages: u64,
     /// A hash of the run (verdicts, checksums, counters): equal seeds give equal hashes.
     pub trace_hash: u64,
 }
@@ -572,6 +575,8 @@ struct World<'c, G: Game> {
     players: Vec<Player<G>>,
     verdicts_seen: usize,
     detections: Vec<Detection>,
+    /// Messages to the node that did not decode or that the referee refused.
+    node_refused: u64,
 }
 
 impl<'c, G: Game> World<'c, G> {
@@ -653,6 +658,7 @@ impl<'c, G: Game> World<'c, G> {
             players,
             verdicts_seen: 0,
             detections,
+            node_refused: 0,
         })
     }
 
@@ -688,10 +694,15 @@ impl<'c, G: Game> World<'c, G> {
         };
         match packet.to {
             Endpoint::Node => {
-                if let Ok(batch) = InputBatch::decode::<Tampered<G>>(&bytes) {
-                    let _ = self.referee.on_inputs(from, &batch, now_ms);
+                let accepted = if let Ok(batch) = InputBatch::decode::<Tampered<G>>(&bytes) {
+                    self.referee.on_inputs(from, &batch, now_ms).is_ok()
                 } else if let Ok(report) = ChecksumReport::decode(&bytes) {
-                    let _ = self.referee.on_checksum(from, report, now_ms);
+                    self.referee.on_checksum(from, report, now_ms).is_ok()
+                } else {
+                    false
+                };
+                if !accepted {
+                    self.node_refused += 1;
                 }
             }
             Endpoint::Player(to) => {
@@ -818,6 +829,7 @@ impl<'c, G: Game> World<'c, G> {
             if player.session.needs_local_input() {
                 let frame = player.session.current_frame();
                 let input = (self.hooks.bot_input)(slot, frame, player.seed);
+                // dropped: counted in `RollbackStats::local_inputs_refused` (in the report)
                 let _ = player.session.add_local_input(input);
             }
             if player.session.advance().is_err() {
@@ -1027,6 +1039,7 @@ impl<'c, G: Game> World<'c, G> {
             detections: self.detections,
             referee_stats: *self.referee.stats(),
             net: self.net.stats,
+            node_refused_messages: self.node_refused,
             trace_hash: hash.0,
         }
     }

@@ -176,6 +176,7 @@ fn stalls_after_the_prediction_window() {
         s[0].add_local_input(Move(1)),
         Err(RollbackError::LocalInputAlreadyAdded { frame: 10 })
     );
+    assert_eq!(s[0].stats().local_inputs_refused, 1);
     assert!(!s[0].needs_local_input());
     // B's inputs arrive: A resumes.
     for _ in 0..8 {
