@@ -11,4 +11,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # No crate's modules import each other in a cycle.
 python3 scripts/module-cycles.py --self-test
 python3 scripts/module-cycles.py crates
+# Nothing dropped silently: every `let _ =` in library code says why nothing is lost.
+scripts/silent-drops.sh --self-test
+scripts/silent-drops.sh
 cargo test --workspace --locked -- --test-threads "${VOLLEY_TEST_THREADS:-4}"
