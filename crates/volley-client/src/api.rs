@@ -11,7 +11,7 @@ use volley_proto::api::{
     PurchaseRequest, RankReply, RedeemRequest, Redemption, ScoreReply, ScoreRequest, StoreItem,
     TransferPage, WalletView,
 };
-use volley_proto::api::{BoardPage, ClientEvent, FriendPage, HeldPage};
+use volley_proto::api::{BoardPage, ClientEvent, FriendPage, HeldPage, LobbyPage};
 use volley_proto::api::{PeerAnnounce, SwarmPeers};
 use volley_proto::Fingerprint;
 
@@ -188,6 +188,32 @@ impl Api {
     /// The caller's account.
     pub async fn account(&self) -> Result<AccountInfo, Error> {
         self.call(self.http.get(self.url("/v1/account"))).await
+    }
+
+    /// Open lobbies (`kind` `lobby`) or groups (`group`) whose attributes match every `filter`
+    /// pair, newest first: a page of at most `limit`, searching on from `before` (a previous
+    /// page's `next_before`).
+    pub async fn search_lobbies(
+        &self,
+        kind: &str,
+        filter: &[(&str, &str)],
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<LobbyPage, Error> {
+        let mut q: Vec<(String, String)> = vec![
+            ("kind".into(), kind.to_owned()),
+            ("limit".into(), limit.to_string()),
+        ];
+        if let Some(b) = before {
+            q.push(("before".into(), b.to_string()));
+        }
+        q.extend(
+            filter
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        self.call(self.http.get(self.url("/v1/lobbies")).query(&q))
+            .await
     }
 
     /// Friends, requests and blocks, every page of them.

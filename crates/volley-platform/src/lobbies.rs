@@ -7,7 +7,7 @@
 //! count (a row lock on PostgreSQL, the single writer on SQLite) before it inserts the member.
 
 use sqlx::Row;
-use volley_proto::api::{CreateLobby, Event, LobbyInfo, UpdateLobby};
+use volley_proto::api::{CreateLobby, Event, LobbyInfo, LobbyPage, UpdateLobby};
 
 use crate::{now_ms, AccountId, Platform, PlatformError};
 
@@ -434,14 +434,31 @@ impl Platform {
         self.lobby(id).await
     }
 
-    /// Open lobbies or groups (`kind`; never parties) whose attributes equal every `(key, value)` in `filter`
-    /// (values compared as strings), with room left, newest first, at most `limit` (<= 100).
+    /// Open lobbies (or groups) of `kind` with room left whose attributes match every
+    /// `filter` pair, newest first: at most `limit` (<= the search cap).
     pub async fn search_lobbies(
         &self,
         kind: &str,
         filter: &[(String, String)],
         limit: usize,
     ) -> Result<Vec<LobbyInfo>, PlatformError> {
+        Ok(self
+            .search_lobbies_page(kind, filter, None, limit)
+            .await?
+            .lobbies)
+    }
+
+    /// A page of [`Platform::search_lobbies`]: lobbies older than `before` (a previous page's
+    /// `next_before`), and where to go on. A search scans at most 2,000 lobbies per page; when
+    /// it stops there, or at `limit`, `next_before` says where the next page starts.
+    pub async fn search_lobbies_page(
+        &self,
+        kind: &str,
+        filter: &[(String, String)],
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<LobbyPage, PlatformError> {
+        const SCAN_MAX: i64 = 2000;
         if kind != "lobby" && kind != "group" {
             return Err(PlatformError::bad(
                 "bad_kind",
@@ -451,13 +468,19 @@ impl Platform {
         let limit = limit.clamp(1, MAX_SEARCH);
         let rows = sqlx::query(
             "SELECT id, attrs FROM lobbies WHERE kind = $1 AND open = 1 \
-             AND member_count < max_members ORDER BY id DESC LIMIT 2000",
+             AND member_count < max_members AND id < $2 ORDER BY id DESC LIMIT $3",
         )
         .bind(kind)
+        .bind(before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64))
+        .bind(SCAN_MAX)
         .fetch_all(self.db().reader())
         .await?;
-        let mut out = Vec::new();
+        let scanned_all = (rows.len() as i64) < SCAN_MAX;
+        let mut lobbies = Vec::new();
+        let mut last_id = None;
         for r in rows {
+            let id = r.try_get::<i64, _>("id")? as u64;
+            last_id = Some(id);
             let attrs: String = r.try_get("attrs")?;
             let attrs: Attrs = match serde_json::from_str(&attrs) {
                 Ok(serde_json::Value::Object(m)) => m,
@@ -470,12 +493,18 @@ impl Platform {
                 })
             });
             if hit {
-                out.push(self.lobby(r.try_get::<i64, _>("id")? as u64).await?);
-                if out.len() >= limit {
-                    break;
+                lobbies.push(self.lobby(id).await?);
+                if lobbies.len() >= limit {
+                    return Ok(LobbyPage {
+                        lobbies,
+                        next_before: Some(id),
+                    });
                 }
             }
         }
-        Ok(out)
+        Ok(LobbyPage {
+            lobbies,
+            next_before: if scanned_all { None } else { last_id },
+        })
     }
 }

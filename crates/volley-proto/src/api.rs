@@ -329,6 +329,15 @@ pub struct FriendPage {
     pub next_after: Option<u64>,
 }
 
+/// `GET /v1/lobbies`: lobbies or groups matching a search, newest first.
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
+pub struct LobbyPage {
+    /// Matching lobbies, newest first.
+    pub lobbies: Vec<LobbyInfo>,
+    /// Pass as `before` to search on; absent when every lobby was searched.
+    pub next_before: Option<u64>,
+}
+
 /// A player's presence.
 #[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Presence {

@@ -359,3 +359,60 @@ async fn friends_page_past_one_hundred() {
     assert!(all.iter().all(|f| f.state == "invite_received"));
     n.node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lobby_searches_page_newest_first() {
+    let n = start_node(|_| {}).await;
+    let mut owners = Vec::new();
+    for i in 0..7 {
+        let mut o = Api::new(&n.base);
+        o.login_device(&format!("habits-lobby-{i:04}"))
+            .await
+            .unwrap();
+        let mut attrs = serde_json::Map::new();
+        attrs.insert(
+            "map".into(),
+            if i % 2 == 0 { "docks" } else { "city" }.into(),
+        );
+        o.create_lobby(&volley_proto::api::CreateLobby {
+            kind: "lobby".into(),
+            name: None,
+            max_members: 4,
+            open: true,
+            attrs,
+        })
+        .await
+        .unwrap();
+        owners.push(o);
+    }
+    // Four lobbies on the docks, two a page.
+    let first = owners[0]
+        .search_lobbies("lobby", &[("map", "docks")], None, 2)
+        .await
+        .unwrap();
+    assert_eq!(first.lobbies.len(), 2);
+    let next = first.next_before.expect("more to search");
+    let second = owners[0]
+        .search_lobbies("lobby", &[("map", "docks")], Some(next), 2)
+        .await
+        .unwrap();
+    assert_eq!(second.lobbies.len(), 2);
+    let mut ids: Vec<u64> = first
+        .lobbies
+        .iter()
+        .chain(&second.lobbies)
+        .map(|l| l.lobby_id)
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    ids.dedup();
+    assert_eq!(ids.len(), 4);
+    let rest = owners[0]
+        .search_lobbies("lobby", &[("map", "docks")], second.next_before, 2)
+        .await
+        .unwrap();
+    assert!(
+        rest.lobbies.is_empty() && rest.next_before.is_none(),
+        "{rest:?}"
+    );
+    n.node.shutdown().await;
+}

@@ -7,8 +7,8 @@ use axum::Json;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use volley_proto::api::{
-    ChatMessage, ChatPage, CreateLobby, Friend, FriendPage, LobbyInfo, MemberRequest, Presence,
-    SendChat, UpdateLobby,
+    ChatMessage, ChatPage, CreateLobby, Friend, FriendPage, LobbyInfo, LobbyPage, MemberRequest,
+    Presence, SendChat, UpdateLobby,
 };
 
 use super::error::Error;
@@ -48,8 +48,8 @@ pub(super) fn routes() -> ApiRouter<AppState> {
                 search_lobbies,
                 doc_long(
                     "Search open lobbies or groups by attribute",
-                    "Query: kind=lobby|group, limit, and any key=value attribute filters \
-                     (at most 16).",
+                    "Query: kind=lobby|group, limit, before (a page's next_before), and any \
+                     key=value attribute filters (at most 16).",
                 ),
             ),
         )
@@ -162,8 +162,9 @@ async fn search_lobbies(
     State(api): State<AppState>,
     _: Player,
     Query(q): Query<Vec<(String, String)>>,
-) -> Result<Json<Vec<LobbyInfo>>, Error> {
+) -> Result<Json<LobbyPage>, Error> {
     let mut limit = 20;
+    let mut before = None;
     let mut kind = "lobby".to_owned();
     let mut filter = Vec::new();
     for (k, v) in q {
@@ -171,6 +172,11 @@ async fn search_lobbies(
             limit = v
                 .parse()
                 .map_err(|_| Error::bad_request("limit must be a number"))?;
+        } else if k == "before" {
+            before = Some(
+                v.parse()
+                    .map_err(|_| Error::bad_request("before must be a lobby id"))?,
+            );
         } else if k == "kind" {
             kind = v;
         } else if filter.len() < LOBBY_FILTERS_MAX {
@@ -182,7 +188,9 @@ async fn search_lobbies(
         }
     }
     Ok(Json(
-        api.platform.search_lobbies(&kind, &filter, limit).await?,
+        api.platform
+            .search_lobbies_page(&kind, &filter, before, limit)
+            .await?,
     ))
 }
 
