@@ -108,7 +108,28 @@ async fn open_platform(cfg: &NodeConfig) -> Result<volley_platform::Platform, St
             };
             reach(cfg, service, url, volley_store::Db::open(url)).await?
         }
-        None => volley_store::Db::open_sqlite(&cfg.data_dir.join("volley.db")).await?,
+        None => {
+            // The database holds every account: created (and kept) readable by the node only,
+            // with its journal files, which SQLite creates with the database's mode.
+            let path = cfg.data_dir.join("volley.db");
+            if !path.exists() {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(store::SECRET_MODE)
+                    .open(&path)
+                    .map_err(|e| StartError::DataDir {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+            }
+            for file in ["volley.db", "volley.db-wal", "volley.db-shm"] {
+                store::restrict(&cfg.data_dir.join(file), store::SECRET_MODE)?;
+            }
+            volley_store::Db::open_sqlite(&path).await?
+        }
     };
     let bus = match &cfg.nats {
         Some(url) => reach(cfg, "NATS", url, volley_store::Bus::nats(url)).await?,

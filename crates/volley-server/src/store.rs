@@ -39,9 +39,38 @@ fn err(path: &Path, e: impl std::fmt::Display) -> DataDirError {
     }
 }
 
+/// Mode of the data directory: only the node's user may list or enter it.
+const DIR_MODE: u32 = 0o700;
+/// Mode of every secret the node writes (its key, the ticket key, the database).
+pub(crate) const SECRET_MODE: u32 = 0o600;
+
+/// Makes `path` readable by its owner only, if it is more open than `mode`; says so when it
+/// had to (a file left readable by an older node, or copied in).
+pub(crate) fn restrict(path: &Path, mode: u32) -> Result<(), DataDirError> {
+    use std::os::unix::fs::PermissionsExt;
+    let md = match fs::metadata(path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err(path, e)),
+    };
+    let now = md.permissions().mode() & 0o777;
+    if now & !mode != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| err(path, e))?;
+        tracing::warn!(path = %path.display(), was = format!("{now:o}"), now = format!("{mode:o}"), "a secret was readable by others; restricted it");
+    }
+    Ok(())
+}
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp).map_err(|e| err(&tmp, e))?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(SECRET_MODE)
+        .open(&tmp)
+        .map_err(|e| err(&tmp, e))?;
     f.write_all(bytes).map_err(|e| err(&tmp, e))?;
     f.sync_all().map_err(|e| err(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| err(path, e))
@@ -49,7 +78,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
 
 pub(crate) fn load_or_create(dir: &Path) -> Result<Stored, DataDirError> {
     fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+    restrict(dir, DIR_MODE)?;
     let (cert_p, key_p, tk_p) = (dir.join(CERT), dir.join(KEY), dir.join(TICKET_KEY));
+    for secret in [&key_p, &tk_p] {
+        restrict(secret, SECRET_MODE)?;
+    }
     let identity = if cert_p.exists() && key_p.exists() {
         let cert = fs::read(&cert_p).map_err(|e| err(&cert_p, e))?;
         let key = fs::read(&key_p).map_err(|e| err(&key_p, e))?;

@@ -327,3 +327,46 @@ fn json_logs_carry_an_access_line_per_request_and_metrics_count_each_route() {
     }
     assert_eq!(access, 4, "{text}");
 }
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn the_data_directory_and_its_secrets_are_the_node_users_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (node, _) = common::serve_process_ready(&data, &[]);
+    drop(node);
+    assert_eq!(mode(&data), 0o700, "data directory");
+    for secret in ["node-key.der", "ticket.key", "volley.db"] {
+        assert_eq!(mode(&data.join(secret)), 0o600, "{secret}");
+    }
+    for journal in ["volley.db-wal", "volley.db-shm"] {
+        let p = data.join(journal);
+        if p.exists() {
+            assert_eq!(mode(&p) & 0o077, 0, "{journal}");
+        }
+    }
+    // Secrets left open by an older node are closed at the next start.
+    use std::os::unix::fs::PermissionsExt;
+    for (path, open) in [
+        (data.clone(), 0o755),
+        (data.join("ticket.key"), 0o644),
+        (data.join("node-key.der"), 0o644),
+        (data.join("volley.db"), 0o644),
+    ] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(open)).expect("chmod");
+    }
+    let (node, _) = common::serve_process_ready(&data, &[]);
+    drop(node);
+    assert_eq!(mode(&data), 0o700);
+    for secret in ["node-key.der", "ticket.key", "volley.db"] {
+        assert_eq!(mode(&data.join(secret)), 0o600, "{secret} after restart");
+    }
+}
