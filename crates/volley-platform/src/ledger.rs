@@ -214,6 +214,15 @@ impl Platform {
                         "a unique item moves as 1 unit of item:<type>",
                     ));
                 }
+            } else if let Some(item_type) = t.currency.strip_prefix("item:") {
+                // Units of a unique item's type travel only with the item: moved alone they
+                // would part a wallet's count from the items it owns.
+                if self.is_unique_item_type(item_type).await? {
+                    return Err(PlatformError::bad(
+                        "bad_item_transfer",
+                        "item:<type> of a unique item moves only with the item: name it in item_id",
+                    ));
+                }
             }
             let id = format!("{scope}:{}", t.id);
             if !seen.insert(id.clone()) {
@@ -528,6 +537,17 @@ impl Platform {
         Ok(
             sqlx::query("SELECT seq FROM ledger_transfers WHERE id = $1")
                 .bind(scoped_id)
+                .fetch_optional(self.db().reader())
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// Whether items of `item_type` are unique (rows of their own) rather than stackable units.
+    async fn is_unique_item_type(&self, item_type: &str) -> Result<bool, PlatformError> {
+        Ok(
+            sqlx::query("SELECT 1 FROM items WHERE item_type = $1 LIMIT 1")
+                .bind(item_type)
                 .fetch_optional(self.db().reader())
                 .await?
                 .is_some(),
