@@ -292,6 +292,8 @@ impl Node {
                 players_default: cfg.room_players_default,
                 players_max: cfg.room_players_max,
                 rooms_max: cfg.rooms_max,
+                for_players: cfg.rooms_for_players(),
+                per_player_max: cfg.rooms_per_player_max,
                 unused_grace: Duration::from_millis(cfg.ticket_lifetime_ms * 2),
             },
             logic,

@@ -38,10 +38,12 @@ pub(crate) struct Room {
     pub(crate) logic: std::sync::OnceLock<(String, mpsc::Sender<LogicEvent>, Report)>,
     /// For a matchmade room: the only players who may join.
     pub(crate) reserved: std::sync::OnceLock<Vec<PlayerId>>,
+    /// The player who created it (`None` for the matchmaker's rooms).
+    pub(crate) creator: Option<PlayerId>,
 }
 
 impl Room {
-    pub(crate) fn new(id: RoomId, max_players: u32) -> Self {
+    pub(crate) fn new(id: RoomId, max_players: u32, creator: Option<PlayerId>) -> Self {
         Room {
             id,
             max_players,
@@ -51,6 +53,7 @@ impl Room {
             used: std::sync::atomic::AtomicBool::new(false),
             logic: std::sync::OnceLock::new(),
             reserved: std::sync::OnceLock::new(),
+            creator,
         }
     }
 

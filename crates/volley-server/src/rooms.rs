@@ -22,9 +22,21 @@ pub(crate) enum RoomError {
     /// The request asked for something this node cannot make.
     #[error("{0}")]
     Refused(String),
-    /// The node hosts its maximum number of rooms.
+    /// The node hosts its maximum number of rooms (for players: all but the matchmaker's).
     #[error("this node hosts its maximum number of rooms")]
     Full,
+    /// The player has as many open rooms as one player may.
+    #[error("you have {0} open rooms, the most one player may; join or leave one first")]
+    PlayerLimit(usize),
+}
+
+/// Who a room is made for.
+#[derive(Debug, Clone)]
+pub(crate) enum MadeFor {
+    /// A player creating a room; counted against the player's share.
+    Player(PlayerId),
+    /// A match: only these players may join.
+    Match(Vec<PlayerId>),
 }
 
 /// The limits rooms are made within.
@@ -36,6 +48,10 @@ pub(crate) struct RoomLimits {
     pub(crate) players_max: u32,
     /// Most rooms at once.
     pub(crate) rooms_max: usize,
+    /// Of those, rooms players may create between them (the rest are the matchmaker's).
+    pub(crate) for_players: usize,
+    /// Most open rooms one player may have created.
+    pub(crate) per_player_max: usize,
     /// How long a room nobody joined stays open.
     pub(crate) unused_grace: Duration,
 }
@@ -77,13 +93,13 @@ impl Rooms {
         self.table.lock().ok()?.get(&id).cloned()
     }
 
-    /// Makes a room for `max_players` (default when `None`) running `mode`'s logic, open to
-    /// anyone or only to `reserved` players.
+    /// Makes a room for `max_players` (default when `None`) running `mode`'s logic, for the
+    /// matchmaker (only `reserved` players may join) or for the player `creator`.
     pub(crate) fn make(
         &self,
         max_players: Option<u32>,
         mode: Option<&str>,
-        reserved: Option<Vec<PlayerId>>,
+        made_for: MadeFor,
     ) -> Result<RoomRef, RoomError> {
         let max = max_players.unwrap_or(self.limits.players_default);
         if !(2..=self.limits.players_max).contains(&max) {
@@ -93,8 +109,27 @@ impl Rooms {
             )));
         }
         let mut rooms = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if rooms.len() >= self.limits.rooms_max {
-            return Err(RoomError::Full);
+        match &made_for {
+            MadeFor::Match(_) => {
+                if rooms.len() >= self.limits.rooms_max {
+                    return Err(RoomError::Full);
+                }
+            }
+            MadeFor::Player(creator) => {
+                // Players share what the matchmaker does not keep for itself, and each holds
+                // only a few rooms: one player can fill neither the node nor the matchmaker.
+                let by_players = rooms.values().filter(|r| r.creator.is_some()).count();
+                if by_players >= self.limits.for_players {
+                    return Err(RoomError::Full);
+                }
+                let mine = rooms
+                    .values()
+                    .filter(|r| r.creator == Some(*creator))
+                    .count();
+                if mine >= self.limits.per_player_max {
+                    return Err(RoomError::PlayerLimit(mine));
+                }
+            }
         }
         let logic = match (mode, &self.logic) {
             (None, _) => None,
@@ -110,15 +145,19 @@ impl Rooms {
             }
         };
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let room = Arc::new(Room::new(id, max));
+        let creator = match &made_for {
+            MadeFor::Player(p) => Some(*p),
+            MadeFor::Match(_) => None,
+        };
+        let room = Arc::new(Room::new(id, max, creator));
         if let (Some(logic), Some(mode)) = (logic, mode) {
             let (tx, report) = crate::logic::spawn(&room, logic, self.metrics.clone());
             // dropped: a fresh room's cells are empty, so neither set can fail.
             let _ = room.logic.set((mode.to_owned(), tx, report));
         }
-        if let Some(r) = reserved {
+        if let MadeFor::Match(players) = made_for {
             // dropped: as above.
-            let _ = room.reserved.set(r);
+            let _ = room.reserved.set(players);
         }
         rooms.insert(id, room.clone());
         self.metrics
@@ -196,7 +235,7 @@ impl volley_platform::matchmaking::RoomMaker for MatchRooms {
         let max = (players.len() as u32).max(2);
         let mode = self.pool_modes.get(pool).map(String::as_str);
         rooms
-            .make(Some(max), mode, Some(players.to_vec()))
+            .make(Some(max), mode, MadeFor::Match(players.to_vec()))
             .map(|r| r.id)
             .map_err(|e| e.to_string())
     }

@@ -87,6 +87,12 @@ pub(crate) struct ServeArgs {
     /// Most rooms at once.
     #[arg(long, env = "VOLLEY_ROOMS_MAX")]
     rooms_max: Option<usize>,
+    /// Percent of rooms_max only the matchmaker may use (0-90, default 10).
+    #[arg(long, env = "VOLLEY_ROOMS_RESERVED_FOR_MATCHES_PERCENT")]
+    rooms_reserved_for_matches_percent: Option<u8>,
+    /// Most open rooms one player may have created.
+    #[arg(long, env = "VOLLEY_ROOMS_PER_PLAYER_MAX")]
+    rooms_per_player_max: Option<usize>,
     /// New connections allowed per source IP per second.
     #[arg(long, env = "VOLLEY_CONNECTS_PER_IP_PER_S")]
     connects_per_ip_per_s: Option<f64>,
@@ -207,6 +213,8 @@ impl ServeArgs {
             retry,
             players_max,
             rooms_max,
+            rooms_reserved_for_matches_percent,
+            rooms_per_player_max,
             connects_per_ip_per_s,
             connects_per_ip_burst,
             handshakes_max,

@@ -80,3 +80,68 @@ async fn unique_item_units_move_only_with_their_item() {
         .unwrap();
     n.node.shutdown().await;
 }
+
+/// One player cannot fill the node's rooms: each holds a few, players share what the matchmaker
+/// does not keep for itself, and matches are still placed when players have taken their share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_player_cannot_fill_the_rooms_and_the_matchmaker_keeps_its_share() {
+    let n = start_node(|c| {
+        c.rooms_max = 10;
+        c.rooms_reserved_for_matches_percent = 20;
+        c.rooms_per_player_max = 3;
+    })
+    .await;
+    let login = |i: usize| {
+        let base = n.base.clone();
+        async move {
+            let mut api = Api::new(&base);
+            api.login_device(&format!("shield-rooms-{i:04}"))
+                .await
+                .unwrap();
+            api
+        }
+    };
+    let greedy = login(0).await;
+    for _ in 0..3 {
+        greedy.create_room(Some(2)).await.unwrap();
+    }
+    let e = greedy.create_room(Some(2)).await.unwrap_err().to_string();
+    assert!(e.contains("too_many_rooms") && e.contains("429"), "{e}");
+    // Others still create rooms, up to the players' share (8 of 10).
+    for i in 1..=2 {
+        let p = login(i).await;
+        let wanted = if i == 1 { 3 } else { 2 };
+        for _ in 0..wanted {
+            p.create_room(Some(2)).await.unwrap();
+        }
+    }
+    let late = login(3).await;
+    let e = late.create_room(Some(2)).await.unwrap_err().to_string();
+    assert!(e.contains("room_limit"), "{e}");
+    // The matchmaker still places a match in the rooms it keeps.
+    let a = login(4).await;
+    let b = login(5).await;
+    let mut tickets = Vec::new();
+    for p in [&a, &b] {
+        let t = p
+            .submit_ticket(&volley_proto::api::TicketRequest {
+                pool: "duel".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        tickets.push(t.ticket_id);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let found = loop {
+        let st = a.ticket(&tickets[0]).await.unwrap();
+        if let Some(f) = st.found {
+            break f;
+        }
+        assert!(std::time::Instant::now() < deadline, "no match: {st:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let room = a.room(found.room_id).await.unwrap();
+    assert_eq!(room.max_players, 2);
+    n.node.shutdown().await;
+}

@@ -45,6 +45,12 @@ pub struct NodeConfig {
     pub room_players_max: u32,
     /// Most rooms at once.
     pub rooms_max: usize,
+    /// Percent of `rooms_max` only the matchmaker may use (0-90): players creating rooms can
+    /// never take the matchmaker's place.
+    pub rooms_reserved_for_matches_percent: u8,
+    /// Most open rooms one player may have created (they close when empty, or unused after
+    /// twice the ticket lifetime).
+    pub rooms_per_player_max: usize,
     /// Most connected players at once.
     pub players_max: usize,
     /// Retry policy for new QUIC connections.
@@ -130,6 +136,8 @@ impl Default for NodeConfig {
             room_players_default: 8,
             room_players_max: 64,
             rooms_max: 10_000,
+            rooms_reserved_for_matches_percent: 10,
+            rooms_per_player_max: 8,
             players_max: 10_000,
             retry: RetryPolicy::Always,
             handshakes_before_retry: 64,
@@ -179,6 +187,13 @@ pub enum ConfigError {
 }
 
 impl NodeConfig {
+    /// Rooms players may create between them: `rooms_max` less the matchmaker's share (at
+    /// least one).
+    pub fn rooms_for_players(&self) -> usize {
+        let reserved = self.rooms_max * usize::from(self.rooms_reserved_for_matches_percent) / 100;
+        self.rooms_max.saturating_sub(reserved).max(1)
+    }
+
     /// Reads a TOML file; missing keys keep their defaults, unknown keys are errors.
     pub fn from_toml_file(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
@@ -207,6 +222,11 @@ impl NodeConfig {
         }
         if self.connects_per_ip_per_s <= 0.0 || self.connects_per_ip_burst < 1.0 {
             return bad("connects_per_ip_per_s must be > 0 and connects_per_ip_burst >= 1");
+        }
+        if self.rooms_reserved_for_matches_percent > 90 || self.rooms_per_player_max == 0 {
+            return bad(
+                "rooms_reserved_for_matches_percent must be 0..=90, and rooms_per_player_max > 0",
+            );
         }
         if self.rooms_max == 0 || self.players_max == 0 || self.handshakes_max == 0 {
             return bad("rooms_max, players_max and handshakes_max must be > 0");

@@ -14,7 +14,7 @@ use super::error::Error;
 use super::extract::{Body, OptionalBody, Path, Player};
 use super::{doc, AppState, Created};
 use crate::room::Room;
-use crate::rooms::RoomError;
+use crate::rooms::{MadeFor, RoomError};
 
 pub(super) fn routes() -> ApiRouter<AppState> {
     ApiRouter::new()
@@ -31,6 +31,12 @@ impl From<RoomError> for Error {
         match e {
             RoomError::Refused(why) => Error::bad_request(why),
             RoomError::Full => Error::unavailable("room_limit", e.to_string(), 1000),
+            RoomError::PlayerLimit(_) => Error::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_rooms",
+                e.to_string(),
+            )
+            .retry_after(5_000),
         }
     }
 }
@@ -67,11 +73,13 @@ pub(crate) fn room_info(room: &Room) -> RoomInfo {
 
 async fn create_room(
     State(api): State<AppState>,
-    _: Player,
+    Player(me): Player,
     OptionalBody(req): OptionalBody<CreateRoom>,
 ) -> Result<Created<RoomInfo>, Error> {
     let req = req.unwrap_or_default();
-    let room = api.rooms.make(req.max_players, req.mode.as_deref(), None)?;
+    let room = api
+        .rooms
+        .make(req.max_players, req.mode.as_deref(), MadeFor::Player(me))?;
     Ok(Created(room_info(&room)))
 }
 
