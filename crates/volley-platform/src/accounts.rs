@@ -539,19 +539,37 @@ impl Platform {
 
     /// Ends a session (and, with its refresh token, the refresh family).
     pub async fn logout(&self, token: &str, refresh: Option<&str>) -> Result<(), PlatformError> {
+        let me = self.authenticate(token).await?;
+        if let Some(r) = refresh {
+            // Only the caller's own refresh family: a stolen or guessed refresh token of
+            // another player must not let this session end that player's logins.
+            let owner: Option<i64> =
+                sqlx::query_scalar("SELECT account_id FROM refresh_tokens WHERE token_hash = $1")
+                    .bind(token_hash(r))
+                    .fetch_optional(self.db().reader())
+                    .await?;
+            match owner {
+                Some(owner) if owner as AccountId == me => {
+                    sqlx::query(
+                        "UPDATE refresh_families SET revoked = 1 WHERE family = \
+                         (SELECT family FROM refresh_tokens WHERE token_hash = $1)",
+                    )
+                    .bind(token_hash(r))
+                    .execute(self.db().writer())
+                    .await?;
+                }
+                Some(_) => {
+                    return Err(PlatformError::forbidden(
+                        "that refresh token belongs to another player",
+                    ))
+                }
+                None => {}
+            }
+        }
         sqlx::query("UPDATE sessions SET revoked = 1 WHERE token_hash = $1")
             .bind(token_hash(token))
             .execute(self.db().writer())
             .await?;
-        if let Some(r) = refresh {
-            sqlx::query(
-                "UPDATE refresh_families SET revoked = 1 WHERE family = \
-                 (SELECT family FROM refresh_tokens WHERE token_hash = $1)",
-            )
-            .bind(token_hash(r))
-            .execute(self.db().writer())
-            .await?;
-        }
         Ok(())
     }
 

@@ -145,3 +145,28 @@ async fn one_player_cannot_fill_the_rooms_and_the_matchmaker_keeps_its_share() {
     assert_eq!(room.max_players, 2);
     n.node.shutdown().await;
 }
+
+/// Logging out with another player's refresh token ends nothing of theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_revokes_only_the_callers_own_refresh_family() {
+    let n = start_node(|_| {}).await;
+    let mut alice = Api::new(&n.base);
+    let a = alice.login_device("shield-logout-a1").await.unwrap();
+    let mut bob = Api::new(&n.base);
+    let b = bob.login_device("shield-logout-b1").await.unwrap();
+    let e = alice
+        .logout(Some(&b.refresh_token))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("403"), "{e}");
+    // Bob's refresh token still works, and the refused call ended nothing of Alice's.
+    let mut again = Api::new(&n.base);
+    again.refresh(&b.refresh_token).await.unwrap();
+    alice.account().await.unwrap();
+    // Her own family she may end: her refresh token stops working.
+    alice.logout(Some(&a.refresh_token)).await.unwrap();
+    let mut later = Api::new(&n.base);
+    assert!(later.refresh(&a.refresh_token).await.is_err());
+    n.node.shutdown().await;
+}
