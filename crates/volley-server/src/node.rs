@@ -14,7 +14,7 @@ use crate::logic::LogicFactory;
 use crate::metrics::Metrics;
 use crate::origin::{Origin, OriginConfig};
 use crate::rooms::{MatchRooms, RoomLimits, Rooms};
-use crate::state::{Parts, Shared};
+use crate::state::Shared;
 use crate::{config, gate, http, origin, store};
 
 impl From<store::DataDirError> for StartError {
@@ -332,7 +332,7 @@ impl Node {
                 connects_per_ip_burst: cfg.connects_per_ip_burst,
             },
         );
-        let shared = Arc::new(Shared::new(Parts {
+        let shared = Arc::new(Shared {
             cfg,
             public_addr,
             identity: stored.identity,
@@ -340,9 +340,11 @@ impl Node {
             metrics,
             platform,
             rooms,
-            admission,
+            admission: std::sync::Mutex::new(admission),
             origin,
-        }));
+            handshakes: std::sync::atomic::AtomicUsize::new(0),
+            sockets: std::sync::Mutex::default(),
+        });
         match shared.platform.reload_tickets().await {
             Ok(n) if n > 0 => tracing::info!(tickets = n, "matchmaker queue reloaded"),
             Ok(_) => {}

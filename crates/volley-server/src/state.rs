@@ -40,7 +40,7 @@ pub(crate) struct Shared {
     /// QUIC handshakes in progress.
     pub(crate) handshakes: AtomicUsize,
     /// Open event WebSockets per player on this node.
-    sockets: Mutex<HashMap<PlayerId, usize>>,
+    pub(crate) sockets: Mutex<HashMap<PlayerId, usize>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -51,36 +51,7 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// The parts [`Shared`] is made of.
-pub(crate) struct Parts {
-    pub(crate) cfg: NodeConfig,
-    pub(crate) public_addr: SocketAddr,
-    pub(crate) identity: Identity,
-    pub(crate) ticket_key: TicketKey,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) platform: volley_platform::Platform,
-    pub(crate) rooms: Arc<Rooms>,
-    pub(crate) admission: Admission,
-    pub(crate) origin: Arc<Origin>,
-}
-
 impl Shared {
-    pub(crate) fn new(p: Parts) -> Self {
-        Shared {
-            cfg: p.cfg,
-            public_addr: p.public_addr,
-            identity: p.identity,
-            ticket_key: p.ticket_key,
-            metrics: p.metrics,
-            platform: p.platform,
-            rooms: p.rooms,
-            admission: Mutex::new(p.admission),
-            origin: p.origin,
-            handshakes: AtomicUsize::new(0),
-            sockets: Mutex::new(HashMap::new()),
-        }
-    }
-
     /// The admission state (a poisoned lock is taken over: admission state stays consistent
     /// after any panic, as every update is a single insert or remove).
     pub(crate) fn admission(&self) -> std::sync::MutexGuard<'_, Admission> {
