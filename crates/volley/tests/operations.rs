@@ -121,20 +121,20 @@ fn printed_configuration_hides_secrets() {
     assert!(text.contains("# server_key = \"<redacted>\""), "{text}");
 }
 
+/// `volley serve` on loopback with free ports and its data in `dir`.
+fn serve_in(dir: &std::path::Path) -> Command {
+    let mut cmd = volley();
+    cmd.args(["serve", "--http-addr", "127.0.0.1:0"])
+        .args(["--quic-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir);
+    cmd
+}
+
 /// Runs `volley serve` against `flags` expecting it to fail; returns (seconds, stderr).
 fn failed_start(flags: &[&str]) -> (f64, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let started = Instant::now();
-    let out = volley()
-        .args([
-            "serve",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--quic-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
+    let out = serve_in(dir.path())
         .args(flags)
         .stdout(Stdio::null())
         .output()
@@ -194,16 +194,7 @@ fn serve_logged(
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = tempfile::NamedTempFile::new().expect("log file");
-    let mut child = volley()
-        .args([
-            "serve",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--quic-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
+    let mut child = serve_in(dir.path())
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log.reopen().expect("reopen")))
