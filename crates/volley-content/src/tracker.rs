@@ -15,6 +15,8 @@ pub struct TrackerConfig {
     pub max_versions: usize,
     /// Most peers in one answer.
     pub answer_max: usize,
+    /// Most swarms one player is in at once (so one player cannot fill `max_versions`).
+    pub max_swarms_per_peer: usize,
 }
 
 impl Default for TrackerConfig {
@@ -24,6 +26,7 @@ impl Default for TrackerConfig {
             max_peers_per_version: 10_000,
             max_versions: 1_000,
             answer_max: 50,
+            max_swarms_per_peer: 16,
         }
     }
 }
@@ -52,6 +55,9 @@ pub enum TrackerError {
     /// `have_chunks` exceeds `total_chunks`.
     #[error("have_chunks exceeds total_chunks")]
     Inconsistent,
+    /// The player is already in `max_swarms_per_peer` swarms.
+    #[error("this player is in too many swarms at once; leave one first")]
+    TooManySwarms,
 }
 
 /// The tracker.
@@ -59,6 +65,8 @@ pub enum TrackerError {
 pub struct Tracker {
     config: TrackerConfig,
     swarms: HashMap<(String, String), HashMap<u64, Peer>>,
+    /// How many swarms each player is in.
+    per_peer: HashMap<u64, usize>,
 }
 
 impl Tracker {
@@ -67,6 +75,7 @@ impl Tracker {
         Tracker {
             config,
             swarms: HashMap::new(),
+            per_peer: HashMap::new(),
         }
     }
 
@@ -87,9 +96,24 @@ impl Tracker {
         if !self.swarms.contains_key(&key) && self.swarms.len() >= self.config.max_versions {
             return Err(TrackerError::Full);
         }
-        let swarm = self.swarms.entry(key).or_default();
-        if !swarm.contains_key(&peer.id) && swarm.len() >= self.config.max_peers_per_version {
+        let joined = self
+            .swarms
+            .get(&key)
+            .is_some_and(|s| s.contains_key(&peer.id));
+        if !joined
+            && self.per_peer.get(&peer.id).copied().unwrap_or(0) >= self.config.max_swarms_per_peer
+        {
+            return Err(TrackerError::TooManySwarms);
+        }
+        let swarm = self.swarms.entry(key.clone()).or_default();
+        if !joined && swarm.len() >= self.config.max_peers_per_version {
+            if swarm.is_empty() {
+                self.swarms.remove(&key);
+            }
             return Err(TrackerError::Full);
+        }
+        if !joined {
+            *self.per_peer.entry(peer.id).or_default() += 1;
         }
         swarm.insert(
             peer.id,
@@ -117,7 +141,9 @@ impl Tracker {
     pub fn leave(&mut self, game: &str, version: &str, peer: u64) {
         let key = (game.to_owned(), version.to_owned());
         if let Some(swarm) = self.swarms.get_mut(&key) {
-            swarm.remove(&peer);
+            if swarm.remove(&peer).is_some() {
+                Self::forget_one(&mut self.per_peer, peer);
+            }
             if swarm.is_empty() {
                 self.swarms.remove(&key);
             }
@@ -127,10 +153,26 @@ impl Tracker {
     /// Drops every entry older than the TTL.
     pub fn expire(&mut self, now_ms: u64) {
         let ttl = self.config.ttl_ms;
+        let per_peer = &mut self.per_peer;
         self.swarms.retain(|_, swarm| {
-            swarm.retain(|_, p| now_ms.saturating_sub(p.seen_ms) < ttl);
+            swarm.retain(|_, p| {
+                let live = now_ms.saturating_sub(p.seen_ms) < ttl;
+                if !live {
+                    Self::forget_one(per_peer, p.id);
+                }
+                live
+            });
             !swarm.is_empty()
         });
+    }
+
+    fn forget_one(per_peer: &mut HashMap<u64, usize>, id: u64) {
+        if let Some(n) = per_peer.get_mut(&id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_peer.remove(&id);
+            }
+        }
     }
 
     /// Live peers in a swarm.
@@ -200,11 +242,42 @@ mod tests {
         assert_eq!(t.announce("a", "1", peer(3, 0), 0), Err(TrackerError::Full));
         t.announce("a", "1", peer(2, 5), 1).unwrap(); // a refresh is not a new peer
         assert_eq!(t.announce("a", "2", peer(1, 0), 0), Err(TrackerError::Full));
+        assert_eq!(
+            t.per_peer.get(&1),
+            Some(&1),
+            "a refused announce counts nothing"
+        );
         let mut liar = peer(4, 0);
         liar.have_chunks = 101;
         assert_eq!(
             t.announce("b", "1", liar, 0),
             Err(TrackerError::Inconsistent)
         );
+    }
+
+    #[test]
+    fn one_player_is_in_a_bounded_number_of_swarms() {
+        let mut t = Tracker::new(TrackerConfig {
+            max_swarms_per_peer: 3,
+            ttl_ms: 1000,
+            ..TrackerConfig::default()
+        });
+        for v in ["1", "2", "3"] {
+            t.announce("a", v, peer(1, 0), 0).unwrap();
+        }
+        assert_eq!(
+            t.announce("a", "4", peer(1, 0), 0),
+            Err(TrackerError::TooManySwarms)
+        );
+        // Others are not held back, and a refresh of a swarm it is in still works.
+        t.announce("a", "4", peer(2, 0), 0).unwrap();
+        t.announce("a", "3", peer(1, 9), 10).unwrap();
+        // Leaving one, or its entries expiring, frees room.
+        t.leave("a", "1", 1);
+        t.announce("a", "4", peer(1, 0), 20).unwrap();
+        t.expire(1025);
+        assert!(t.per_peer.get(&1).is_none());
+        t.announce("a", "5", peer(1, 0), 1025).unwrap();
+        assert_eq!(t.swarm_size("a", "5"), 1);
     }
 }

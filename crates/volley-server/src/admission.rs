@@ -6,7 +6,7 @@
 //! [`Admission::open_ticket`] for the ticket in a player's Hello, and
 //! [`Admission::claim_nonce`] once the room is known, under the room's lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -14,8 +14,9 @@ use volley_proto::msg::RejectCode;
 use volley_proto::ticket::{Ticket, TicketError, TicketKey, NONCE_BYTES};
 use volley_proto::Fingerprint;
 
-/// Most entries in the per-source rate-limit table; when full, it is cleared (a flood of
-/// spoofed sources then costs the attacker the same as before, and memory stays bounded).
+/// Most entries in the per-source rate-limit table; when full, the oldest entry makes room.
+/// Only validated sources are ever entered (see [`Admission::allow_connect`]), so filling it
+/// takes that many real addresses, and what it forgets is only the oldest of them.
 pub(crate) const RATE_TABLE_MAX: usize = 65_536;
 
 /// A refusal: the code the player is told, and the detail logged.
@@ -25,6 +26,8 @@ pub(crate) type Refusal = (RejectCode, String);
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// When the entry was made: its place in the eviction order.
+    born: Instant,
 }
 
 /// The limits admission enforces.
@@ -52,6 +55,8 @@ pub(crate) struct Admission {
     node_addr: SocketAddr,
     limits: AdmissionLimits,
     buckets: HashMap<IpAddr, Bucket>,
+    /// Entries of `buckets` in the order they were made, with their `born` stamp.
+    order: VecDeque<(IpAddr, Instant)>,
     /// Ticket nonce → (first address it was used from, expiry in Unix ms).
     replay: HashMap<[u8; NONCE_BYTES], (SocketAddr, u64)>,
 }
@@ -64,30 +69,62 @@ impl Admission {
             node_addr,
             limits,
             buckets: HashMap::new(),
+            order: VecDeque::new(),
             replay: HashMap::new(),
         }
     }
 
-    /// Token-bucket check for a new connection attempt from `ip` at `now`.
+    /// Charges one connection attempt from `ip` at `now` to its token bucket; false when the
+    /// bucket is empty. Call it only for a validated source (a Retry token came back, or a
+    /// handshake completed): charging spoofable addresses would let a flood of Initials
+    /// forged in a victim's name lock the victim out.
     pub(crate) fn allow_connect(&mut self, ip: IpAddr, now: Instant) -> bool {
-        if self.buckets.len() >= RATE_TABLE_MAX && !self.buckets.contains_key(&ip) {
-            self.buckets.clear();
+        if !self.buckets.contains_key(&ip) {
+            while self.buckets.len() >= RATE_TABLE_MAX {
+                let Some((old, born)) = self.order.pop_front() else {
+                    break;
+                };
+                if self.buckets.get(&old).is_some_and(|b| b.born == born) {
+                    self.buckets.remove(&old);
+                }
+            }
+            self.order.push_back((ip, now));
         }
         let burst = self.limits.connects_per_ip_burst;
         let b = self.buckets.entry(ip).or_insert(Bucket {
             tokens: burst,
             at: now,
+            born: now,
         });
-        let refill =
-            now.saturating_duration_since(b.at).as_secs_f64() * self.limits.connects_per_ip_per_s;
-        b.tokens = (b.tokens + refill).min(burst);
-        b.at = now;
+        Self::refill(b, now, self.limits.connects_per_ip_per_s, burst);
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    /// Whether `ip`'s bucket is empty at `now`, without charging it: the gate then asks an
+    /// unvalidated source to prove its address (Retry) rather than starting a handshake.
+    pub(crate) fn exhausted(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let (per_s, burst) = (
+            self.limits.connects_per_ip_per_s,
+            self.limits.connects_per_ip_burst,
+        );
+        match self.buckets.get_mut(&ip) {
+            Some(b) => {
+                Self::refill(b, now, per_s, burst);
+                b.tokens < 1.0
+            }
+            None => false,
+        }
+    }
+
+    fn refill(b: &mut Bucket, now: Instant, per_s: f64, burst: f64) {
+        let refill = now.saturating_duration_since(b.at).as_secs_f64() * per_s;
+        b.tokens = (b.tokens + refill).min(burst);
+        b.at = b.at.max(now);
     }
 
     /// Opens a Hello's ticket at `now_unix_ms` and checks it is for this node and for the
@@ -222,15 +259,36 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_is_cleared_not_grown() {
+    fn a_full_table_forgets_its_oldest_entry_not_everyone() {
         let mut a = admission(0.0, 1.0);
         let t = Instant::now();
+        let nth = |i: u32| IpAddr::from(i.to_be_bytes());
         for i in 0..RATE_TABLE_MAX as u32 {
-            a.allow_connect(IpAddr::from(i.to_be_bytes()), t);
+            let later = t + Duration::from_micros(u64::from(i));
+            assert!(a.allow_connect(nth(i), later));
         }
         assert_eq!(a.buckets.len(), RATE_TABLE_MAX);
-        a.allow_connect("203.0.113.9".parse().unwrap(), t);
-        assert_eq!(a.buckets.len(), 1);
+        let newcomer: IpAddr = "203.0.113.9".parse().unwrap();
+        assert!(a.allow_connect(newcomer, t + Duration::from_secs(1)));
+        assert_eq!(a.buckets.len(), RATE_TABLE_MAX);
+        // The oldest source is forgotten (a fresh burst); every other one keeps its empty bucket.
+        assert!(!a.buckets.contains_key(&nth(0)));
+        assert!(a.exhausted(nth(1), t + Duration::from_secs(1)));
+        assert!(!a.allow_connect(nth(RATE_TABLE_MAX as u32 - 1), t));
+        assert!(!a.allow_connect(newcomer, t + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn looking_at_a_bucket_does_not_charge_it() {
+        let mut a = admission(0.0, 2.0);
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let t = Instant::now();
+        assert!(!a.exhausted(ip, t));
+        assert!(!a.exhausted(ip, t));
+        assert!(a.allow_connect(ip, t));
+        assert!(!a.exhausted(ip, t));
+        assert!(a.allow_connect(ip, t));
+        assert!(a.exhausted(ip, t));
     }
 
     #[test]

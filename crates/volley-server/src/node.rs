@@ -304,13 +304,15 @@ impl Node {
             rooms: Arc::downgrade(&rooms),
             pool_modes: cfg.pool_modes.clone(),
         }));
+        let tracker_cfg = volley_content::tracker::TrackerConfig {
+            max_swarms_per_peer: cfg.swarms_per_player_max,
+            ..Default::default()
+        };
         let tracker = match &cfg.redis {
-            Some(url) => {
-                origin::tracker::SwarmTracker::redis(url, &cfg.redis_prefix, Default::default())
-                    .await
-                    .map_err(|e| StartError::Platform(format!("redis (tracker): {e}")))?
-            }
-            None => origin::tracker::SwarmTracker::memory(Default::default()),
+            Some(url) => origin::tracker::SwarmTracker::redis(url, &cfg.redis_prefix, tracker_cfg)
+                .await
+                .map_err(|e| StartError::Platform(format!("redis (tracker): {e}")))?,
+            None => origin::tracker::SwarmTracker::memory(tracker_cfg),
         };
         let origin = Origin::start(
             OriginConfig {

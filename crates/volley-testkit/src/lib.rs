@@ -16,6 +16,8 @@
 //! - [`tun_link::TunLink`]: an impaired IP link between two namespaces through two TUN devices,
 //!   since this kernel has no `netem`. Needs root.
 //!
+//! - [`initials::capture`]: real QUIC client Initials, to replay as a spoofed-source flood.
+//!
 //! Root-only tests should start with [`netlab::lab_required`], which skips loudly on a
 //! developer machine and fails in CI when the lab cannot run, telling the user to run
 //! `scripts/setup-lab.sh`.
@@ -29,6 +31,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod initials;
 pub mod netlab;
 pub mod tun_link;
 

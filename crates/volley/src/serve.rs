@@ -93,6 +93,9 @@ pub(crate) struct ServeArgs {
     /// Most open rooms one player may have created.
     #[arg(long, env = "VOLLEY_ROOMS_PER_PLAYER_MAX")]
     rooms_per_player_max: Option<usize>,
+    /// Most content swarms one player may be in at once.
+    #[arg(long, env = "VOLLEY_SWARMS_PER_PLAYER_MAX")]
+    swarms_per_player_max: Option<usize>,
     /// New connections allowed per source IP per second.
     #[arg(long, env = "VOLLEY_CONNECTS_PER_IP_PER_S")]
     connects_per_ip_per_s: Option<f64>,
@@ -215,6 +218,7 @@ impl ServeArgs {
             rooms_max,
             rooms_reserved_for_matches_percent,
             rooms_per_player_max,
+            swarms_per_player_max,
             connects_per_ip_per_s,
             connects_per_ip_burst,
             handshakes_max,

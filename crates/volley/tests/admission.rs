@@ -20,20 +20,6 @@ fn unix_ms() -> u64 {
         .as_millis() as u64
 }
 
-async fn metric(base: &str, line_prefix: &str) -> u64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {line_prefix} missing in:\n{text}"))
-}
-
 fn forge(good: &JoinTicket, t: &Ticket, key: &TicketKey) -> JoinTicket {
     let mut j = good.clone();
     j.ticket = volley_proto::to_hex(&t.seal(key, rand::random()));

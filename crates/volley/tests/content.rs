@@ -911,9 +911,23 @@ async fn a_full_disk_is_reported_and_the_installed_version_stays() {
     n.node.shutdown().await;
 }
 
+/// Publishes two small versions of "arena", 0.9.0 and 0.9.1, to each node of `bases`: swarms
+/// exist only for published versions.
+fn publish_tracker_versions(bases: &[&str]) {
+    let work = tempfile::tempdir().unwrap();
+    let (key, _) = keygen(work.path());
+    let build = work.path().join("build");
+    make_build(&build, 1);
+    for base in bases {
+        publish(base, &key, &build, "0.9.0");
+        publish(base, &key, &build, "0.9.1");
+    }
+}
+
 /// The tracker's rules, seen by three players `a`, `b`, `c` (logged in to one node or to
-/// nodes of one cluster): most complete first, at the address the node saw; another version
-/// is another swarm; leaving removes a player; lies and bad names are refused.
+/// nodes of one cluster, where [`publish_tracker_versions`] published): most complete first,
+/// at the address the node saw; another version is another swarm; leaving removes a player;
+/// lies, bad names and unpublished versions are refused.
 async fn tracker_rules(a: &volley_client::Api, b: &volley_client::Api, c: &volley_client::Api) {
     use volley_proto::api::PeerAnnounce;
     let have = |port, have_chunks| PeerAnnounce {
@@ -922,16 +936,16 @@ async fn tracker_rules(a: &volley_client::Api, b: &volley_client::Api, c: &volle
         total_chunks: 100,
     };
     assert!(a
-        .announce_peer("arena", "1.0.0", &have(7001, 100))
+        .announce_peer("arena", "0.9.0", &have(7001, 100))
         .await
         .unwrap()
         .peers
         .is_empty());
-    b.announce_peer("arena", "1.0.0", &have(7002, 40))
+    b.announce_peer("arena", "0.9.0", &have(7002, 40))
         .await
         .unwrap();
     let seen = c
-        .announce_peer("arena", "1.0.0", &have(7003, 0))
+        .announce_peer("arena", "0.9.0", &have(7003, 0))
         .await
         .unwrap()
         .peers;
@@ -943,38 +957,44 @@ async fn tracker_rules(a: &volley_client::Api, b: &volley_client::Api, c: &volle
         "most complete first, at the address the node saw"
     );
     assert!(c
-        .announce_peer("arena", "2.0.0", &have(7003, 0))
+        .announce_peer("arena", "0.9.1", &have(7003, 0))
         .await
         .unwrap()
         .peers
         .is_empty());
-    a.leave_swarm("arena", "1.0.0").await.unwrap();
+    a.leave_swarm("arena", "0.9.0").await.unwrap();
     let seen = c
-        .announce_peer("arena", "1.0.0", &have(7003, 5))
+        .announce_peer("arena", "0.9.0", &have(7003, 5))
         .await
         .unwrap()
         .peers;
     assert_eq!(seen.len(), 1, "{seen:?}");
     let err = c
-        .announce_peer("arena", "1.0.0", &have(7003, 101))
+        .announce_peer("arena", "0.9.0", &have(7003, 101))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("have_chunks"), "{err}");
     assert!(c
-        .announce_peer("Arena!", "1.0.0", &have(7003, 0))
+        .announce_peer("Arena!", "0.9.0", &have(7003, 0))
         .await
         .is_err());
+    let err = c
+        .announce_peer("arena", "7.7.7", &have(7003, 0))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no version 7.7.7"), "{err}");
     // Leave the swarms clean for whoever uses these players next.
-    b.leave_swarm("arena", "1.0.0").await.unwrap();
-    c.leave_swarm("arena", "1.0.0").await.unwrap();
-    c.leave_swarm("arena", "2.0.0").await.unwrap();
+    b.leave_swarm("arena", "0.9.0").await.unwrap();
+    c.leave_swarm("arena", "0.9.0").await.unwrap();
+    c.leave_swarm("arena", "0.9.1").await.unwrap();
 }
 
 /// The tracker over HTTP: players announce what they hold and see each other, most complete
 /// first, at the address the node sees them from; leaving and bad announces behave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tracker_introduces_players_holding_a_version() {
-    let n = start_node(|_| {}).await;
+    let n = start_node(|c| c.server_key = Some(KEY.into())).await;
+    publish_tracker_versions(&[&n.base]);
     let a = common::login(&n.base, "device-swarm-aaaa").await;
     let b = common::login(&n.base, "device-swarm-bbbb").await;
     let c = common::login(&n.base, "device-swarm-cccc").await;
@@ -1318,6 +1338,7 @@ async fn nodes_sharing_redis_share_one_tracker() {
     let a = common::login(&n1.base, "device-shared-aaaa").await;
     let b = common::login(&n2.base, "device-shared-bbbb").await;
     let c = common::login(&n2.base, "device-shared-cccc").await;
+    publish_tracker_versions(&[&n1.base, &n2.base]);
     tracker_rules(&a, &b, &c).await;
 
     // The same build published to both nodes (the same signed manifest).

@@ -51,6 +51,8 @@ pub struct NodeConfig {
     /// Most open rooms one player may have created (they close when empty, or unused after
     /// twice the ticket lifetime).
     pub rooms_per_player_max: usize,
+    /// Most content swarms one player may announce itself in at once.
+    pub swarms_per_player_max: usize,
     /// Most connected players at once.
     pub players_max: usize,
     /// Retry policy for new QUIC connections.
@@ -138,6 +140,7 @@ impl Default for NodeConfig {
             rooms_max: 10_000,
             rooms_reserved_for_matches_percent: 10,
             rooms_per_player_max: 8,
+            swarms_per_player_max: 16,
             players_max: 10_000,
             retry: RetryPolicy::Always,
             handshakes_before_retry: 64,
@@ -223,9 +226,12 @@ impl NodeConfig {
         if self.connects_per_ip_per_s <= 0.0 || self.connects_per_ip_burst < 1.0 {
             return bad("connects_per_ip_per_s must be > 0 and connects_per_ip_burst >= 1");
         }
-        if self.rooms_reserved_for_matches_percent > 90 || self.rooms_per_player_max == 0 {
+        if self.rooms_reserved_for_matches_percent > 90
+            || self.rooms_per_player_max == 0
+            || self.swarms_per_player_max == 0
+        {
             return bad(
-                "rooms_reserved_for_matches_percent must be 0..=90, and rooms_per_player_max > 0",
+                "rooms_reserved_for_matches_percent must be 0..=90, and rooms_per_player_max and swarms_per_player_max > 0",
             );
         }
         if self.rooms_max == 0 || self.players_max == 0 || self.handshakes_max == 0 {

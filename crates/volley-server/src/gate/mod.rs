@@ -46,10 +46,12 @@ impl Drop for HandshakeSlot {
 pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         let ip = incoming.remote_address().ip();
-        if !shared
-            .admission()
-            .allow_connect(ip, std::time::Instant::now())
-        {
+        let now = std::time::Instant::now();
+        // Only a validated source is charged to its address's bucket: an unvalidated Initial
+        // may carry anyone's address, and charging it would let a spoofed flood lock a
+        // victim out. A source whose bucket is empty is asked to prove its address first.
+        let validated = incoming.remote_address_validated();
+        if validated && !shared.admission().allow_connect(ip, now) {
             // Silence, not a refusal: an answer would be traffic an attacker could aim.
             shared
                 .metrics
@@ -67,11 +69,15 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) 
             incoming.refuse();
             continue;
         }
-        let must_validate = match shared.cfg.retry {
-            RetryPolicy::Always => true,
-            RetryPolicy::UnderLoad => in_flight >= shared.cfg.handshakes_before_retry,
-        };
-        if must_validate && !incoming.remote_address_validated() {
+        let must_validate = !validated
+            && match shared.cfg.retry {
+                RetryPolicy::Always => true,
+                RetryPolicy::UnderLoad => {
+                    in_flight >= shared.cfg.handshakes_before_retry
+                        || shared.admission().exhausted(ip, now)
+                }
+            };
+        if must_validate {
             shared.metrics.retries.fetch_add(1, Ordering::Relaxed);
             // A Retry is smaller than the client's padded Initial: no amplification.
             if let Err(e) = incoming.retry() {
@@ -81,11 +87,17 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) 
         }
         shared.handshakes.fetch_add(1, Ordering::Relaxed);
         let slot = HandshakeSlot(shared.clone());
-        tokio::spawn(handle(shared.clone(), incoming, slot));
+        // Unvalidated here means a handshake without Retry: it is charged once it completes.
+        tokio::spawn(handle(shared.clone(), incoming, slot, !validated));
     }
 }
 
-async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, slot: HandshakeSlot) {
+async fn handle(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    slot: HandshakeSlot,
+    charge_when_done: bool,
+) {
     let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(_) => {
@@ -107,6 +119,22 @@ async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, slot: HandshakeS
         }
     };
     drop(slot);
+    if charge_when_done
+        && !shared
+            .admission()
+            .allow_connect(conn.remote_address().ip(), std::time::Instant::now())
+    {
+        // The completed handshake proved the address; its bucket is empty.
+        shared
+            .metrics
+            .ignored_rate_limited
+            .fetch_add(1, Ordering::Relaxed);
+        conn.close(
+            (RejectCode::RateLimited as u32).into(),
+            b"too many connections from this address",
+        );
+        return;
+    }
     let Some(fingerprint) = tls::peer_fingerprint(&conn) else {
         conn.close(1u32.into(), b"client certificate required");
         return;

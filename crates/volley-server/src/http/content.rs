@@ -209,6 +209,13 @@ async fn announce(
     if req.port == 0 {
         return Err(Error::bad_request("port must be 1-65535"));
     }
+    // Swarms exist only for published versions: announces for made-up ones would fill the
+    // tracker for everyone.
+    if !api.origin.has_version(&game, &version).await? {
+        return Err(Error::not_found(format!(
+            "{game} has no version {version} to share"
+        )));
+    }
     let peer = volley_content::tracker::Peer {
         id: me,
         addr: std::net::SocketAddr::new(from.ip(), req.port),

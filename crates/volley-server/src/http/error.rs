@@ -147,6 +147,9 @@ impl From<crate::origin::OriginError> for Error {
             O::NotFound(message) => Error::not_found(message),
             O::Conflict { code, message } => Error::new(StatusCode::CONFLICT, code, message),
             O::Unavailable { code, message, ms } => Error::unavailable(code, message, ms),
+            O::TooMany { code, message, ms } => {
+                Error::new(StatusCode::TOO_MANY_REQUESTS, code, message).retry_after(ms)
+            }
             O::Storage(cause) => Error::internal("content storage", cause),
             O::BadStoredManifest { version, cause } => Error {
                 code: "bad_stored_manifest",

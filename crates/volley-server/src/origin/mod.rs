@@ -65,6 +65,16 @@ pub(crate) enum OriginError {
         /// When to try again, ms.
         ms: u64,
     },
+    /// The caller is over a per-player limit; it may try again after `ms`.
+    #[error("{message}")]
+    TooMany {
+        /// Stable code.
+        code: &'static str,
+        /// Which limit.
+        message: String,
+        /// When to try again, ms.
+        ms: u64,
+    },
     /// The disk failed (logged; the client sees a request id).
     #[error("content storage: {0}")]
     Storage(String),

@@ -31,9 +31,11 @@ pub(crate) struct RedisTracker {
 }
 
 /// KEYS: peers (hash id → entry), seen (zset id → last announce ms), have (zset id → chunks
-/// held), swarms (zset swarm → last announce ms).
-/// ARGV: id, entry, now, ttl, max peers, max versions, answer max, have, swarm name.
-/// Returns {'full'} or {'ok', entry...}.
+/// held), swarms (zset swarm → last announce ms), the player's swarms (zset swarm → last
+/// announce ms).
+/// ARGV: id, entry, now, ttl, max peers, max versions, answer max, have, swarm name, max
+/// swarms per player.
+/// Returns {'full'}, {'busy'} or {'ok', entry...}.
 const ANNOUNCE: &str = r"
 local now = tonumber(ARGV[3])
 local cutoff = now - tonumber(ARGV[4])
@@ -46,6 +48,11 @@ for i = 1, #stale, 1000 do
   redis.call('ZREM', KEYS[3], unpack(part))
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cutoff)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', cutoff)
+if not redis.call('ZSCORE', KEYS[5], ARGV[9])
+   and redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[10]) then
+  return {'busy'}
+end
 if not redis.call('ZSCORE', KEYS[4], ARGV[9])
    and redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[6]) then
   return {'full'}
@@ -58,6 +65,8 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], now, ARGV[1])
 redis.call('ZADD', KEYS[3], tonumber(ARGV[8]), ARGV[1])
 redis.call('ZADD', KEYS[4], now, ARGV[9])
+redis.call('ZADD', KEYS[5], now, ARGV[9])
+redis.call('PEXPIRE', KEYS[5], ARGV[4])
 for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], ARGV[4]) end
 local ids = redis.call('ZREVRANGE', KEYS[3], 0, tonumber(ARGV[7]))
 local out = {'ok'}
@@ -112,7 +121,7 @@ impl SwarmTracker {
         })))
     }
 
-    fn keys(prefix: &str, game: &str, version: &str) -> [String; 4] {
+    fn keys(prefix: &str, game: &str, version: &str, peer: u64) -> [String; 5] {
         // Names are checked ([a-z0-9._-]), so ':' cannot appear in them.
         let base = format!("{prefix}swarm:{game}:{version}");
         [
@@ -120,6 +129,7 @@ impl SwarmTracker {
             format!("{base}:seen"),
             format!("{base}:have"),
             format!("{prefix}swarms"),
+            format!("{prefix}peer:{peer}:swarms"),
         ]
     }
 
@@ -140,7 +150,7 @@ impl SwarmTracker {
                 if peer.have_chunks > peer.total_chunks {
                     return Err(TrackerError::Inconsistent.into());
                 }
-                let keys = Self::keys(&r.prefix, game, version);
+                let keys = Self::keys(&r.prefix, game, version, peer.id);
                 let mut conn = r.conn.clone();
                 let c = r.config;
                 let out: Vec<String> = r
@@ -149,6 +159,7 @@ impl SwarmTracker {
                     .key(&keys[1])
                     .key(&keys[2])
                     .key(&keys[3])
+                    .key(&keys[4])
                     .arg(peer.id)
                     .arg(encode(&peer, now_ms))
                     .arg(now_ms)
@@ -158,6 +169,7 @@ impl SwarmTracker {
                     .arg(c.answer_max)
                     .arg(peer.have_chunks)
                     .arg(format!("{game}:{version}"))
+                    .arg(c.max_swarms_per_peer)
                     .invoke_async(&mut conn)
                     .await
                     .map_err(|e| AnnounceError::Unavailable(e.to_string()))?;
@@ -166,6 +178,9 @@ impl SwarmTracker {
                         Ok(rest.iter().filter_map(|e| decode(e)).collect())
                     }
                     Some((status, _)) if status == "full" => Err(TrackerError::Full.into()),
+                    Some((status, _)) if status == "busy" => {
+                        Err(TrackerError::TooManySwarms.into())
+                    }
                     _ => Err(AnnounceError::Unavailable(
                         "unexpected tracker answer".into(),
                     )),
@@ -189,7 +204,7 @@ impl SwarmTracker {
                 Ok(())
             }
             SwarmTracker::Redis(r) => {
-                let keys = Self::keys(&r.prefix, game, version);
+                let keys = Self::keys(&r.prefix, game, version, peer);
                 let mut conn = r.conn.clone();
                 redis::pipe()
                     .atomic()
@@ -198,6 +213,8 @@ impl SwarmTracker {
                     .zrem(&keys[1], peer)
                     .ignore()
                     .zrem(&keys[2], peer)
+                    .ignore()
+                    .zrem(&keys[4], format!("{game}:{version}"))
                     .ignore()
                     .query_async::<()>(&mut conn)
                     .await
@@ -214,6 +231,11 @@ impl From<AnnounceError> for super::OriginError {
                 code: "tracker_full",
                 message: e.to_string(),
                 ms: 30_000,
+            },
+            AnnounceError::Refused(TrackerError::TooManySwarms) => super::OriginError::TooMany {
+                code: "too_many_swarms",
+                message: e.to_string(),
+                ms: 10_000,
             },
             AnnounceError::Refused(other) => super::OriginError::bad(other.to_string()),
             AnnounceError::Unavailable(why) => {

@@ -72,6 +72,22 @@ impl Origin {
         }
     }
 
+    /// Whether `game` `version` is published: held here, or pulled now from the cluster.
+    /// Reads no manifest when the version is here.
+    pub(crate) async fn has_version(
+        self: &Arc<Self>,
+        game: &str,
+        version: &str,
+    ) -> Result<bool, OriginError> {
+        check_name("version", version)?;
+        let path = self.game_dir(game)?.join("versions").join(version);
+        match tokio::fs::try_exists(&path).await {
+            Ok(true) => Ok(true),
+            Ok(false) => Ok(self.pull_version(false, game, version).await?.is_some()),
+            Err(e) => Err(ContentError::io(&path, e).into()),
+        }
+    }
+
     /// Withdraws a version: its manifest is removed here, and on the cluster's other nodes
     /// that follow announcements; its chunks stay until a collection finds no other version
     /// referencing them. Players already holding it keep it.

@@ -177,3 +177,18 @@ pub fn serve_process_ready(dir: &std::path::Path, extra: &[&str]) -> (KillOnDrop
         .expect("ready line");
     (child, line)
 }
+
+/// The value of the first line of the node's `/metrics` that starts with `line_prefix`.
+pub async fn metric(base: &str, line_prefix: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {line_prefix} missing in:\n{text}"))
+}
