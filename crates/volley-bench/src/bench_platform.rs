@@ -434,8 +434,8 @@ async fn insert_floor(db: &volley_store::Db, n: usize) -> anyhow::Result<f64> {
 /// subjects (what the node does per chat message), deliveries per second.
 async fn nats_floor(url: &str, members: usize, messages: usize) -> anyhow::Result<f64> {
     let tag = std::process::id();
-    let pubc = volley_store::Bus::nats(url).await?;
-    let subc = volley_store::Bus::nats(url).await?;
+    let pubc = volley_store::Bus::nats(url, "bench").await?;
+    let subc = volley_store::Bus::nats(url, "bench").await?;
     let got = Arc::new(AtomicU64::new(0));
     let want = (messages * members) as u64;
     let mut subs = Vec::new();

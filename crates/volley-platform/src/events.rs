@@ -1,4 +1,4 @@
-//! The per-player event stream: events are published on the bus under `volley.user.<id>`; the
+//! The per-player event stream: events are published on the bus under `user.<id>`; the
 //! node a player's WebSocket is connected to subscribes to that subject, so an event reaches the
 //! player whichever node produced it.
 
@@ -9,7 +9,7 @@ use crate::{AccountId, Platform, PlatformError};
 
 /// The bus subject of a player's events.
 pub fn subject(account: AccountId) -> String {
-    format!("volley.user.{account}")
+    format!("user.{account}")
 }
 
 impl Platform {

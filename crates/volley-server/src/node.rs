@@ -132,7 +132,7 @@ async fn open_platform(cfg: &NodeConfig) -> Result<volley_platform::Platform, St
         }
     };
     let bus = match &cfg.nats {
-        Some(url) => reach(cfg, "NATS", url, volley_store::Bus::nats(url)).await?,
+        Some(url) => reach(cfg, "NATS", url, volley_store::Bus::nats(url, &cfg.cluster)).await?,
         None => volley_store::Bus::local(),
     };
     let pcfg = volley_platform::PlatformConfig {
@@ -163,7 +163,7 @@ async fn open_platform(cfg: &NodeConfig) -> Result<volley_platform::Platform, St
             cfg,
             "Redis",
             url,
-            platform.use_redis(url, &cfg.redis_prefix),
+            platform.use_redis(url, &cfg.redis_keys()),
         )
         .await?;
     }
@@ -309,7 +309,7 @@ impl Node {
             ..Default::default()
         };
         let tracker = match &cfg.redis {
-            Some(url) => origin::tracker::SwarmTracker::redis(url, &cfg.redis_prefix, tracker_cfg)
+            Some(url) => origin::tracker::SwarmTracker::redis(url, &cfg.redis_keys(), tracker_cfg)
                 .await
                 .map_err(|e| StartError::Platform(format!("redis (tracker): {e}")))?,
             None => origin::tracker::SwarmTracker::memory(tracker_cfg),

@@ -1,9 +1,10 @@
 //! The event bus: how presence, chat and matchmaker events reach the node a player is connected
 //! to. In-process on one node; NATS across nodes.
 //!
-//! Subjects are dot-separated tokens (`volley.user.42`). A subscription may use `*` for one
-//! token and a trailing `>` for one or more, with the meaning NATS gives them, so the same code
-//! runs on both.
+//! Subjects are dot-separated tokens (`user.42`). A subscription may use `*` for one token and
+//! a trailing `>` for one or more, with the meaning NATS gives them, so the same code runs on
+//! both. On NATS every subject travels under `volley.<cluster>.`, so deployments sharing a
+//! NATS server never see each other's messages; callers never see the prefix.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +40,19 @@ enum SubInner {
         rx: mpsc::Receiver<BusMessage>,
         _guard: LocalGuard,
     },
-    Nats(async_nats::Subscriber),
+    Nats {
+        sub: async_nats::Subscriber,
+        /// `volley.<cluster>.`, stripped from received subjects.
+        prefix: Arc<str>,
+    },
+}
+
+fn unprefixed(prefix: &str, m: async_nats::Message) -> BusMessage {
+    let subject = m.subject.as_str();
+    BusMessage {
+        subject: subject.strip_prefix(prefix).unwrap_or(subject).to_owned(),
+        payload: m.payload.to_vec(),
+    }
 }
 
 impl Subscription {
@@ -47,10 +60,7 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<BusMessage> {
         match &mut self.inner {
             SubInner::Local { rx, .. } => rx.recv().await,
-            SubInner::Nats(sub) => sub.next().await.map(|m| BusMessage {
-                subject: m.subject.to_string(),
-                payload: m.payload.to_vec(),
-            }),
+            SubInner::Nats { sub, prefix } => sub.next().await.map(|m| unprefixed(prefix, m)),
         }
     }
 
@@ -58,14 +68,11 @@ impl Subscription {
     pub fn try_next(&mut self) -> Option<BusMessage> {
         match &mut self.inner {
             SubInner::Local { rx, .. } => rx.try_recv().ok(),
-            SubInner::Nats(sub) => {
+            SubInner::Nats { sub, prefix } => {
                 let waker = futures_util::task::noop_waker();
                 let mut cx = std::task::Context::from_waker(&waker);
                 match sub.poll_next_unpin(&mut cx) {
-                    std::task::Poll::Ready(Some(m)) => Some(BusMessage {
-                        subject: m.subject.to_string(),
-                        payload: m.payload.to_vec(),
-                    }),
+                    std::task::Poll::Ready(Some(m)) => Some(unprefixed(prefix, m)),
                     _ => None,
                 }
             }
@@ -78,8 +85,22 @@ impl Subscription {
 pub enum Bus {
     /// In-process.
     Local(LocalBus),
-    /// NATS (core publish/subscribe).
-    Nats(async_nats::Client),
+    /// NATS (core publish/subscribe), every subject under `prefix` (`volley.<cluster>.`).
+    Nats {
+        /// The connection.
+        client: async_nats::Client,
+        /// `volley.<cluster>.`
+        prefix: Arc<str>,
+    },
+}
+
+/// Whether `name` can name a cluster: 1-32 of `a-z`, `0-9` and `-` (one subject token, safe
+/// in Redis keys and log lines).
+pub fn valid_cluster_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 impl Bus {
@@ -88,19 +109,28 @@ impl Bus {
         Bus::Local(LocalBus::default())
     }
 
-    /// Connects to NATS at `url` (`nats://127.0.0.1:4222`).
-    pub async fn nats(url: &str) -> Result<Bus, StoreError> {
+    /// Connects to NATS at `url` (`nats://127.0.0.1:4222`) for the cluster named `cluster`
+    /// (see [`valid_cluster_name`]): its subjects are `volley.<cluster>.…` on the server.
+    pub async fn nats(url: &str, cluster: &str) -> Result<Bus, StoreError> {
+        if !valid_cluster_name(cluster) {
+            return Err(StoreError::Bus(format!(
+                "invalid cluster name {cluster:?}: 1-32 of a-z, 0-9 and -"
+            )));
+        }
         let client = async_nats::connect(url)
             .await
             .map_err(|e| StoreError::Bus(format!("connect to {url}: {e}")))?;
-        Ok(Bus::Nats(client))
+        Ok(Bus::Nats {
+            client,
+            prefix: format!("volley.{cluster}.").into(),
+        })
     }
 
     /// Which kind of bus.
     pub fn kind(&self) -> &'static str {
         match self {
             Bus::Local(_) => "local",
-            Bus::Nats(_) => "nats",
+            Bus::Nats { .. } => "nats",
         }
     }
 
@@ -114,8 +144,8 @@ impl Bus {
                 b.publish(subject, payload);
                 Ok(())
             }
-            Bus::Nats(c) => c
-                .publish(subject.to_owned(), payload.into())
+            Bus::Nats { client, prefix } => client
+                .publish(format!("{prefix}{subject}"), payload.into())
                 .await
                 .map_err(|e| StoreError::Bus(format!("publish: {e}"))),
         }
@@ -125,7 +155,7 @@ impl Bus {
     pub async fn flush(&self) -> Result<(), StoreError> {
         match self {
             Bus::Local(_) => Ok(()),
-            Bus::Nats(c) => c
+            Bus::Nats { client, .. } => client
                 .flush()
                 .await
                 .map_err(|e| StoreError::Bus(format!("flush: {e}"))),
@@ -139,18 +169,21 @@ impl Bus {
         }
         match self {
             Bus::Local(b) => Ok(b.subscribe(subject)),
-            Bus::Nats(c) => {
-                let sub = c
-                    .subscribe(subject.to_owned())
+            Bus::Nats { client, prefix } => {
+                let sub = client
+                    .subscribe(format!("{prefix}{subject}"))
                     .await
                     .map_err(|e| StoreError::Bus(format!("subscribe: {e}")))?;
                 // The server must know of the subscription before we return, or a publish that
                 // follows at once from another client could miss it. The client's flush only
                 // writes its buffer, so round-trip a message of our own: the server handles one
                 // connection's operations in order.
-                sync_with_server(c).await?;
+                sync_with_server(client).await?;
                 Ok(Subscription {
-                    inner: SubInner::Nats(sub),
+                    inner: SubInner::Nats {
+                        sub,
+                        prefix: prefix.clone(),
+                    },
                 })
             }
         }
@@ -324,6 +357,10 @@ mod tests {
         assert!(subject_matches("a.b", "a.b"));
         assert!(!subject_matches("a.b", "a.b.c"));
         assert!(valid_subject("volley.user.1", false));
+        assert!(valid_cluster_name("eu-west-2"));
+        for bad in ["", "EU", "a.b", "a b", "a*", &"x".repeat(33)] {
+            assert!(!valid_cluster_name(bad), "{bad:?}");
+        }
         assert!(!valid_subject("volley.*", false));
         assert!(valid_subject("volley.*", true));
         assert!(!valid_subject("a.>.b", true));
@@ -335,10 +372,10 @@ mod tests {
     #[tokio::test]
     async fn local_bus_delivers_to_matching_subscriptions_and_unsubscribes_on_drop() {
         let bus = Bus::local();
-        let mut a = bus.subscribe("volley.user.*").await.unwrap();
-        let mut b = bus.subscribe("volley.user.2").await.unwrap();
-        bus.publish("volley.user.1", b"one".to_vec()).await.unwrap();
-        bus.publish("volley.user.2", b"two".to_vec()).await.unwrap();
+        let mut a = bus.subscribe("user.*").await.unwrap();
+        let mut b = bus.subscribe("user.2").await.unwrap();
+        bus.publish("user.1", b"one".to_vec()).await.unwrap();
+        bus.publish("user.2", b"two".to_vec()).await.unwrap();
         assert_eq!(a.next().await.unwrap().payload, b"one");
         assert_eq!(a.next().await.unwrap().payload, b"two");
         assert_eq!(b.next().await.unwrap().payload, b"two");

@@ -135,9 +135,15 @@ async fn sqlite_data_survives_reopen() {
 
 #[tokio::test]
 async fn nats_bus_crosses_clients() {
-    let a = Bus::nats(&nats_url()).await.unwrap();
-    let b = Bus::nats(&nats_url()).await.unwrap();
-    let subject = format!("volley.test.{}", std::process::id());
+    let cluster = format!("test-{}", std::process::id());
+    let a = Bus::nats(&nats_url(), &cluster).await.unwrap();
+    let b = Bus::nats(&nats_url(), &cluster).await.unwrap();
+    // Another deployment on the same NATS server, listening to everything it can.
+    let elsewhere = Bus::nats(&nats_url(), &format!("{cluster}-other"))
+        .await
+        .unwrap();
+    let mut stray = elsewhere.subscribe(">").await.unwrap();
+    let subject = "test.bus";
     let mut sub = b.subscribe(&format!("{subject}.>")).await.unwrap();
     a.publish(&format!("{subject}.x.y"), b"hello".to_vec())
         .await
@@ -149,5 +155,9 @@ async fn nats_bus_crosses_clients() {
         .unwrap();
     assert_eq!(m.payload, b"hello");
     assert_eq!(m.subject, format!("{subject}.x.y"));
-    assert!(Bus::nats("nats://127.0.0.1:1").await.is_err());
+    elsewhere.flush().await.unwrap();
+    let leaked = tokio::time::timeout(std::time::Duration::from_millis(300), stray.next()).await;
+    assert!(leaked.is_err(), "another cluster saw {leaked:?}");
+    assert!(Bus::nats("nats://127.0.0.1:1", "x").await.is_err());
+    assert!(Bus::nats(&nats_url(), "Bad.Name").await.is_err());
 }

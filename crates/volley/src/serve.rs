@@ -131,9 +131,13 @@ pub(crate) struct ServeArgs {
     /// in memory per node).
     #[arg(long, env = "VOLLEY_REDIS", hide_env_values = true)]
     redis: Option<String>,
-    /// Prefix of this cluster's Redis keys.
+    /// Root of the Redis keys (default "volley:"); the cluster name follows it.
     #[arg(long, env = "VOLLEY_REDIS_PREFIX")]
     redis_prefix: Option<String>,
+    /// This deployment's name (a-z, 0-9, -; default "default"): NATS subjects and Redis keys
+    /// are under it, so deployments sharing those servers stay apart.
+    #[arg(long, env = "VOLLEY_CLUSTER")]
+    cluster: Option<String>,
     /// How long start-up waits for PostgreSQL, Redis and NATS each, seconds (default 5).
     #[arg(long, env = "VOLLEY_CONNECT_TIMEOUT_SECS")]
     connect_timeout_secs: Option<u64>,
@@ -228,6 +232,7 @@ impl ServeArgs {
             hello_timeout_ms,
             player_queue_frames_max,
             redis_prefix,
+            cluster,
             connect_timeout_secs,
             content_max_kib_per_s,
             content_grace_secs,

@@ -1592,14 +1592,14 @@ async fn a_published_version_is_announced_and_pulled_by_the_rest_of_the_cluster(
         .await
     };
     // Garbage on the subject first: not JSON, bad names, a version nobody has.
-    let bus = volley_store::Bus::nats(&nats).await.unwrap();
+    let bus = volley_store::Bus::nats(&nats, "default").await.unwrap();
     for junk in [
         &b"\x00\xff not json"[..],
         br#"{"game":"../etc","version":"1"}"#,
         br#"{"game":"arena","version":"no such/version"}"#,
         br#"{"game":"arena","version":"0.0.0-nobody-has-this"}"#,
     ] {
-        bus.publish("volley.content.published", junk.to_vec())
+        bus.publish("content.published", junk.to_vec())
             .await
             .unwrap();
     }

@@ -369,3 +369,68 @@ async fn one_player_cannot_fill_the_swarm_tracker() {
     greedy.announce_peer("arena", "1.0.2", &have).await.unwrap();
     n.node.shutdown().await;
 }
+
+/// The body of the next chat event within `ms`, skipping other events.
+async fn chat_within(events: &mut volley_client::Events, ms: u64) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+    loop {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(volley_proto::api::Event::Chat { message })) => return Some(message.body),
+            Ok(Some(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Two separate deployments on one NATS server no longer hear each other: each has its own
+/// `cluster` name, and player 1's private message on one is not delivered to the other's
+/// player 1 (issue 21, defect 6). Before the fix both used `volley.user.1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_sharing_nats_do_not_hear_each_other() {
+    let nats = volley_store::testing::nats_url();
+    let deployment = |name: &'static str| {
+        let nats = nats.clone();
+        start_node(move |c| {
+            c.nats = Some(nats);
+            c.cluster = format!("{name}-{}", std::process::id());
+        })
+    };
+    let (a, b) = (deployment("shield-a").await, deployment("shield-b").await);
+    // The same ids on both: each node's first two accounts.
+    let mut players = Vec::new();
+    for n in [&a, &b] {
+        let mut one = Api::new(&n.base);
+        let one_id = one.login_device("shield-nats-one").await.unwrap().player_id;
+        let mut two = Api::new(&n.base);
+        let two_id = two.login_device("shield-nats-two").await.unwrap().player_id;
+        one.add_friend(two_id).await.unwrap();
+        two.add_friend(one_id).await.unwrap();
+        let mut events = one.events().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .unwrap()
+            .unwrap();
+        players.push((one_id, two_id, two, events));
+    }
+    assert_eq!(
+        (players[0].0, players[0].1),
+        (players[1].0, players[1].1),
+        "both deployments gave out the same ids"
+    );
+    let (one_id, two_id) = (players[0].0, players[0].1);
+    let dm = format!("dm.{}.{}", one_id.min(two_id), one_id.max(two_id));
+    players[0]
+        .2
+        .send_chat(&dm, "for deployment a only")
+        .await
+        .unwrap();
+    let (_, _, _, events_a) = &mut players[0];
+    assert_eq!(
+        chat_within(events_a, 10_000).await.as_deref(),
+        Some("for deployment a only")
+    );
+    let (_, _, _, events_b) = &mut players[1];
+    assert_eq!(chat_within(events_b, 1_000).await, None, "leaked");
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}

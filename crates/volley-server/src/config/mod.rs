@@ -72,12 +72,16 @@ pub struct NodeConfig {
     /// Database URL: `sqlite://path` or `postgres://user@host:port/db`. Default: SQLite file
     /// `volley.db` in `data_dir`.
     pub database: Option<String>,
+    /// This deployment's name (1-32 of a-z, 0-9, -): every NATS subject is under
+    /// `volley.<cluster>.` and every Redis key under `<redis_prefix><cluster>:`, so separate
+    /// deployments sharing a NATS or Redis server never see each other's events or state.
+    pub cluster: String,
     /// NATS URL (`nats://host:4222`) for events between nodes; in-process when absent.
     pub nats: Option<String>,
     /// Redis URL (`redis://host:6379/`) for state shared by every node: leaderboard ranks
     /// (sorted sets) and the content tracker; in memory per node when absent.
     pub redis: Option<String>,
-    /// Prefix of this cluster's Redis keys.
+    /// Root of the Redis keys; the cluster name follows it (`<redis_prefix><cluster>:`).
     pub redis_prefix: String,
     /// Upload cap for serving content chunks, KiB per second (0: none).
     pub content_max_kib_per_s: u64,
@@ -153,6 +157,7 @@ impl Default for NodeConfig {
             nats: None,
             redis: None,
             redis_prefix: "volley:".into(),
+            cluster: "default".into(),
             content_max_kib_per_s: 0,
             content_peers: Vec::new(),
             content_grace_secs: 3_600,
@@ -190,6 +195,11 @@ pub enum ConfigError {
 }
 
 impl NodeConfig {
+    /// The prefix of every Redis key this node writes: `<redis_prefix><cluster>:`.
+    pub fn redis_keys(&self) -> String {
+        format!("{}{}:", self.redis_prefix, self.cluster)
+    }
+
     /// Rooms players may create between them: `rooms_max` less the matchmaker's share (at
     /// least one).
     pub fn rooms_for_players(&self) -> usize {
@@ -222,6 +232,9 @@ impl NodeConfig {
         }
         if self.room_players_default < 2 || self.room_players_default > self.room_players_max {
             return bad("room_players_default must be 2..=room_players_max");
+        }
+        if !volley_store::bus::valid_cluster_name(&self.cluster) {
+            return bad("cluster must be 1-32 of a-z, 0-9 and -");
         }
         if self.connects_per_ip_per_s <= 0.0 || self.connects_per_ip_burst < 1.0 {
             return bad("connects_per_ip_per_s must be > 0 and connects_per_ip_burst >= 1");

@@ -36,7 +36,7 @@ const KEEP_BATCH_BYTES: usize = 8 << 20;
 
 /// Bus subject on which a node tells the cluster it stored a new version (payload: JSON
 /// `{"game": .., "version": ..}`).
-pub(crate) const PUBLISHED_SUBJECT: &str = "volley.content.published";
+pub(crate) const PUBLISHED_SUBJECT: &str = "content.published";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Published {
