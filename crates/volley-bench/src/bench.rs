@@ -23,6 +23,8 @@ pub(crate) enum BenchCmd {
     Auth(crate::bench_platform::AuthArgs),
     /// HTTP requests/s and latency through the node's router next to a bare axum server.
     Http(crate::bench_http::HttpArgs),
+    /// Legitimate joins during junk and spoofed-Initial floods, next to a calm run.
+    Shield(crate::bench_shield::ShieldArgs),
     /// Matchmaker time for 1k/10k/100k tickets next to a sort of the same tickets.
     Matchmaker(crate::bench_platform::MatchArgs),
     /// Chat fan-out through one node and across two nodes over NATS, next to raw floors.
@@ -421,6 +423,7 @@ pub(crate) async fn run(which: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Snapshot(args) => crate::bench_sync::run(args),
         BenchCmd::Auth(args) => crate::bench_platform::auth(args).await,
         BenchCmd::Http(args) => crate::bench_http::run(args).await,
+        BenchCmd::Shield(args) => crate::bench_shield::run(args).await,
         BenchCmd::Matchmaker(args) => crate::bench_platform::matchmaker(args),
         BenchCmd::Chat(args) => crate::bench_platform::chat(args).await,
         BenchCmd::Ledger(args) => crate::bench_platform::ledger(args).await,

@@ -2,7 +2,7 @@
 //! the same run.
 //!
 //! `volley-bench <which> [args]`, `<which>` one of transport, node, snapshot, auth, matchmaker,
-//! chat, ledger, leaderboard, content, swarm, reuse, collect, tracker
+//! chat, ledger, leaderboard, content, swarm, reuse, collect, tracker, http, shield
 //! (`cargo run --release -p volley-bench -- <which>`).
 //!
 //! The benches that run nodes or `volley content` as processes (node, swarm, reuse, collect,
@@ -16,6 +16,7 @@ mod bench_http;
 mod bench_node;
 mod bench_platform;
 mod bench_reuse;
+mod bench_shield;
 mod bench_swarm;
 mod bench_sync;
 mod bench_tracker;

@@ -21,6 +21,8 @@ use crate::Error;
 #[derive(Debug, Clone)]
 pub struct Api {
     http: reqwest::Client,
+    /// The pinned TLS configuration, for the event socket too.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     base: String,
     token: Option<String>,
     device: Option<String>,
@@ -31,10 +33,31 @@ impl Api {
     pub fn new(base: impl Into<String>) -> Self {
         Api {
             http: reqwest::Client::new(),
+            tls: None,
             base: base.into().trim_end_matches('/').to_owned(),
             token: None,
             device: None,
         }
+    }
+
+    /// A client for a node serving HTTPS with its own certificate (`volley serve --https`):
+    /// the connection is trusted only if the node presents the certificate whose fingerprint
+    /// is `node` (printed at start-up, and the one QUIC tickets carry). A node with a
+    /// certificate from a public authority needs only [`Api::new`] with an `https://` base.
+    pub fn pinned(base: impl Into<String>, node: Fingerprint) -> Result<Self, Error> {
+        let tls = volley_net::tls::https_client_crypto(node)
+            .map_err(|e| Error::Http(format!("TLS: {e}")))?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls.clone())
+            .build()
+            .map_err(|e| Error::Http(e.to_string()))?;
+        Ok(Api {
+            http,
+            tls: Some(std::sync::Arc::new(tls)),
+            base: base.into().trim_end_matches('/').to_owned(),
+            token: None,
+            device: None,
+        })
     }
 
     /// Reports `device` (a stable id of this installation or hardware) with every call, in
@@ -183,6 +206,28 @@ impl Api {
         self.call_empty(req).await?;
         self.token = None;
         Ok(())
+    }
+
+    /// The caller's logins (each device or browser signed in), newest first.
+    pub async fn sessions(&self) -> Result<volley_proto::api::LoginList, Error> {
+        self.call(self.http.get(self.url("/v1/account/sessions")))
+            .await
+    }
+
+    /// Ends one of the caller's logins (from [`Api::sessions`]): its session and refresh
+    /// token stop working at once.
+    pub async fn end_session(&self, id: &str) -> Result<(), Error> {
+        self.call_empty(
+            self.http
+                .delete(self.url(&format!("/v1/account/sessions/{id}"))),
+        )
+        .await
+    }
+
+    /// Ends every login of the caller but this one.
+    pub async fn end_other_sessions(&self) -> Result<(), Error> {
+        self.call_empty(self.http.delete(self.url("/v1/account/sessions")))
+            .await
     }
 
     /// The caller's account.
@@ -591,7 +636,8 @@ impl Api {
             .replacen("https://", "wss://", 1)
             .replacen("http://", "ws://", 1);
         let url = format!("{ws_base}/v1/events?token={token}");
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        let connector = self.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector)
             .await
             .map_err(|e| Error::Http(format!("events: {e}")))?;
         Ok(Events { ws })

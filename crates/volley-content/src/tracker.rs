@@ -276,7 +276,7 @@ mod tests {
         t.leave("a", "1", 1);
         t.announce("a", "4", peer(1, 0), 20).unwrap();
         t.expire(1025);
-        assert!(t.per_peer.get(&1).is_none());
+        assert!(!t.per_peer.contains_key(&1));
         t.announce("a", "5", peer(1, 0), 1025).unwrap();
         assert_eq!(t.swarm_size("a", "5"), 1);
     }

@@ -231,6 +231,23 @@ pub fn client_crypto(
         .map_err(|e| TlsError::Quic(e.to_string()))
 }
 
+/// A TLS client config for HTTPS to a node that presents its own certificate (`pin`, the
+/// fingerprint players already pin for QUIC): TLS 1.3, HTTP/1.1, no client certificate.
+pub fn https_client_crypto(pin: Fingerprint) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(PinVerifier {
+        pin: Pin::One(pin),
+        provider: provider.clone(),
+    });
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
 /// A QUIC server crypto config that presents `me` and requires a client certificate accepted by
 /// `pin`.
 pub fn server_crypto(

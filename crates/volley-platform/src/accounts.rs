@@ -62,6 +62,16 @@ impl AuthKind {
     }
 }
 
+/// How a device id is stored: `sha256:` and the hash of the id (never the id itself).
+pub fn stored_device_id(id: &str) -> String {
+    format!(
+        "{DEVICE_HASH_PREFIX}{}",
+        token_hash(&format!("volley-device:{id}"))
+    )
+}
+
+const DEVICE_HASH_PREFIX: &str = "sha256:";
+
 fn printable(s: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
 }
@@ -76,7 +86,8 @@ pub fn normalize_id(kind: AuthKind, id: &str) -> Result<String, PlatformError> {
                     "device_id must be 8-128 printable ASCII characters",
                 ));
             }
-            Ok(id.to_owned())
+            // A device id is the whole credential of its account: only its hash is stored.
+            Ok(stored_device_id(id))
         }
         AuthKind::Custom => {
             if !printable(id, 1, 128) {
@@ -228,7 +239,47 @@ impl Platform {
     /// Device login: signs up on first use.
     pub async fn login_device(&self, device_id: &str) -> Result<Session, PlatformError> {
         let id = normalize_id(AuthKind::Device, device_id)?;
+        if self.find_auth(AuthKind::Device, &id).await?.is_none() {
+            // Stored in the clear by an older node: hash it in place, keeping its account.
+            self.adopt_clear_device_id(device_id, &id).await?;
+        }
         self.login_or_create(AuthKind::Device, &id).await
+    }
+
+    async fn adopt_clear_device_id(&self, clear: &str, hashed: &str) -> Result<(), PlatformError> {
+        if clear.starts_with(DEVICE_HASH_PREFIX) {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE auth_ids SET external_id = $1 WHERE kind = 'device' AND external_id = $2",
+        )
+        .bind(hashed)
+        .bind(clear)
+        .execute(self.db().writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Replaces every device id still stored in the clear (by an older node) with its hash;
+    /// how many were replaced. Run at start; safe to run on several nodes at once.
+    pub async fn hash_clear_device_ids(&self) -> Result<u64, PlatformError> {
+        let mut done = 0;
+        loop {
+            let clear: Vec<String> = sqlx::query_scalar(
+                "SELECT external_id FROM auth_ids WHERE kind = 'device' \
+                 AND external_id NOT LIKE 'sha256:%' LIMIT 500",
+            )
+            .fetch_all(self.db().reader())
+            .await?;
+            if clear.is_empty() {
+                return Ok(done);
+            }
+            for id in &clear {
+                self.adopt_clear_device_id(id, &stored_device_id(id))
+                    .await?;
+                done += 1;
+            }
+        }
     }
 
     /// Custom-id login for a studio's backend (the caller checked the server key).
@@ -402,18 +453,21 @@ impl Platform {
         let token = random_token();
         let refresh = random_token();
         let mut tx = self.db().writer().begin().await?;
-        sqlx::query(
-            "INSERT INTO sessions (token_hash, account_id, created_ms, expires_ms, revoked) \
-             VALUES ($1, $2, $3, $4, 0)",
-        )
-        .bind(token_hash(&token))
-        .bind(account as i64)
-        .bind(now)
-        .bind(now + cfg.session_ttl_ms)
-        .execute(&mut *tx)
-        .await?;
         let family = match family {
-            Some(f) => f,
+            Some(f) => {
+                // One live session per login: the one this refresh replaces ends now, so a
+                // refresh token used twice within the grace period never yields two.
+                sqlx::query("UPDATE sessions SET revoked = 1 WHERE family = $1")
+                    .bind(&f)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE refresh_families SET last_used_ms = $1 WHERE family = $2")
+                    .bind(now)
+                    .bind(&f)
+                    .execute(&mut *tx)
+                    .await?;
+                f
+            }
             None => {
                 let f = crate::random_id();
                 sqlx::query(
@@ -428,6 +482,17 @@ impl Platform {
                 f
             }
         };
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, account_id, created_ms, expires_ms, revoked, family) \
+             VALUES ($1, $2, $3, $4, 0, $5)",
+        )
+        .bind(token_hash(&token))
+        .bind(account as i64)
+        .bind(now)
+        .bind(now + cfg.session_ttl_ms)
+        .bind(&family)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO refresh_tokens (token_hash, family, account_id, created_ms, expires_ms) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -537,7 +602,99 @@ impl Platform {
         Ok(row.try_get::<i64, _>("account_id")? as AccountId)
     }
 
-    /// Ends a session (and, with its refresh token, the refresh family).
+    /// The live logins of `account` (refresh families not revoked nor expired), newest first,
+    /// at most 100; `current` marks the one `token` belongs to.
+    pub async fn logins(
+        &self,
+        account: AccountId,
+        token: &str,
+    ) -> Result<Vec<volley_proto::api::LoginInfo>, PlatformError> {
+        let now = now_ms();
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT family FROM sessions WHERE token_hash = $1")
+                .bind(token_hash(token))
+                .fetch_optional(self.db().reader())
+                .await?;
+        let rows = sqlx::query(
+            "SELECT f.family, f.created_ms, f.last_used_ms FROM refresh_families f \
+             WHERE f.account_id = $1 AND f.revoked = 0 AND EXISTS (SELECT 1 FROM refresh_tokens t \
+             WHERE t.family = f.family AND t.expires_ms > $2) \
+             ORDER BY f.created_ms DESC, f.family LIMIT 100",
+        )
+        .bind(account as i64)
+        .bind(now)
+        .fetch_all(self.db().reader())
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let id: String = r.try_get("family")?;
+                Ok(volley_proto::api::LoginInfo {
+                    current: current.as_deref() == Some(id.as_str()),
+                    id,
+                    created_ms: r.try_get("created_ms")?,
+                    last_refresh_ms: r.try_get("last_used_ms")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Ends one of `account`'s logins (its refresh tokens and sessions); `not_found` when it is
+    /// not one of the account's.
+    pub async fn end_login(&self, account: AccountId, login: &str) -> Result<(), PlatformError> {
+        let mut tx = self.db().writer().begin().await?;
+        let ended = sqlx::query(
+            "UPDATE refresh_families SET revoked = 1 WHERE family = $1 AND account_id = $2",
+        )
+        .bind(login)
+        .bind(account as i64)
+        .execute(&mut *tx)
+        .await?;
+        if ended.rows_affected() == 0 {
+            return Err(PlatformError::not_found("login"));
+        }
+        sqlx::query("UPDATE sessions SET revoked = 1 WHERE family = $1 AND account_id = $2")
+            .bind(login)
+            .bind(account as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends every login of `account` but the one `token` belongs to; how many ended.
+    pub async fn end_other_logins(
+        &self,
+        account: AccountId,
+        token: &str,
+    ) -> Result<u64, PlatformError> {
+        let current: String =
+            sqlx::query_scalar("SELECT family FROM sessions WHERE token_hash = $1")
+                .bind(token_hash(token))
+                .fetch_optional(self.db().reader())
+                .await?
+                .unwrap_or_default();
+        let mut tx = self.db().writer().begin().await?;
+        let ended = sqlx::query(
+            "UPDATE refresh_families SET revoked = 1 WHERE account_id = $1 AND family <> $2 \
+             AND revoked = 0",
+        )
+        .bind(account as i64)
+        .bind(&current)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("UPDATE sessions SET revoked = 1 WHERE account_id = $1 AND family <> $2")
+            .bind(account as i64)
+            .bind(&current)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ended)
+    }
+
+    /// Ends a session and the login it belongs to (its refresh family: the refresh token that
+    /// came with it stops working too), and with `refresh`, that token's family as well.
     pub async fn logout(&self, token: &str, refresh: Option<&str>) -> Result<(), PlatformError> {
         let me = self.authenticate(token).await?;
         if let Some(r) = refresh {
@@ -566,10 +723,27 @@ impl Platform {
                 None => {}
             }
         }
+        let mut tx = self.db().writer().begin().await?;
+        let family: Option<String> =
+            sqlx::query_scalar("SELECT family FROM sessions WHERE token_hash = $1")
+                .bind(token_hash(token))
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(f) = family.filter(|f| !f.is_empty()) {
+            sqlx::query("UPDATE refresh_families SET revoked = 1 WHERE family = $1")
+                .bind(&f)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE sessions SET revoked = 1 WHERE family = $1")
+                .bind(&f)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query("UPDATE sessions SET revoked = 1 WHERE token_hash = $1")
             .bind(token_hash(token))
-            .execute(self.db().writer())
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -95,6 +95,26 @@ pub struct AccountInfo {
     pub links: Vec<(String, String)>,
 }
 
+/// One of a player's logins (a device or browser that signed in and keeps refreshing).
+#[derive(Debug, Clone, PartialEq, Eq, schemars::JsonSchema, Serialize, Deserialize)]
+pub struct LoginInfo {
+    /// Its id, for `DELETE /v1/account/sessions/{id}`.
+    pub id: String,
+    /// When it signed in, Unix ms.
+    pub created_ms: i64,
+    /// When it last refreshed its session, Unix ms (0: never).
+    pub last_refresh_ms: i64,
+    /// Whether the caller's own session belongs to it.
+    pub current: bool,
+}
+
+/// `GET /v1/account/sessions`: the caller's live logins, newest first.
+#[derive(Debug, Clone, schemars::JsonSchema, Serialize, Deserialize)]
+pub struct LoginList {
+    /// At most 100.
+    pub sessions: Vec<LoginInfo>,
+}
+
 /// `POST /v1/rooms`: create a room.
 #[derive(Debug, Clone, schemars::JsonSchema, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -75,11 +75,15 @@ pub enum DropReason {
     AnnouncementMalformed,
     /// An event for a player's WebSocket could not be sent (the socket closed).
     EventUnsent,
+    /// An HTTP connection was closed at once: the node holds `http_connections_max`.
+    HttpConnectionsFull,
+    /// An HTTP connection was closed at once: its address holds its share.
+    HttpConnectionsPerAddress,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::WelcomeQueueFull,
         DropReason::PunchQueueFull,
         DropReason::PeerJoinedQueueFull,
@@ -89,6 +93,8 @@ impl DropReason {
         DropReason::PulledChunkNotKept,
         DropReason::AnnouncementMalformed,
         DropReason::EventUnsent,
+        DropReason::HttpConnectionsFull,
+        DropReason::HttpConnectionsPerAddress,
     ];
 
     /// The `reason` label.
@@ -103,6 +109,8 @@ impl DropReason {
             DropReason::PulledChunkNotKept => "pulled_chunk_not_kept",
             DropReason::AnnouncementMalformed => "announcement_malformed",
             DropReason::EventUnsent => "event_unsent",
+            DropReason::HttpConnectionsFull => "http_connections_full",
+            DropReason::HttpConnectionsPerAddress => "http_connections_per_address",
         }
     }
 }

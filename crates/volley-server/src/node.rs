@@ -54,6 +54,9 @@ pub enum StartError {
     /// TLS setup failed.
     #[error(transparent)]
     Tls(#[from] volley_net::tls::TlsError),
+    /// The HTTPS certificate or key could not be used.
+    #[error("HTTPS: {0}")]
+    Https(String),
     /// The database or the bus could not be opened.
     #[error(transparent)]
     Store(#[from] volley_store::StoreError),
@@ -158,6 +161,11 @@ async fn open_platform(cfg: &NodeConfig) -> Result<volley_platform::Platform, St
         .clear_node_presence()
         .await
         .map_err(|e| StartError::Platform(e.to_string()))?;
+    match platform.hash_clear_device_ids().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(n, "device ids stored in the clear are now stored hashed"),
+        Err(e) => return Err(StartError::Platform(e.to_string())),
+    }
     if let Some(url) = &cfg.redis {
         reach(
             cfg,
@@ -176,6 +184,10 @@ pub struct NodeHandle {
     shared: Arc<Shared>,
     /// Bound HTTP address.
     pub http_addr: SocketAddr,
+    /// Whether the API is served over HTTPS.
+    pub https: bool,
+    /// Bound address of the metrics listener, if one was asked for.
+    pub metrics_addr: Option<SocketAddr>,
     /// Bound QUIC address.
     pub quic_addr: SocketAddr,
     endpoint: quinn::Endpoint,
@@ -285,6 +297,22 @@ impl Node {
             addr: cfg.http_addr,
             source,
         })?;
+        let tls = http::tls_acceptor(&cfg, &stored.identity).map_err(StartError::Https)?;
+        let metrics_listener = match cfg.metrics_addr {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| StartError::Bind {
+                addr: cfg.http_addr,
+                source,
+            })?),
+            None => None,
+        };
         let platform = open_platform(&cfg).await?;
         let metrics = Arc::new(Metrics::default());
         let rooms = Arc::new(Rooms::new(
@@ -334,6 +362,7 @@ impl Node {
                 connects_per_ip_burst: cfg.connects_per_ip_burst,
             },
         );
+        let uploads = Arc::new(tokio::sync::Semaphore::new(cfg.content_uploads_max));
         let shared = Arc::new(Shared {
             cfg,
             public_addr,
@@ -346,6 +375,7 @@ impl Node {
             origin,
             handshakes: std::sync::atomic::AtomicUsize::new(0),
             sockets: std::sync::Mutex::default(),
+            uploads,
         });
         match shared.platform.reload_tickets().await {
             Ok(n) if n > 0 => tracing::info!(tickets = n, "matchmaker queue reloaded"),
@@ -383,7 +413,11 @@ impl Node {
             shared.clone(),
             endpoint.clone(),
         )));
-        tasks.push(tokio::spawn(http::serve(shared.clone(), listener)));
+        let https = tls.is_some();
+        tasks.push(tokio::spawn(http::serve(shared.clone(), listener, tls)));
+        if let Some(l) = metrics_listener {
+            tasks.push(tokio::spawn(http::serve_metrics(shared.clone(), l)));
+        }
         if shared.origin.has_peers() {
             // Subscribed before the node reports started, so no announcement after that is missed.
             match shared
@@ -415,10 +449,12 @@ impl Node {
                 sweeper.sweep();
             }
         }));
-        tracing::info!(%http_addr, %quic_addr, %public_addr, fingerprint = %shared.identity.fingerprint.to_hex(), "node started");
+        tracing::info!(%http_addr, https, ?metrics_addr, %quic_addr, %public_addr, fingerprint = %shared.identity.fingerprint.to_hex(), "node started");
         Ok(NodeHandle {
             shared,
             http_addr,
+            https,
+            metrics_addr,
             quic_addr,
             endpoint,
             tasks,

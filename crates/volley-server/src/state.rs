@@ -2,7 +2,7 @@
 //! owner per concern (the room directory, admission, the content origin, the platform).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -39,8 +39,10 @@ pub(crate) struct Shared {
     pub(crate) origin: Arc<Origin>,
     /// QUIC handshakes in progress.
     pub(crate) handshakes: AtomicUsize,
-    /// Open event WebSockets per player on this node.
-    pub(crate) sockets: Mutex<HashMap<PlayerId, usize>>,
+    /// Content uploads being read now (`content_uploads_max` permits).
+    pub(crate) uploads: Arc<tokio::sync::Semaphore>,
+    /// Open event WebSockets per player and per address on this node.
+    pub(crate) sockets: Mutex<SocketCounts>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -58,33 +60,106 @@ impl Shared {
         self.admission.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts an event socket opening; true if it is the player's first on this node.
-    pub(crate) fn ws_open(&self, player: PlayerId) -> bool {
-        let mut m = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(player).or_insert(0);
-        *n += 1;
-        *n == 1
-    }
-
-    /// Counts an event socket closing; true if it was the player's last on this node.
-    pub(crate) fn ws_close(&self, player: PlayerId) -> bool {
-        let mut m = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
-        match m.get_mut(&player) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => {
-                m.remove(&player);
-                true
-            }
-            None => false,
+    /// Takes a place for an event socket of `player` from `ip`, within the per-player and
+    /// per-address caps; the place is given back when the returned slot drops.
+    pub(crate) fn ws_reserve(
+        self: &Arc<Self>,
+        player: PlayerId,
+        ip: IpAddr,
+    ) -> Result<SocketSlot, &'static str> {
+        let mut c = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = c.players.get(&player).copied().unwrap_or(0);
+        if mine >= self.cfg.sockets_per_player_max {
+            return Err("this player has sockets_per_player_max event sockets open");
         }
+        if c.addresses.get(&ip).copied().unwrap_or(0) >= self.cfg.sockets_per_address_max {
+            return Err("this address has sockets_per_address_max event sockets open");
+        }
+        *c.players.entry(player).or_insert(0) += 1;
+        *c.addresses.entry(ip).or_insert(0) += 1;
+        Ok(SocketSlot {
+            shared: self.clone(),
+            player,
+            ip,
+            first: mine == 0,
+            done: false,
+        })
     }
 
     /// Drops expired replay entries and closes empty rooms.
     pub(crate) fn sweep(&self) {
         self.admission().sweep(unix_ms());
         self.rooms.sweep();
+    }
+}
+
+/// Whether `given` equals `want`, in time that does not depend on where they differ.
+pub(crate) fn same_secret(given: &[u8], want: &[u8]) -> bool {
+    given.len() == want.len()
+        && given
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Open event WebSockets on this node, per player and per source address.
+#[derive(Debug, Default)]
+pub(crate) struct SocketCounts {
+    players: HashMap<PlayerId, usize>,
+    addresses: HashMap<IpAddr, usize>,
+}
+
+/// One event socket's place in [`SocketCounts`], given back on drop.
+pub(crate) struct SocketSlot {
+    shared: Arc<Shared>,
+    player: PlayerId,
+    ip: IpAddr,
+    /// Whether it is the player's first socket on this node (it comes online).
+    pub(crate) first: bool,
+    /// Given back already (by `release`).
+    done: bool,
+}
+
+impl SocketSlot {
+    /// Gives the place back; true if it was the player's last socket on this node.
+    pub(crate) fn release(mut self) -> bool {
+        self.done = true;
+        self.give_back()
+    }
+
+    fn give_back(&self) -> bool {
+        let mut c = self
+            .shared
+            .sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let c = &mut *c;
+        let last = down(&mut c.players, &self.player);
+        down(&mut c.addresses, &self.ip);
+        last
+    }
+}
+
+/// Takes `k`'s count down by one; true when it reached zero.
+fn down<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: &K) -> bool {
+    match m.get_mut(k) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            m.remove(k);
+            true
+        }
+        None => false,
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        if !self.done {
+            self.give_back();
+        }
     }
 }

@@ -288,6 +288,16 @@ CREATE TABLE leaderboard_changes (
 )
 "#,
     },
+    Migration {
+        version: 6,
+        name: "sessions belong to their login's refresh family; logins remember their device",
+        sql: r#"
+ALTER TABLE sessions ADD COLUMN family TEXT NOT NULL DEFAULT '';
+CREATE INDEX sessions_family ON sessions (family);
+ALTER TABLE refresh_families ADD COLUMN device TEXT NOT NULL DEFAULT '';
+ALTER TABLE refresh_families ADD COLUMN last_used_ms BIGINT NOT NULL DEFAULT 0
+"#,
+    },
 ];
 
 fn render(sql: &str, backend: Backend) -> String {

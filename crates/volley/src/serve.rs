@@ -93,6 +93,9 @@ pub(crate) struct ServeArgs {
     /// Most open rooms one player may have created.
     #[arg(long, env = "VOLLEY_ROOMS_PER_PLAYER_MAX")]
     rooms_per_player_max: Option<usize>,
+    /// Most content uploads read at once (default 8).
+    #[arg(long, env = "VOLLEY_CONTENT_UPLOADS_MAX")]
+    content_uploads_max: Option<usize>,
     /// Most content swarms one player may be in at once.
     #[arg(long, env = "VOLLEY_SWARMS_PER_PLAYER_MAX")]
     swarms_per_player_max: Option<usize>,
@@ -168,6 +171,40 @@ pub(crate) struct ServeArgs {
     /// characters). Prefer VOLLEY_SERVER_KEY: a flag shows in the process list.
     #[arg(long, env = "VOLLEY_SERVER_KEY", hide_env_values = true)]
     server_key: Option<String>,
+    /// Token /metrics on the API port asks for (at least 16 characters; without it only
+    /// loopback clients get /metrics there). Prefer VOLLEY_METRICS_TOKEN.
+    #[arg(long, env = "VOLLEY_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
+    /// A listener of its own for /metrics and /healthz (no token; keep it private).
+    #[arg(long, env = "VOLLEY_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve the API over HTTPS with the node's own certificate (or --tls-cert/--tls-key).
+    #[arg(long, env = "VOLLEY_HTTPS")]
+    https: bool,
+    /// PEM certificate chain for HTTPS.
+    #[arg(long, env = "VOLLEY_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS.
+    #[arg(long, env = "VOLLEY_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Seconds a request head may take, and a kept-alive connection may idle (default 10).
+    #[arg(long, env = "VOLLEY_HTTP_HEADER_TIMEOUT_SECS")]
+    http_header_timeout_secs: Option<u64>,
+    /// Seconds a request body may send nothing before it is refused (default 10).
+    #[arg(long, env = "VOLLEY_HTTP_BODY_STALL_SECS")]
+    http_body_stall_secs: Option<u64>,
+    /// Most HTTP connections from one address (default 128).
+    #[arg(long, env = "VOLLEY_HTTP_CONNECTIONS_PER_ADDRESS_MAX")]
+    http_connections_per_address_max: Option<usize>,
+    /// Most HTTP connections in all (default 16384).
+    #[arg(long, env = "VOLLEY_HTTP_CONNECTIONS_MAX")]
+    http_connections_max: Option<usize>,
+    /// Most event WebSockets one player may hold open (default 8).
+    #[arg(long, env = "VOLLEY_SOCKETS_PER_PLAYER_MAX")]
+    sockets_per_player_max: Option<usize>,
+    /// Most event WebSockets from one address (default 256).
+    #[arg(long, env = "VOLLEY_SOCKETS_PER_ADDRESS_MAX")]
+    sockets_per_address_max: Option<usize>,
     /// Session token lifetime in milliseconds.
     #[arg(long, env = "VOLLEY_SESSION_TTL_MS")]
     session_ttl_ms: Option<u64>,
@@ -223,6 +260,7 @@ impl ServeArgs {
             rooms_reserved_for_matches_percent,
             rooms_per_player_max,
             swarms_per_player_max,
+            content_uploads_max,
             connects_per_ip_per_s,
             connects_per_ip_burst,
             handshakes_max,
@@ -244,9 +282,28 @@ impl ServeArgs {
             logins_per_ip_per_s,
             logins_per_ip_burst,
             chat_per_s,
-            chat_burst
+            chat_burst,
+            http_header_timeout_secs,
+            http_body_stall_secs,
+            http_connections_per_address_max,
+            http_connections_max,
+            sockets_per_player_max,
+            sockets_per_address_max
         );
-        set_optional!(public_addr, database, nats, redis, server_key);
+        set_optional!(
+            public_addr,
+            database,
+            nats,
+            redis,
+            server_key,
+            metrics_token,
+            metrics_addr,
+            tls_cert,
+            tls_key
+        );
+        if self.https {
+            c.https = true;
+        }
         if !self.content_peers.is_empty() {
             c.content_peers = self.content_peers.clone();
         }

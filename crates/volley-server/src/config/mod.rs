@@ -51,6 +51,9 @@ pub struct NodeConfig {
     /// Most open rooms one player may have created (they close when empty, or unused after
     /// twice the ticket lifetime).
     pub rooms_per_player_max: usize,
+    /// Most content uploads (chunks, chunk batches, manifests) read at once; more wait their
+    /// turn with 503 `uploads_busy` and a Retry-After.
+    pub content_uploads_max: usize,
     /// Most content swarms one player may announce itself in at once.
     pub swarms_per_player_max: usize,
     /// Most connected players at once.
@@ -102,6 +105,33 @@ pub struct NodeConfig {
     /// absent. Prefer the `VOLLEY_SERVER_KEY` environment variable to the flag: it keeps the key
     /// out of the process list.
     pub server_key: Option<String>,
+    /// Token that `/metrics` on the API port asks for (`Authorization: Bearer <token>`). Without
+    /// it, the API port serves `/metrics` only to loopback clients. Prefer
+    /// `VOLLEY_METRICS_TOKEN` to the flag.
+    pub metrics_token: Option<String>,
+    /// A listener of its own for `/metrics` and `/healthz` (no token asked: keep it on a
+    /// private network).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Serve the API over HTTPS. With `tls_cert` and `tls_key` (PEM files) that certificate;
+    /// without them the node's own (the certificate whose fingerprint players pin).
+    pub https: bool,
+    /// PEM certificate chain for HTTPS (implies `https`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS (implies `https`).
+    pub tls_key: Option<PathBuf>,
+    /// A request head must arrive within this many seconds, and a kept-alive connection
+    /// waiting for its next request closes after it.
+    pub http_header_timeout_secs: u64,
+    /// A request body that sends nothing for this many seconds is refused.
+    pub http_body_stall_secs: u64,
+    /// Most HTTP connections open from one address.
+    pub http_connections_per_address_max: usize,
+    /// Most HTTP connections open in all.
+    pub http_connections_max: usize,
+    /// Most event WebSockets one player may hold open on this node.
+    pub sockets_per_player_max: usize,
+    /// Most event WebSockets open from one address on this node.
+    pub sockets_per_address_max: usize,
     /// How long start-up waits for each external service (PostgreSQL, Redis, NATS) before it
     /// gives up with an error naming the service, seconds.
     pub connect_timeout_secs: u64,
@@ -145,6 +175,7 @@ impl Default for NodeConfig {
             rooms_reserved_for_matches_percent: 10,
             rooms_per_player_max: 8,
             swarms_per_player_max: 16,
+            content_uploads_max: 8,
             players_max: 10_000,
             retry: RetryPolicy::Always,
             handshakes_before_retry: 64,
@@ -165,6 +196,17 @@ impl Default for NodeConfig {
             node_id: "node-1".into(),
             server_key: None,
             connect_timeout_secs: 5,
+            metrics_token: None,
+            metrics_addr: None,
+            https: false,
+            tls_cert: None,
+            tls_key: None,
+            http_header_timeout_secs: 10,
+            http_body_stall_secs: 10,
+            http_connections_per_address_max: 128,
+            http_connections_max: 16_384,
+            sockets_per_player_max: 8,
+            sockets_per_address_max: 256,
             session_ttl_ms: 3_600_000,
             argon2_m_kib: 19_456,
             argon2_t: 2,
@@ -268,6 +310,25 @@ impl NodeConfig {
         }
         if self.server_key.as_ref().is_some_and(|k| k.len() < 16) {
             return bad("server_key must be at least 16 characters");
+        }
+        if self.metrics_token.as_ref().is_some_and(|k| k.len() < 16) {
+            return bad("metrics_token must be at least 16 characters");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert and tls_key go together");
+        }
+        if [
+            self.http_header_timeout_secs,
+            self.http_body_stall_secs,
+            self.http_connections_per_address_max as u64,
+            self.http_connections_max as u64,
+            self.sockets_per_player_max as u64,
+            self.sockets_per_address_max as u64,
+            self.content_uploads_max as u64,
+        ]
+        .contains(&0)
+        {
+            return bad("the http_*, sockets_* and content_uploads_max limits must be > 0");
         }
         if !(60_000..=30 * 86_400_000).contains(&self.session_ttl_ms) {
             return bad("session_ttl_ms must be 60000..=2592000000");

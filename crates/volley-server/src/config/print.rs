@@ -51,8 +51,10 @@ impl NodeConfig {
     /// URLs.
     pub fn redacted(&self) -> NodeConfig {
         let mut c = self.clone();
-        if c.server_key.is_some() {
-            c.server_key = Some(REDACTED.to_owned());
+        for secret in [&mut c.server_key, &mut c.metrics_token] {
+            if secret.is_some() {
+                *secret = Some(REDACTED.to_owned());
+            }
         }
         for url in [&mut c.database, &mut c.nats, &mut c.redis]
             .into_iter()
@@ -74,6 +76,7 @@ impl NodeConfig {
         };
         // A redacted key would not work if the file were used as it is: show it commented out.
         let key_set = table.remove("server_key").is_some();
+        let token_set = table.remove("metrics_token").is_some();
         let schema = schemars::schema_for!(NodeConfig);
         let describe = |key: &str| -> String {
             schema
@@ -100,10 +103,20 @@ impl NodeConfig {
              # variable (VOLLEY_A_B); flags win over the environment, which wins over this file.\n\n",
         );
         let (tables, scalars): (Vec<_>, Vec<_>) = table.iter().partition(|(_, v)| v.is_table());
-        let unset: Vec<&str> = ["public_addr", "database", "nats", "redis", "server_key"]
-            .into_iter()
-            .filter(|k| !table.contains_key(*k))
-            .collect();
+        let unset: Vec<&str> = [
+            "public_addr",
+            "database",
+            "nats",
+            "redis",
+            "server_key",
+            "metrics_token",
+            "metrics_addr",
+            "tls_cert",
+            "tls_key",
+        ]
+        .into_iter()
+        .filter(|k| !table.contains_key(*k))
+        .collect();
         for (key, value) in scalars {
             comment(&mut out, key);
             out.push_str(&format!("{key} = {value}\n\n"));
@@ -113,6 +126,10 @@ impl NodeConfig {
             if key == "server_key" && key_set {
                 out.push_str(&format!(
                     "# {key} = \"{REDACTED}\" (set; give it in VOLLEY_SERVER_KEY)\n\n"
+                ));
+            } else if key == "metrics_token" && token_set {
+                out.push_str(&format!(
+                    "# {key} = \"{REDACTED}\" (set; give it in VOLLEY_METRICS_TOKEN)\n\n"
                 ));
             } else {
                 out.push_str(&format!("# {key} = (unset)\n\n"));

@@ -1,7 +1,7 @@
 //! Accounts: log in (device, email, a studio's custom id), refresh and log out, the caller's
 //! account, linked login methods.
 
-use aide::axum::routing::{get_with, post_with};
+use aide::axum::routing::{delete_with, get_with, post_with};
 use aide::axum::ApiRouter;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -15,7 +15,9 @@ use volley_proto::api::{
 };
 
 use super::error::Error;
-use super::extract::{bearer, check_server_key, Body, ClientAddr, OptionalBody, Player, ServerKey};
+use super::extract::{
+    bearer, check_server_key, Body, ClientAddr, OptionalBody, Path, Player, ServerKey,
+};
 use super::{doc, doc_long, AppState, Created, NoContent};
 
 pub(super) fn routes() -> ApiRouter<AppState> {
@@ -57,6 +59,17 @@ pub(super) fn routes() -> ApiRouter<AppState> {
             "/v1/account",
             get_with(account, doc("The caller's account"))
                 .patch_with(set_display_name, doc("Set the display name")),
+        )
+        .api_route(
+            "/v1/account/sessions",
+            get_with(list_logins, doc("The caller's logins (devices signed in)")).delete_with(
+                end_other_logins,
+                doc("End every login but the caller's own"),
+            ),
+        )
+        .api_route(
+            "/v1/account/sessions/{id}",
+            delete_with(end_login, doc("End one of the caller's logins")),
         )
         .api_route(
             "/v1/account/link",
@@ -134,6 +147,36 @@ async fn logout(
     api.platform
         .logout(bearer(&headers)?, refresh.as_deref())
         .await?;
+    Ok(NoContent)
+}
+
+async fn list_logins(
+    State(api): State<AppState>,
+    Player(me): Player,
+    headers: HeaderMap,
+) -> Result<Json<volley_proto::api::LoginList>, Error> {
+    let sessions = api.platform.logins(me, bearer(&headers)?).await?;
+    Ok(Json(volley_proto::api::LoginList { sessions }))
+}
+
+async fn end_login(
+    State(api): State<AppState>,
+    Player(me): Player,
+    Path(id): Path<String>,
+) -> Result<NoContent, Error> {
+    if id.len() > 64 {
+        return Err(Error::not_found("no such login"));
+    }
+    api.platform.end_login(me, &id).await?;
+    Ok(NoContent)
+}
+
+async fn end_other_logins(
+    State(api): State<AppState>,
+    Player(me): Player,
+    headers: HeaderMap,
+) -> Result<NoContent, Error> {
+    api.platform.end_other_logins(me, bearer(&headers)?).await?;
     Ok(NoContent)
 }
 

@@ -105,9 +105,38 @@ fn octets(data: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response()
 }
 
+/// One of the node's `content_uploads_max` upload places, taken after the server key is
+/// checked and before the body is read; given back when the handler ends.
+struct UploadSlot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl axum::extract::FromRequestParts<AppState> for UploadSlot {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        _: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Error> {
+        state
+            .uploads
+            .clone()
+            .try_acquire_owned()
+            .map(UploadSlot)
+            .map_err(|_| {
+                Error::unavailable(
+                    "uploads_busy",
+                    "the node is reading content_uploads_max uploads; try again shortly",
+                    1_000,
+                )
+            })
+    }
+}
+
+impl aide::OperationInput for UploadSlot {}
+
 async fn put_chunk(
     State(api): State<AppState>,
     _: ServerKey,
+    _: UploadSlot,
     Path((game, hash)): Path<(String, String)>,
     RawBody(body): RawBody,
 ) -> Result<NoContent, Error> {
@@ -118,6 +147,7 @@ async fn put_chunk(
 async fn put_chunks(
     State(api): State<AppState>,
     _: ServerKey,
+    _: UploadSlot,
     Path(game): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Json<ChunkBatchReply>, Error> {
@@ -148,6 +178,7 @@ async fn missing(
 async fn put_manifest(
     State(api): State<AppState>,
     _: ServerKey,
+    _: UploadSlot,
     Path((game, version)): Path<(String, String)>,
     RawBody(body): RawBody,
 ) -> Result<NoContent, Error> {

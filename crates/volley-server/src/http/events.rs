@@ -15,8 +15,12 @@ use serde::Deserialize;
 use volley_proto::api::{ClientEvent, Event};
 
 use super::error::Error;
-use super::extract::{bearer, Query};
+use super::extract::{bearer, ClientAddr, Query};
 use super::{doc, AppState};
+use crate::state::SocketSlot;
+
+/// How often the node pings an open event socket.
+const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Largest message a player may send on the socket.
 const MESSAGE_BYTES_MAX: usize = 64 * 1024;
@@ -42,6 +46,7 @@ struct EventsQuery {
 
 async fn events(
     State(api): State<AppState>,
+    ClientAddr(from): ClientAddr,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -57,11 +62,19 @@ async fn events(
         None => bearer(&headers)?,
     };
     let me = api.platform.authenticate(token).await?;
+    let slot = api.ws_reserve(me, from.ip()).map_err(|why| {
+        Error::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_sockets",
+            why,
+        )
+        .retry_after(5_000)
+    })?;
     let stream = api.platform.events(me).await?;
     let status = q.status.unwrap_or_else(|| "online".into());
     Ok(ws
         .max_message_size(MESSAGE_BYTES_MAX)
-        .on_upgrade(move |socket| run(api, me, status, stream, socket)))
+        .on_upgrade(move |socket| run(api, me, slot, status, stream, socket)))
 }
 
 /// Sends one event; false when the socket is gone.
@@ -113,18 +126,27 @@ async fn handle(api: &AppState, me: u64, text: &str) -> Option<Event> {
 async fn run(
     api: AppState,
     me: u64,
+    slot: SocketSlot,
     status: String,
     mut stream: volley_platform::events::EventStream,
     mut socket: WebSocket,
 ) {
-    if api.ws_open(me) {
+    if slot.first {
         if let Err(e) = api.platform.set_online(me, &status).await {
             tracing::warn!(player = me, error = %e, "presence: could not mark online");
         }
     }
     if send(&mut socket, &Event::Ready { player_id: me }).await {
+        // Pings keep idle sockets alive through proxies and find dead peers (a write fails).
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
         loop {
             tokio::select! {
+                _ = ping.tick() => {
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                        break;
+                    }
+                }
                 ev = stream.next() => {
                     let Some(ev) = ev else { break };
                     if !send(&mut socket, &ev).await {
@@ -155,7 +177,7 @@ async fn run(
             }
         }
     }
-    if api.ws_close(me) {
+    if slot.release() {
         if let Err(e) = api.platform.set_offline(me).await {
             tracing::warn!(player = me, error = %e, "presence: could not mark offline");
         }

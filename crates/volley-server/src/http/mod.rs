@@ -25,6 +25,7 @@ pub(crate) mod error;
 mod events;
 pub(crate) mod extract;
 mod leaderboards;
+mod listen;
 mod matchmaking;
 mod observe;
 mod ops;
@@ -135,10 +136,55 @@ pub(crate) fn router(state: AppState) -> axum::Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until the node stops.
-pub(crate) async fn serve(state: AppState, listener: tokio::net::TcpListener) {
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "HTTP server stopped");
-    }
+/// Serves the API on `listener` (over TLS with `tls`) until the task is dropped.
+pub(crate) async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let app = router(state.clone());
+    listen::serve(state, app, listener, tls).await;
+}
+
+/// Serves `/metrics` and `/healthz` on a listener of their own until the task is dropped.
+pub(crate) async fn serve_metrics(state: AppState, listener: tokio::net::TcpListener) {
+    let app = ops::metrics_router(state.clone());
+    listen::serve(state, app, listener, None).await;
+}
+
+/// The TLS acceptor for the API: the configured PEM certificate and key, else the node's own
+/// certificate; `None` when HTTPS is off.
+pub(crate) fn tls_acceptor(
+    cfg: &crate::config::NodeConfig,
+    identity: &volley_net::tls::Identity,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (chain, key) = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("tls_cert {}: {e}", cert.display()))?;
+            if chain.is_empty() {
+                return Err(format!("tls_cert {}: no certificate in it", cert.display()));
+            }
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("tls_key {}: {e}", key.display()))?;
+            (chain, key)
+        }
+        _ if cfg.https => (
+            vec![identity.cert.clone()],
+            PrivateKeyDer::Pkcs8(identity.key.clone_key()),
+        ),
+        _ => return Ok(None),
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("the TLS certificate and key do not go together: {e}"))?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))))
 }
