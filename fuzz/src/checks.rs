@@ -424,6 +424,10 @@ pub fn api_json(data: &[u8]) {
     again::<api::BoardDef>(data);
     again::<api::StoreItem>(data);
     again::<api::Redemption>(data);
+    again::<api::PeerAnnounce>(data);
+    again::<api::ClientEvent>(data);
+    again::<api::ChunkList>(data);
+    again::<api::LoginList>(data);
     let text = String::from_utf8_lossy(data);
     if let Some(ch) = api::Channel::parse(&text) {
         assert_eq!(ch.name(), text, "channel names are canonical");
