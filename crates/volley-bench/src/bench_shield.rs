@@ -118,7 +118,7 @@ impl Drop for SetOnDrop {
 const JOINS_MAX: usize = 20_000;
 
 /// One measured join: a ticket from the API, then the QUIC connection and Hello.
-async fn join_once(api: &Api, room: u64) -> anyhow::Result<Duration> {
+async fn join_once(api: &Api, room: u64) -> anyhow::Result<(Duration, volley_client::Session)> {
     let client = Client::new(ClientConfig {
         bind_addr: "127.0.0.1:0".parse()?,
         direct: false,
@@ -127,9 +127,7 @@ async fn join_once(api: &Api, room: u64) -> anyhow::Result<Duration> {
     let ticket = api.join(room, client.fingerprint()).await?;
     let t = Instant::now();
     let session = client.join(&ticket).await?;
-    let took = t.elapsed();
-    drop(session);
-    Ok(took)
+    Ok((t.elapsed(), session))
 }
 
 async fn run_case(
@@ -144,7 +142,8 @@ async fn run_case(
         .login_device(&format!("bench-shield-owner-{}", rand::random::<u64>()))
         .await?;
     let mut players = Vec::new();
-    for i in 0..4 {
+    // A player is in a room once: one player per join of a batch.
+    for i in 0..32 {
         let mut api = Api::new(base);
         api.login_device(&format!(
             "bench-shield-player-{i}-{}",
@@ -169,24 +168,33 @@ async fn run_case(
     let mut latencies = Vec::new();
     let mut joined = 0;
     let mut done = 0;
+    let mut failures: Vec<String> = Vec::new();
     // At least `joins`, and for as long as the flood lasts.
     while (done < args.joins || !finished.load(Ordering::Relaxed)) && done < JOINS_MAX {
         let room = owner.create_room(Some(64)).await?.room_id;
-        let batch = players.len() * 8;
+        let batch = players.len();
         let mut tasks = Vec::new();
         for k in 0..batch {
             let api = players[k % players.len()].clone();
             tasks.push(tokio::spawn(async move { join_once(&api, room).await }));
         }
+        // Every member stays until the batch is over: a room closes when its last player leaves.
+        let mut members = Vec::new();
         for t in tasks {
             match t.await.context("join task")? {
-                Ok(d) => {
+                Ok((d, session)) => {
                     joined += 1;
                     latencies.push(d.as_secs_f64() * 1000.0);
+                    members.push(session);
                 }
-                Err(e) => tracing::debug!(error = %e, "join failed"),
+                Err(e) => {
+                    if failures.len() < 3 {
+                        failures.push(e.to_string());
+                    }
+                }
             }
         }
+        drop(members);
         done += batch;
     }
     stop.store(true, Ordering::Relaxed);
@@ -194,6 +202,9 @@ async fn run_case(
         .join()
         .map_err(|_| anyhow::anyhow!("flood thread"))?;
     latencies.sort_by(f64::total_cmp);
+    for f in &failures {
+        eprintln!("a join failed: {f}");
+    }
     Ok((sent, secs, done, joined, latencies))
 }
 
@@ -256,7 +267,7 @@ pub(crate) async fn run(args: ShieldArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "at least {} joins per case, and joins for as long as the flood lasts (32 at a time); \
+        "at least {} joins per case, and joins for as long as the flood lasts (32 players at a time, each into a fresh room); \
          floods of {} datagrams at {}/s",
         args.joins, args.datagrams, args.rate
     );
