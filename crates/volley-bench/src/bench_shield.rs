@@ -77,6 +77,7 @@ fn flood(
         let started = Instant::now();
         let per_ms = (f64::from(rate) / 1000.0).max(1.0);
         let mut sent = 0usize;
+        let mut refused = 0usize;
         let mut junk = vec![0u8; 1200];
         while sent < count && kind != Flood::None && !stop.load(Ordering::Relaxed) {
             // Pace: never ahead of rate × elapsed.
@@ -97,9 +98,15 @@ fn flood(
                     &junk[..len]
                 }
             };
-            // dropped: a full socket buffer loses flood datagrams, as a real link would.
-            let _ = sock.send_to(pkt, to);
-            sent += 1;
+            // A send refused (full socket buffer) is not counted as sent.
+            if sock.send_to(pkt, to).is_ok() {
+                sent += 1;
+            } else {
+                refused += 1;
+                if refused > count {
+                    break;
+                }
+            }
         }
         (sent, started.elapsed().as_secs_f64())
     })

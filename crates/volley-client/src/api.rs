@@ -31,9 +31,17 @@ pub struct Api {
 impl Api {
     /// A client for the node at `base` (e.g. `http://127.0.0.1:7350`).
     pub fn new(base: impl Into<String>) -> Self {
+        Self::with_client(base, reqwest::Client::new(), None)
+    }
+
+    fn with_client(
+        base: impl Into<String>,
+        http: reqwest::Client,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Self {
         Api {
-            http: reqwest::Client::new(),
-            tls: None,
+            http,
+            tls,
             base: base.into().trim_end_matches('/').to_owned(),
             token: None,
             device: None,
@@ -51,13 +59,11 @@ impl Api {
             .use_preconfigured_tls(tls.clone())
             .build()
             .map_err(|e| Error::Http(e.to_string()))?;
-        Ok(Api {
+        Ok(Self::with_client(
+            base,
             http,
-            tls: Some(std::sync::Arc::new(tls)),
-            base: base.into().trim_end_matches('/').to_owned(),
-            token: None,
-            device: None,
-        })
+            Some(std::sync::Arc::new(tls)),
+        ))
     }
 
     /// Reports `device` (a stable id of this installation or hardware) with every call, in

@@ -184,14 +184,18 @@ impl Platform {
     /// Whether `key` is the configured server key (constant time; never true when unset).
     pub fn check_server_key(&self, key: &str) -> bool {
         let want = self.inner.cfg.server_key.as_bytes();
-        if want.is_empty() || key.len() != want.len() {
-            return false;
-        }
-        key.bytes()
-            .zip(want.iter())
+        !want.is_empty() && same_secret(key.as_bytes(), want)
+    }
+}
+
+/// Whether `given` equals `want`, in time that does not depend on where they differ.
+pub fn same_secret(given: &[u8], want: &[u8]) -> bool {
+    given.len() == want.len()
+        && given
+            .iter()
+            .zip(want)
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
-    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -22,9 +22,11 @@ pub mod node;
 mod origin;
 mod room;
 mod rooms;
+mod start;
 mod state;
 mod store;
 
 pub use config::{NodeConfig, RetryPolicy};
 pub use metrics::Metrics;
-pub use node::{Node, NodeHandle, StartError};
+pub use node::{Node, NodeHandle};
+pub use start::StartError;

@@ -93,16 +93,6 @@ impl Shared {
     }
 }
 
-/// Whether `given` equals `want`, in time that does not depend on where they differ.
-pub(crate) fn same_secret(given: &[u8], want: &[u8]) -> bool {
-    given.len() == want.len()
-        && given
-            .iter()
-            .zip(want)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
 /// Open event WebSockets on this node, per player and per source address.
 #[derive(Debug, Default)]
 pub(crate) struct SocketCounts {
@@ -141,8 +131,8 @@ impl SocketSlot {
     }
 }
 
-/// Takes `k`'s count down by one; true when it reached zero.
-fn down<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: &K) -> bool {
+/// Takes `k`'s count down by one, forgetting it at zero; true when it reached zero.
+pub(crate) fn down<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: &K) -> bool {
     match m.get_mut(k) {
         Some(n) if *n > 1 => {
             *n -= 1;

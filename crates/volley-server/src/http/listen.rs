@@ -78,12 +78,7 @@ impl AddressSlot {
 impl Drop for AddressSlot {
     fn drop(&mut self) {
         let mut m = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
+        crate::state::down(&mut m, &self.ip);
     }
 }
 

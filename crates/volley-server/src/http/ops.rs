@@ -57,7 +57,7 @@ fn may_read_metrics(token: Option<&str>, from: std::net::IpAddr, headers: &Heade
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or("");
-            crate::state::same_secret(given.as_bytes(), token.as_bytes())
+            volley_platform::same_secret(given.as_bytes(), token.as_bytes())
         }
     }
 }
